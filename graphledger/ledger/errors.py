@@ -1,0 +1,73 @@
+"""Failures of the ledger a caller can act on.
+
+asyncpg exceptions never leave the ledger: they are translated here, at one
+boundary (:func:`translate`), into these classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+
+
+class LedgerError(Exception):
+    """Base class of every error the ledger raises on purpose."""
+
+
+class InvalidPayload(LedgerError):
+    """An event payload is not encodable as canonical JSON."""
+
+
+class InvalidEvent(LedgerError):
+    """An event is malformed (unknown kind shape, bad sequence, bad cursor)."""
+
+
+class RunNotFound(LedgerError):
+    """No run with this id exists."""
+
+
+class ThreadNotFound(LedgerError):
+    """No thread with this id exists."""
+
+
+class Conflict(LedgerError):
+    """The run's head moved: another writer appended since the expected seq."""
+
+    def __init__(self, run_id: object, expected_seq: int, actual_seq: int, last_kind: str | None) -> None:
+        self.run_id = run_id
+        self.expected_seq = expected_seq
+        self.actual_seq = actual_seq
+        self.last_kind = last_kind
+        super().__init__(
+            f"run {run_id}: expected head seq {expected_seq}, found {actual_seq}"
+            + (f" (last event {last_kind})" if last_kind else "")
+        )
+
+
+class RunFinished(LedgerError):
+    """The run already has its terminal event; nothing may be appended after it."""
+
+    def __init__(self, run_id: object, status: str, last_kind: str | None = None) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.last_kind = last_kind
+        super().__init__(f"run {run_id} is finished ({status}); nothing may be appended after its terminal event")
+
+
+class DatabaseUnavailable(LedgerError):
+    """The database cannot be reached."""
+
+
+@contextmanager
+def translate() -> Iterator[None]:
+    """Turn driver errors a caller can act on into ledger errors."""
+    try:
+        yield
+    except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+    except asyncpg.UntranslatableCharacterError as exc:
+        raise InvalidPayload(f"payload rejected by the database: {exc}") from exc
+    except asyncpg.InvalidTextRepresentationError as exc:
+        raise InvalidPayload(f"payload rejected by the database: {exc}") from exc

@@ -1,0 +1,141 @@
+"""Event kinds, the event records, and the canonical JSON every payload is stored as."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from graphledger.ledger.errors import InvalidEvent, InvalidPayload
+
+RUN_CREATED = "run.created"
+RUN_STARTED = "run.started"
+RUN_CANCEL_REQUESTED = "run.cancel_requested"
+RUN_SUCCEEDED = "run.succeeded"
+RUN_FAILED = "run.failed"
+RUN_TIMED_OUT = "run.timed_out"
+RUN_INTERRUPTED = "run.interrupted"
+LLM_USAGE = "llm.usage"
+
+STREAM_PREFIX = "stream:"
+"""A stream chunk's kind is ``stream:<mode>[|<namespace>]``: the SSE event name after the prefix."""
+
+TERMINAL_KINDS = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_TIMED_OUT, RUN_INTERRUPTED})
+LIFECYCLE_KINDS = frozenset({RUN_CREATED, RUN_STARTED, RUN_CANCEL_REQUESTED}) | TERMINAL_KINDS
+
+STATUS_AFTER: dict[str, str] = {
+    RUN_CREATED: "pending",
+    RUN_STARTED: "running",
+    RUN_SUCCEEDED: "success",
+    RUN_FAILED: "error",
+    RUN_TIMED_OUT: "timeout",
+    RUN_INTERRUPTED: "interrupted",
+}
+"""The run status each lifecycle kind leads to (kinds not listed leave it as it is)."""
+
+TERMINAL_STATUSES = frozenset({"success", "error", "timeout", "interrupted"})
+
+MAX_KIND_LENGTH = 256
+_DOTTED_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
+
+
+def validate_kind(kind: str) -> str:
+    """Return ``kind`` if it may be stored, else raise :class:`InvalidEvent`.
+
+    Allowed: dotted lower-case kinds (``run.started``, ``llm.usage``, ...) and
+    stream kinds ``stream:<name>`` whose name is printable text without newlines.
+    """
+    if not isinstance(kind, str) or not kind or len(kind) > MAX_KIND_LENGTH:
+        raise InvalidEvent(f"event kind must be a non-empty string of at most {MAX_KIND_LENGTH} characters")
+    if kind.startswith(STREAM_PREFIX):
+        name = kind[len(STREAM_PREFIX):]
+        if not name or not name.isprintable():
+            raise InvalidEvent(f"stream kind {kind!r} needs a printable mode name")
+        return kind
+    if _DOTTED_KIND.fullmatch(kind) is None:
+        raise InvalidEvent(f"invalid event kind {kind!r}: use dotted lower-case words or stream:<mode>")
+    return kind
+
+
+def _check_encodable(value: Any, path: str) -> None:
+    # json.dumps silently turns int/float/bool/None keys into strings and would
+    # make two distinct payloads hash alike; refuse them instead.
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidPayload(f"payload key {key!r} at {path or '$'} is not a string")
+            _check_encodable(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_encodable(item, f"{path}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidPayload(f"payload value {value!r} at {path or '$'} is not valid JSON")
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise InvalidPayload(f"payload value of type {type(value).__name__} at {path or '$'} is not JSON-encodable")
+
+
+def canonical_json(value: Any) -> str:
+    """Encode ``value`` as canonical JSON: sorted keys, no insignificant whitespace, UTF-8 text.
+
+    Raises :class:`InvalidPayload` for NaN or infinities, non-string keys, lone
+    surrogates and objects JSON cannot represent; nothing is written then.
+    """
+    _check_encodable(value, "")
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPayload(f"payload is not valid UTF-8 text: {exc.reason}") from None
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """Where a run lives: every read and write names the thread and the run."""
+
+    thread_id: UUID
+    run_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended: its kind and canonical JSON payload."""
+
+    kind: str
+    data: str
+
+    @classmethod
+    def of(cls, kind: str, payload: Any) -> NewEvent:
+        """Validate ``kind`` and encode ``payload`` canonically."""
+        return cls(validate_kind(kind), canonical_json(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event, exactly as the log holds it."""
+
+    thread_id: UUID
+    run_id: UUID
+    seq: int
+    kind: str
+    data: str
+    ts: datetime
+    hash: bytes
+    global_position: int = 0
+    tx: int = 0
+    _value: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def value(self) -> Any:
+        """The payload decoded (cached)."""
+        if not self._value:
+            self._value.append(json.loads(self.data))
+        return self._value[0]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS

@@ -1,0 +1,112 @@
+"""Reads of the log: a run from any seq, a thread in order, and the gap-safe global feed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from graphledger.ledger.errors import InvalidEvent
+from graphledger.ledger.events import Event, RunRef
+
+_COLUMNS = "global_position, thread_id, run_id, seq, kind, data, ts, tx::text AS tx, hash"
+
+READ_RUN_SQL = f"""
+SELECT {_COLUMNS} FROM events
+WHERE thread_id = $1 AND run_id = $2 AND seq > $3
+ORDER BY seq LIMIT $4
+"""
+
+READ_RUNS_SQL = f"""
+SELECT e.* FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS r(thread_id, run_id, after_seq)
+CROSS JOIN LATERAL (
+    SELECT {_COLUMNS} FROM events e
+    WHERE e.thread_id = r.thread_id AND e.run_id = r.run_id AND e.seq > r.after_seq
+    ORDER BY e.seq LIMIT $4
+) e
+"""
+
+READ_THREAD_SQL = f"""
+SELECT {_COLUMNS} FROM events
+WHERE thread_id = $1 AND global_position > $2
+ORDER BY global_position LIMIT $3
+"""
+
+# Only rows of transactions older than every transaction still running are
+# returned (tx < xmin of the current snapshot). A row whose transaction commits
+# late carries a tx below the cursor's only if that transaction was running
+# when the cursor passed -- which this condition rules out -- so the feed never
+# skips a row and needs no timeout.
+READ_FEED_SQL = f"""
+SELECT {_COLUMNS} FROM events
+WHERE (tx, global_position) > ($1::text::xid8, $2)
+  AND tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx, global_position LIMIT $3
+"""
+
+RUN_THREAD_SQL = "SELECT thread_id FROM runs WHERE run_id = $1"
+
+
+def to_event(row: asyncpg.Record) -> Event:
+    return Event(
+        row["thread_id"], row["run_id"], row["seq"], row["kind"], row["data"], row["ts"], bytes(row["hash"]),
+        row["global_position"], int(row["tx"]),
+    )
+
+
+async def read_run(conn: asyncpg.Connection, ref: RunRef, after_seq: int = 0, limit: int = 10_000) -> list[Event]:
+    """Events of one run with ``seq > after_seq``, in order."""
+    return [to_event(r) for r in await conn.fetch(READ_RUN_SQL, ref.thread_id, ref.run_id, after_seq, limit)]
+
+
+async def read_runs(conn: asyncpg.Connection, cursors: Sequence[tuple[RunRef, int]], limit: int) -> list[Event]:
+    """For each ``(run, after_seq)``, up to ``limit`` events after it: one round trip for many runs."""
+    rows = await conn.fetch(
+        READ_RUNS_SQL,
+        [ref.thread_id for ref, _ in cursors],
+        [ref.run_id for ref, _ in cursors],
+        [after for _, after in cursors],
+        limit,
+    )
+    return [to_event(r) for r in rows]
+
+
+async def read_thread(conn: asyncpg.Connection, thread_id: UUID, after_position: int = 0, limit: int = 10_000) -> list[Event]:
+    """Events of one thread in log order, after a global position."""
+    return [to_event(r) for r in await conn.fetch(READ_THREAD_SQL, thread_id, after_position, limit)]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedCursor:
+    """A position in the global feed: the last ``(tx, global_position)`` consumed."""
+
+    tx: int = 0
+    position: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.tx}:{self.position}"
+
+    @classmethod
+    def parse(cls, text: str) -> FeedCursor:
+        """Parse ``"<tx>:<position>"`` (as printed by ``str``)."""
+        try:
+            tx, position = text.split(":")
+            cursor = cls(int(tx), int(position))
+        except ValueError:
+            raise InvalidEvent(f"invalid feed cursor {text!r}: expected <tx>:<position>") from None
+        if cursor.tx < 0 or cursor.position < 0:
+            raise InvalidEvent(f"invalid feed cursor {text!r}: negative")
+        return cursor
+
+
+async def read_feed(conn: asyncpg.Connection, after: FeedCursor = FeedCursor(), limit: int = 10_000) -> tuple[list[Event], FeedCursor]:
+    """The next events of the whole log in commit-safe order, and the cursor after them."""
+    events = [to_event(r) for r in await conn.fetch(READ_FEED_SQL, str(after.tx), after.position, limit)]
+    cursor = FeedCursor(events[-1].tx, events[-1].global_position) if events else after
+    return events, cursor
+
+
+async def thread_of(conn: asyncpg.Connection, run_id: UUID) -> UUID | None:
+    return await conn.fetchval(RUN_THREAD_SQL, run_id)

@@ -1,0 +1,80 @@
+"""The tables of the ledger, as SQLAlchemy Core metadata.
+
+Alembic migrations must produce exactly this (tests/ledger/test_schema.py).
+Every unique key includes ``thread_id`` so that the schema can be distributed
+by thread (Citus, all tables co-located) without change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.types import UserDefinedType
+
+
+class XID8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit, wraparound-free transaction id."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "XID8"
+
+
+ischema_names["xid8"] = XID8
+
+metadata = sa.MetaData()
+
+threads = sa.Table(
+    "threads",
+    metadata,
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("metadata", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("status", sa.Text, nullable=False, server_default="idle"),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("assistant_id", sa.Text, nullable=True),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    # The stream head: every append is conditional on it (see ledger/append.py).
+    sa.Column("last_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_hash", sa.LargeBinary, nullable=False, server_default=sa.text("'\\x" + "00" * 32 + "'::bytea")),
+    sa.Column("last_kind", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("metadata", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.PrimaryKeyConstraint("thread_id", "run_id", name="runs_pkey"),
+    sa.ForeignKeyConstraint(["thread_id"], ["threads.thread_id"], name="runs_thread_id_fkey"),
+    sa.CheckConstraint("last_seq >= 0", name="runs_last_seq_check"),
+    sa.Index("runs_run_id_idx", "run_id"),
+    sa.Index("runs_thread_created_idx", "thread_id", "created_at"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("global_position", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    # json, not jsonb: the writer's canonical text is stored, hashed and sent verbatim.
+    sa.Column("data", postgresql.JSON, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("tx", XID8, nullable=False, server_default=sa.text("pg_current_xact_id()")),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("thread_id", "run_id", "seq", name="events_pkey"),
+    sa.CheckConstraint("seq >= 1", name="events_seq_check"),
+    sa.CheckConstraint("octet_length(hash) = 32", name="events_hash_check"),
+    sa.Index("events_feed_idx", "tx", "global_position"),
+    sa.Index("events_thread_position_idx", "thread_id", "global_position"),
+)
