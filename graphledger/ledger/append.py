@@ -296,7 +296,8 @@ class Writer:
             del self._runs[ref]
 
     async def _run(self) -> None:
-        async with self._pool.acquire() as conn:
+        conn: asyncpg.Connection | None = None
+        try:
             while True:
                 await self._wake.wait()
                 if not self._waiting:
@@ -309,15 +310,22 @@ class Writer:
                         await asyncio.wait_for(self._urgent.wait(), self.max_delay)
                 self._urgent.clear()
                 try:
+                    if conn is None:
+                        conn = await self._pool.acquire()
                     await self._flush(conn)
                 except RETRYABLE as exc:
                     _log.warning("append flush failed, retrying on a new connection: %s", exc)
-                    await self._pool.release(conn)
+                    if conn is not None:
+                        await self._pool.release(conn)
+                        conn = None
                     await asyncio.sleep(0.05)
-                    conn = await self._pool.acquire()
-                except Exception:  # pragma: no cover - a bug; never leave a caller waiting
-                    _log.exception("append flush failed")
+                except (asyncpg.PostgresError, LedgerError) as exc:
+                    # Counted per run in _flush; a run's events fail after max_attempts.
+                    _log.warning("append flush rejected: %s", exc)
                     await asyncio.sleep(0.05)
+        finally:
+            if conn is not None:
+                await self._pool.release(conn)
 
     def _take(self) -> list[tuple[_RunQueue, int]]:
         taken: list[tuple[_RunQueue, int]] = []
@@ -380,7 +388,7 @@ class Writer:
             self._committed(committed)
             return
         try:
-            rows = await conn.fetch(APPEND_SQL, *batch.args())
+            rows = await self._execute(conn, batch.args())
         except RETRYABLE:
             # The commit may or may not have happened: reload the heads and keep
             # the events of every run whose head does not show them.
@@ -411,6 +419,9 @@ class Writer:
         self._committed(committed)
         if self._waiting:
             self._wake.set()
+
+    async def _execute(self, conn: asyncpg.Connection, args: list[Any]) -> list[asyncpg.Record]:
+        return await conn.fetch(APPEND_SQL, *args)
 
     def _committed(self, events: list[Event]) -> None:
         if events and self._on_commit is not None:

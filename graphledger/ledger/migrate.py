@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from pathlib import Path
 
 from alembic import command
@@ -28,10 +29,15 @@ def alembic_config(dsn: str) -> Config:
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:
-    """Migrate the database at ``dsn`` to ``revision`` (blocking; safe to run concurrently)."""
-    command.upgrade(alembic_config(dsn), revision)
+    """Migrate the database at ``dsn`` to ``revision`` (blocking; safe to run concurrently).
+
+    Alembic's environment runs its own event loop, so the work happens on a
+    worker thread: this may be called with or without a running loop.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphledger-migrate") as pool:
+        pool.submit(command.upgrade, alembic_config(dsn), revision).result()
 
 
 async def upgrade_async(dsn: str, revision: str = "head") -> None:
-    """:func:`upgrade` from async code (Alembic's environment runs its own event loop)."""
+    """:func:`upgrade` without blocking the running event loop."""
     await asyncio.to_thread(upgrade, dsn, revision)

@@ -23,6 +23,7 @@ RETURNING thread_id
 """
 
 VERIFY_BATCH = 5_000
+APPLICATION_NAME = "graphledger"
 
 
 class Ledger:
@@ -44,12 +45,15 @@ class Ledger:
         max_batch: int = 512,
         max_delay: float = 0.004,
         poll_interval: float = 2.0,
+        writer_class: type[Writer] = Writer,
     ) -> Ledger:
         """Open a pool on ``dsn`` (already migrated), start the writer and, with ``tail``, the hub."""
         with translate():
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size, server_settings={"application_name": APPLICATION_NAME}
+            )
         hub = Hub(dsn, poll_interval=poll_interval) if tail else None
-        writer = Writer(pool, max_batch=max_batch, max_delay=max_delay, on_commit=hub.publish if hub else None)
+        writer = writer_class(pool, max_batch=max_batch, max_delay=max_delay, on_commit=hub.publish if hub else None)
         ledger = cls(dsn, pool, writer, hub)
         try:
             writer.start()

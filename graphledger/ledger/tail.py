@@ -36,6 +36,7 @@ from graphledger.ledger.events import Event, RunRef
 _log = logging.getLogger("graphledger.tail")
 
 _CLOSED = object()
+APPLICATION_NAME = "graphledger-tail"  # both tail connections carry it (visible in pg_stat_activity)
 
 
 class Subscription:
@@ -218,7 +219,7 @@ class Hub:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.dsn)
+                conn = await asyncpg.connect(self.dsn, server_settings={"application_name": APPLICATION_NAME})
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
@@ -245,7 +246,7 @@ class Hub:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._reader is None or self._reader.is_closed():
-            self._reader = await asyncpg.connect(self.dsn)
+            self._reader = await asyncpg.connect(self.dsn, server_settings={"application_name": APPLICATION_NAME})
         return self._reader
 
     async def _poll(self) -> None:

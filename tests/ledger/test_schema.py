@@ -1,0 +1,66 @@
+"""The migrations build exactly the Core metadata, and the log is append-only."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from graphledger.ledger import Ledger, RunRef
+from graphledger.ledger.migrate import sqlalchemy_url, upgrade
+from graphledger.ledger.schema import metadata
+
+
+async def test_upgrade_head_equals_the_metadata(dsn: str) -> None:
+    engine = create_async_engine(sqlalchemy_url(dsn))
+    try:
+        async with engine.connect() as connection:
+            diff = await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync, opts={"compare_type": True}), metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert diff == []
+
+
+async def test_upgrade_is_idempotent(dsn: str) -> None:
+    upgrade(dsn)  # already at head: nothing to do, no error
+
+
+async def test_update_delete_and_truncate_are_rejected(ledger: Ledger, conn: asyncpg.Connection) -> None:
+    thread = await ledger.create_thread()
+    created = await ledger.create_run(thread)
+    ref = RunRef(thread, created.run_id)
+    for statement in (
+        "UPDATE events SET data = '{}' WHERE run_id = $1",
+        "UPDATE events SET kind = 'run.failed' WHERE run_id = $1",
+        "DELETE FROM events WHERE run_id = $1",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(statement, ref.run_id)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await conn.execute("TRUNCATE events")
+    assert [e.data for e in await ledger.read_run(ref)] == [created.data]
+
+
+async def test_every_unique_key_names_the_thread(conn: asyncpg.Connection) -> None:
+    rows = await conn.fetch(
+        """
+        SELECT c.conrelid::regclass::text AS tbl, c.conname, array_agg(a.attname::text) AS cols
+        FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+        WHERE c.contype IN ('p', 'u') AND c.conrelid::regclass::text IN ('threads', 'runs', 'events')
+        GROUP BY 1, 2
+        """
+    )
+    assert rows and all("thread_id" in row["cols"] for row in rows), rows
+
+
+async def test_run_needs_an_existing_thread(ledger: Ledger) -> None:
+    from graphledger.ledger import ThreadNotFound
+
+    with pytest.raises(ThreadNotFound):
+        await ledger.create_run(uuid4())
