@@ -155,7 +155,11 @@ class Ledger:
         """Every event of a run after ``after_seq``: stored ones first, then live ones, ending after the terminal event."""
         if self.hub is None:
             raise RuntimeError("this ledger was connected with tail=False")
-        ref = run if isinstance(run, RunRef) else await self.hub.resolve(run)
+        ref, last_seq, finished = await self.hub.head(run.run_id if isinstance(run, RunRef) else run)
+        if isinstance(run, RunRef) and run.thread_id != ref.thread_id:
+            raise RunNotFound(f"run {run.run_id} not found in thread {run.thread_id}")
+        if finished and after_seq >= last_seq:
+            return  # nothing after the terminal event, ever
         async for event in self.hub.follow(ref, after_seq):
             yield event
 

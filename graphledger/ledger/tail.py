@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable
 from uuid import UUID
 
@@ -31,12 +33,16 @@ import asyncpg
 from graphledger.ledger import read
 from graphledger.ledger.append import CHANNEL
 from graphledger.ledger.errors import RunNotFound
-from graphledger.ledger.events import Event, RunRef
+from graphledger.ledger.events import TERMINAL_KINDS, Event, RunRef
 
 _log = logging.getLogger("graphledger.tail")
 
 _CLOSED = object()
-APPLICATION_NAME = "graphledger-tail"  # both tail connections carry it (visible in pg_stat_activity)
+APPLICATION_NAME = "graphledger-tail"
+"""Prefix of the application_name both tail connections of a hub carry (see pg_stat_activity)."""
+
+HEAD_SQL = "SELECT thread_id, last_seq, last_kind FROM runs WHERE run_id = $1"
+_hubs = itertools.count(1)
 
 
 class Subscription:
@@ -119,6 +125,7 @@ class Hub:
         self.reads = 0
         self.reconnects = 0
         self.listener_pid: int | None = None
+        self.application_name = f"{APPLICATION_NAME} {os.getpid()}.{next(_hubs)}"
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -147,13 +154,13 @@ class Hub:
 
     # -- subscribers -------------------------------------------------------------
 
-    async def resolve(self, run_id: UUID) -> RunRef:
-        """The thread of ``run_id``, read on the tail's own connection."""
+    async def head(self, run_id: UUID) -> tuple[RunRef, int, bool]:
+        """A run's ref, last seq and whether it is finished, read on the tail's own connection."""
         async with self._reader_lock:
-            thread_id = await read.thread_of(await self._connection(), run_id)
-        if thread_id is None:
+            row = await (await self._connection()).fetchrow(HEAD_SQL, run_id)
+        if row is None:
             raise RunNotFound(f"run {run_id} not found")
-        return RunRef(thread_id, run_id)
+        return RunRef(row["thread_id"], run_id), row["last_seq"], row["last_kind"] in TERMINAL_KINDS
 
     def subscribe(self, ref: RunRef, after_seq: int = 0) -> Subscription:
         """Follow ``ref`` from ``after_seq``; the subscription ends after the terminal event."""
@@ -219,7 +226,7 @@ class Hub:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.dsn, server_settings={"application_name": APPLICATION_NAME})
+                conn = await asyncpg.connect(self.dsn, server_settings={"application_name": self.application_name})
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
@@ -246,7 +253,7 @@ class Hub:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._reader is None or self._reader.is_closed():
-            self._reader = await asyncpg.connect(self.dsn, server_settings={"application_name": APPLICATION_NAME})
+            self._reader = await asyncpg.connect(self.dsn, server_settings={"application_name": self.application_name})
         return self._reader
 
     async def _poll(self) -> None:

@@ -1,0 +1,129 @@
+"""Tailing: catch up from the table, then follow live events, from this process or another."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from graphledger.ledger import Ledger, RunNotFound, RunRef
+from graphledger.ledger.events import Event
+
+
+@pytest.fixture(params=["local", "remote"])
+async def appender(request: pytest.FixtureRequest, ledger: Ledger, dsn: str) -> AsyncIterator[Ledger]:
+    """The ledger that writes: the tailing process itself, or another one (notifications only)."""
+    if request.param == "local":
+        yield ledger
+        return
+    other = await Ledger.connect(dsn, tail=False)
+    try:
+        yield other
+    finally:
+        await other.close()
+
+
+async def new_run(ledger: Ledger) -> RunRef:
+    thread = await ledger.create_thread()
+    created = await ledger.create_run(thread)
+    return RunRef(thread, created.run_id)
+
+
+async def collect(ledger: Ledger, run: RunRef, after_seq: int = 0) -> list[Event]:
+    return [e async for e in ledger.tail(run.run_id, after_seq)]
+
+
+async def stream(appender: Ledger, ref: RunRef, n: int, *, jitter: bool = True) -> None:
+    for i in range(n):
+        future = appender.submit(ref, "stream:messages", {"i": i})
+        if jitter and random.random() < 0.2:
+            await future
+        await asyncio.sleep(0.0005 if jitter and random.random() < 0.3 else 0)
+    await appender.append(ref, "run.succeeded", {"n": n})
+
+
+def assert_complete(events: list[Event], n: int, after_seq: int = 0) -> None:
+    assert [e.seq for e in events] == list(range(after_seq + 1, n + 3))
+    assert events[-1].kind == "run.succeeded"
+
+
+async def test_twenty_concurrent_runs_every_event_once_in_order(ledger: Ledger, appender: Ledger) -> None:
+    refs = [await new_run(appender) for _ in range(20)]
+    tails = [asyncio.create_task(collect(ledger, ref)) for ref in refs for _ in range(2)]
+    await asyncio.sleep(0.05)
+    await asyncio.gather(*(stream(appender, ref, 100) for ref in refs))
+    results = await asyncio.wait_for(asyncio.gather(*tails), 30)
+    for events in results:
+        assert_complete(events, 100)
+
+
+async def test_listener_killed_mid_stream(ledger: Ledger, appender: Ledger, conn: asyncpg.Connection) -> None:
+    assert ledger.hub is not None
+    ledger.hub.poll_interval = 3600  # only the reconnect's catch-up and notifications may deliver
+    refs = [await new_run(appender) for _ in range(20)]
+    tails = [asyncio.create_task(collect(ledger, ref)) for ref in refs]
+    await asyncio.sleep(0.05)
+    writers = asyncio.gather(*(stream(appender, ref, 150) for ref in refs))
+    reconnects = ledger.hub.reconnects
+    for _ in range(2):
+        await asyncio.sleep(0.05)
+        pid = ledger.hub.listener_pid
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        while ledger.hub.listener_pid == pid or not ledger.hub.listening.is_set():
+            await asyncio.sleep(0.01)  # reconnected: kill the new listener next
+    await writers
+    results = await asyncio.wait_for(asyncio.gather(*tails), 30)
+    for events in results:
+        assert_complete(events, 150)
+    assert ledger.hub.reconnects >= reconnects + 1
+
+
+async def test_tail_of_a_finished_run_replays_and_ends(ledger: Ledger, appender: Ledger) -> None:
+    ref = await new_run(appender)
+    await stream(appender, ref, 30, jitter=False)
+    assert_complete(await collect(ledger, ref), 30)
+    assert_complete(await collect(ledger, ref, after_seq=17), 30, after_seq=17)
+    assert await collect(ledger, ref, after_seq=32) == []
+
+
+async def test_thousand_subscribers_use_two_connections(ledger: Ledger, appender: Ledger, conn: asyncpg.Connection) -> None:
+    refs = [await new_run(appender) for _ in range(50)]
+    tails = [asyncio.create_task(collect(ledger, refs[i % 50])) for i in range(1000)]
+    assert ledger.hub is not None
+    while ledger.hub.subscribers < 1000:
+        await asyncio.sleep(0.01)
+    writers = asyncio.gather(*(stream(appender, ref, 40) for ref in refs))
+    await asyncio.sleep(0.1)
+    used = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+        ledger.hub.application_name,
+    )
+    await writers
+    results = await asyncio.wait_for(asyncio.gather(*tails), 60)
+    assert 1 <= used <= 2
+    for events in results:
+        assert_complete(events, 40)
+
+
+async def test_a_slow_subscriber_holds_a_bounded_queue_and_misses_nothing(ledger: Ledger, appender: Ledger) -> None:
+    assert ledger.hub is not None
+    ledger.hub.queue_size = 50
+    ref = await new_run(appender)
+    sub = ledger.hub.subscribe(ref, 0)
+    try:
+        await stream(appender, ref, 500, jitter=False)
+        await asyncio.sleep(0.3)
+        assert sub.queue.qsize() <= 50
+        events = [e async for e in sub]
+    finally:
+        ledger.hub.unsubscribe(sub)
+    assert_complete(events, 500)
+
+
+async def test_unknown_run(ledger: Ledger) -> None:
+    ref = await new_run(ledger)
+    with pytest.raises(RunNotFound):
+        await collect(ledger, RunRef(ref.thread_id, ref.thread_id))
