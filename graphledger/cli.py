@@ -1,0 +1,149 @@
+"""The ``graphledger`` command."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from graphledger import __version__
+from graphledger.embedded import DEFAULT_DIR, EmbeddedError, EmbeddedPostgres
+from graphledger.ledger.errors import LedgerError
+
+_log = logging.getLogger("graphledger")
+
+
+class CommandError(Exception):
+    """A failure reported as one line and a non-zero exit."""
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM asked the process to stop; cleanup runs on the way out."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def database(args: argparse.Namespace) -> Iterator[str]:
+    """The DSN to use: ``--database-url``/``DATABASE_URL``, else the embedded server (stopped on exit)."""
+    if args.database_url:
+        yield args.database_url
+        return
+    server = EmbeddedPostgres(args.data_dir)
+    dsn = server.start()
+    _log.info("embedded PostgreSQL running from %s", server.data_dir)
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from graphledger.ledger.migrate import upgrade
+
+    with database(args) as dsn:
+        _migrate(upgrade, dsn)
+        print("database is at the latest schema revision")
+
+
+def _migrate(upgrade: object, dsn: str) -> None:
+    import asyncpg
+    import sqlalchemy.exc
+
+    try:
+        upgrade(dsn)  # type: ignore[operator]
+    except (OSError, asyncpg.PostgresError, sqlalchemy.exc.DBAPIError) as exc:
+        raise CommandError(f"cannot migrate the database: {str(exc).splitlines()[0]}") from exc
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from graphledger.http.app import create_app
+    from graphledger.ledger.migrate import upgrade
+
+    # uvicorn handles SIGINT/SIGTERM while it serves (a graceful shutdown) and
+    # then re-raises the signal to the handler found before it: ours, which
+    # unwinds through `database()` so that the embedded server is stopped too.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
+    with database(args) as dsn:
+        _migrate(upgrade, dsn)
+        config = uvicorn.Config(create_app(dsn), host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:
+            raise CommandError(f"could not serve on {args.host}:{args.port}")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="PostgreSQL URL (default: $DATABASE_URL; without it an embedded server is started)",
+    )
+    common.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DIR, help="data directory of the embedded server (default: ./.graphledger)"
+    )
+    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    top = argparse.ArgumentParser(
+        prog="graphledger",
+        description="An event-sourced run ledger and run server for LangGraph.",
+        epilog="examples:\n  graphledger serve\n  DATABASE_URL=postgresql://u:p@db/ledger graphledger migrate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"graphledger {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the HTTP API (migrates the database first)",
+        description="Serve the HTTP API. Without DATABASE_URL a private PostgreSQL is started under --data-dir.",
+        epilog="examples:\n  graphledger serve\n  graphledger serve --host 0.0.0.0 --port 8123",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8123)
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="apply the database migrations",
+        description="Bring the database schema to the latest revision (safe to run concurrently).",
+        epilog="examples:\n  graphledger migrate\n  graphledger migrate --database-url postgresql://u:p@db/ledger",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    migrate.set_defaults(func=cmd_migrate)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except (CommandError, EmbeddedError, LedgerError) as exc:
+        print(f"graphledger: error: {exc}", file=sys.stderr)
+        return 1
+    except Stopped:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

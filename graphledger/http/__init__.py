@@ -1,0 +1,1 @@
+"""The Starlette layer: reads, run commands and SSE tails over the ledger."""

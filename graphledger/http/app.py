@@ -1,0 +1,35 @@
+"""The ASGI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from graphledger.ledger import Ledger
+
+
+async def ok(request: Request) -> JSONResponse:
+    """Readiness: answers once the ledger is connected and its tail is listening."""
+    ledger: Ledger = request.app.state.ledger
+    if ledger.hub is not None and not ledger.hub.listening.is_set():
+        return JSONResponse({"detail": "tail listener reconnecting"}, status_code=503)
+    return JSONResponse({"ok": True})
+
+
+def create_app(dsn: str) -> Starlette:
+    """The application over the (already migrated) database at ``dsn``."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.ledger = await Ledger.connect(dsn)
+        try:
+            yield
+        finally:
+            await app.state.ledger.close()
+
+    return Starlette(routes=[Route("/ok", ok)], lifespan=lifespan)

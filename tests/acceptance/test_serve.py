@@ -1,0 +1,90 @@
+"""``graphledger serve`` and ``graphledger migrate`` as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="graphledger-tests-serve-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def graphledger(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | (env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "graphledger.cli", *args], cwd=cwd, env=environment,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_ok(port: int, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ok", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+def test_serve_on_the_embedded_server_and_stop_on_sigterm(workdir: Path) -> None:
+    for attempt in range(2):  # the second start reuses the data directory
+        port = free_port()
+        server = graphledger("serve", "--port", str(port), cwd=workdir)
+        try:
+            wait_ok(port, server)
+            assert httpx.get(f"http://127.0.0.1:{port}/ok").json() == {"ok": True}
+        finally:
+            server.send_signal(signal.SIGTERM)
+            output = server.communicate(timeout=60)[0]
+        assert server.returncode == 0, output
+        pidfile = workdir / ".graphledger" / "pgdata" / "postmaster.pid"
+        assert not pidfile.exists(), f"embedded server still running after attempt {attempt}"
+
+
+def test_unreachable_database_is_one_line_and_non_zero(workdir: Path) -> None:
+    url = f"postgresql://nobody:secret@127.0.0.1:{free_port()}/nothing"
+    process = graphledger("migrate", "--database-url", url, cwd=workdir)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 1
+    lines = [line for line in output.splitlines() if line.startswith("graphledger: error:")]
+    assert len(lines) == 1 and "cannot migrate" in lines[0]
+    assert "Traceback" not in output
+
+
+def test_bad_arguments_exit_non_zero(workdir: Path) -> None:
+    process = graphledger("serve", "--port", "not-a-port", cwd=workdir)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 2 and "invalid int value" in output
+
+
+def test_migrate_with_database_url(workdir: Path, server_dsn: str) -> None:
+    process = graphledger("migrate", cwd=workdir, env={"DATABASE_URL": server_dsn.rsplit("/", 1)[0] + "/postgres"})
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert "latest schema revision" in output

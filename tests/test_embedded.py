@@ -1,0 +1,127 @@
+"""The embedded PostgreSQL server: start, share, persist, adopt, stop."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from graphledger.embedded import EmbeddedError, EmbeddedPostgres
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="graphledger-tests-embedded-"))
+    root.chmod(0o755)
+    yield root / "data"
+    leftover = EmbeddedPostgres(root / "data")
+    if leftover._running_port() is not None:
+        leftover.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def query(dsn: str, sql: str) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if ";" in sql:
+            return await conn.execute(sql)
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def test_start_share_persist_and_stop(data_dir: Path) -> None:
+    first = EmbeddedPostgres(data_dir)
+    dsn = first.start()
+    assert "127.0.0.1" in dsn
+    await query(dsn, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+    second = EmbeddedPostgres(data_dir)
+    assert second.start() == dsn  # joined, not started again
+    second.stop()
+    assert first._running_port() is not None, "the first handle still uses the server"
+    first.stop()
+    assert first._running_port() is None
+    again = EmbeddedPostgres(data_dir)
+    dsn = again.start()
+    try:
+        assert await query(dsn, "SELECT x FROM kept") == 42
+    finally:
+        again.stop()
+
+
+def test_files_and_server_user(data_dir: Path) -> None:
+    server = EmbeddedPostgres(data_dir)
+    server.start()
+    try:
+        owner = (data_dir / "pgdata").stat().st_uid
+        if os.geteuid() == 0:
+            assert owner != 0 and pwd.getpwuid(owner).pw_name in ("postgres", "nobody")
+            postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+            assert os.stat(f"/proc/{postmaster}").st_uid == owner, "the server must not run as root"
+        else:
+            assert owner == os.geteuid()
+        assert (data_dir / "server.json").stat().st_mode & 0o077 == 0, "the password file is private"
+    finally:
+        server.stop()
+
+
+async def test_server_left_by_a_killed_process_is_adopted(data_dir: Path) -> None:
+    code = (
+        "import sys, time; from graphledger.embedded import EmbeddedPostgres; "
+        f"EmbeddedPostgres({str(data_dir)!r}).start(); print('up', flush=True); time.sleep(600)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "up"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+    server = EmbeddedPostgres(data_dir)
+    assert server._running_port() is not None, "the killed process left its server running"
+    dsn = server.start()
+    assert server.adopted
+    assert await query(dsn, "SELECT 1") == 1
+    server.stop()
+    assert server._running_port() is None
+
+
+def test_data_directory_that_is_not_a_cluster(data_dir: Path) -> None:
+    (data_dir / "pgdata").mkdir(parents=True)
+    (data_dir / "pgdata" / "something").write_text("not postgres")
+    with pytest.raises(EmbeddedError, match="not a PostgreSQL data directory"):
+        EmbeddedPostgres(data_dir).start()
+
+
+def test_unreachable_directory_is_explained_not_widened(data_dir: Path) -> None:
+    private = data_dir.parent / "private"
+    private.mkdir(mode=0o700)
+    target = private / "data"
+    if os.geteuid() != 0:
+        server = EmbeddedPostgres(target)  # our own directory: reachable
+        server.start()
+        server.stop()
+        return
+    with pytest.raises(EmbeddedError, match="cannot reach the data directory"):
+        EmbeddedPostgres(target).start()
+    assert private.stat().st_mode & 0o777 == 0o700, "permissions must not be widened"
+
+
+def test_server_user_must_exist_and_not_be_root(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        return  # only root picks another account
+    monkeypatch.setenv("GRAPHLEDGER_PG_USER", "no-such-user-here")
+    with pytest.raises(EmbeddedError, match="GRAPHLEDGER_PG_USER"):
+        EmbeddedPostgres(data_dir)
+    monkeypatch.setenv("GRAPHLEDGER_PG_USER", "root")
+    with pytest.raises(EmbeddedError, match="unprivileged"):
+        EmbeddedPostgres(data_dir)
