@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -49,9 +49,9 @@ _TERMINAL_KINDS_SQL = ", ".join(f"'{kind}'" for kind in sorted(TERMINAL_KINDS))
 APPEND_SQL = f"""
 WITH batch AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bytea[], $6::text[], $7::text[])
-        AS b(thread_id, run_id, expected_seq, last_seq, last_hash, last_kind, status)
+        WITH ORDINALITY AS b(thread_id, run_id, expected_seq, last_seq, last_hash, last_kind, status, idx)
 ), locked AS (
-    SELECT r.thread_id, r.run_id
+    SELECT b.idx
     FROM runs r JOIN batch b ON r.thread_id = b.thread_id AND r.run_id = b.run_id
     WHERE r.last_seq = b.expected_seq AND coalesce(r.last_kind, '') <> ALL (ARRAY[{_TERMINAL_KINDS_SQL}])
     ORDER BY r.thread_id, r.run_id
@@ -60,15 +60,15 @@ WITH batch AS (
     UPDATE runs r
     SET last_seq = b.last_seq, last_hash = b.last_hash, last_kind = b.last_kind,
         status = coalesce(b.status, r.status), updated_at = now()
-    FROM batch b JOIN locked l ON l.thread_id = b.thread_id AND l.run_id = b.run_id
+    FROM batch b JOIN locked l ON l.idx = b.idx
     WHERE r.thread_id = b.thread_id AND r.run_id = b.run_id
-    RETURNING r.thread_id, r.run_id, r.last_seq
+    RETURNING r.thread_id, r.run_id, r.last_seq, b.idx
 ), inserted AS (
     INSERT INTO events (thread_id, run_id, seq, kind, data, ts, hash)
-    SELECT e.thread_id, e.run_id, e.seq, e.kind, e.data::json, e.ts, e.hash
-    FROM unnest($8::uuid[], $9::uuid[], $10::int[], $11::text[], $12::text[], $13::timestamptz[], $14::bytea[])
-        WITH ORDINALITY AS e(thread_id, run_id, seq, kind, data, ts, hash, ord)
-    JOIN head h ON h.thread_id = e.thread_id AND h.run_id = e.run_id
+    SELECT h.thread_id, h.run_id, e.seq, e.kind, e.data::json, e.ts, e.hash
+    FROM unnest($8::int[], $9::int[], $10::text[], $11::text[], $12::timestamptz[], $13::bytea[])
+        WITH ORDINALITY AS e(idx, seq, kind, data, ts, hash, ord)
+    JOIN head h ON h.idx = e.idx
     ORDER BY e.ord
     RETURNING global_position
 ), notified AS (
@@ -93,7 +93,7 @@ INSERT INTO runs (thread_id, run_id, assistant_id, metadata) VALUES ($1, $2, $3,
 
 @dataclass(slots=True)
 class Head:
-    """A run's stream head as the writer last saw it."""
+    """A run's stream head: the last event's seq, hash and kind, and the run's status."""
 
     seq: int
     hash: bytes
@@ -104,9 +104,24 @@ class Head:
     def terminal(self) -> bool:
         return self.kind in TERMINAL_KINDS
 
+    def after(self, event: Event) -> Head:
+        return Head(event.seq, event.hash, event.kind, STATUS_AFTER.get(event.kind, self.status))
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def chain_onto(ref: RunRef, head: Head, items: Iterable[tuple[str, str, datetime]]) -> list[Event]:
+    """Number and hash ``items`` as the events that follow ``head``."""
+    seq, digest = head.seq, head.hash
+    prefix = chain.run_prefix(ref.thread_id, ref.run_id)
+    events = []
+    for kind, data, ts in items:
+        seq += 1
+        digest = chain.link_with(digest, prefix, seq, kind, ts, data)
+        events.append(Event(ref.thread_id, ref.run_id, seq, kind, data, ts, digest))
+    return events
 
 
 @dataclass(slots=True)
@@ -114,23 +129,26 @@ class _Batch:
     """Column arrays of one append statement."""
 
     heads: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(7)])
-    events: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(7)])
+    events: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(6)])
 
-    def add_run(self, ref: RunRef, head: Head, items: Sequence[tuple[str, str, datetime]]) -> tuple[list[Event], Head]:
-        """Chain ``items`` onto ``head``; return the events and the head after them."""
-        seq, digest, status = head.seq, head.hash, None
-        out: list[Event] = []
-        for kind, data, ts in items:
-            seq += 1
-            digest = chain.link(digest, ref.thread_id, ref.run_id, seq, kind, ts, data)
-            status = STATUS_AFTER.get(kind, status)
-            out.append(Event(ref.thread_id, ref.run_id, seq, kind, data, ts, digest))
-            for column, value in zip(self.events, (ref.thread_id, ref.run_id, seq, kind, data, ts, digest)):
-                column.append(value)
-        last_kind = items[-1][0]
-        for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, seq, digest, last_kind, status)):
+    def add(self, ref: RunRef, head: Head, events: Sequence[Event]) -> Head:
+        """Add ``events`` (already chained onto ``head``); return the head after them."""
+        indexes, seqs, kinds, datas, stamps, hashes = self.events
+        index = len(self.heads[0]) + 1  # the run's ordinality in the head arrays
+        status = None
+        for event in events:
+            indexes.append(index)
+            seqs.append(event.seq)
+            kinds.append(event.kind)
+            datas.append(event.data)
+            stamps.append(event.ts)
+            hashes.append(event.hash)
+            if event.kind in STATUS_AFTER:
+                status = STATUS_AFTER[event.kind]
+        last = events[-1]
+        for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, last.seq, last.hash, last.kind, status)):
             column.append(value)
-        return out, Head(seq, digest, last_kind, status or head.status)
+        return Head(last.seq, last.hash, last.kind, status or head.status)
 
     def args(self) -> list[Any]:
         return [*self.heads, *self.events]
@@ -163,13 +181,13 @@ async def append_at(
     """
     if not new:
         return []
-    heads = await load_heads(conn, [ref])
-    head = heads.get(ref)
+    head = (await load_heads(conn, [ref])).get(ref)
     if head is None or head.terminal or head.seq != expected_seq:
         raise _refuse(ref, head, expected_seq)
     ts = ts or utcnow()
+    events = chain_onto(ref, head, [(e.kind, e.data, ts) for e in new])
     batch = _Batch()
-    events, _ = batch.add_run(ref, head, [(e.kind, e.data, ts) for e in new])
+    batch.add(ref, head, events)
     rows = await conn.fetch(APPEND_SQL, *batch.args())
     if not rows:
         raise _refuse(ref, (await load_heads(conn, [ref])).get(ref), expected_seq)
@@ -194,19 +212,35 @@ class _Pending:
     kind: str
     data: str
     ts: datetime
-    future: asyncio.Future[Event]
+    future: asyncio.Future[Event] | None  # None: fed without waiting (see Writer.feed)
+    event: Event | None = None  # chained onto the run's tip at submit, when the tip is known
 
 
 @dataclass(slots=True)
 class _RunQueue:
     ref: RunRef
-    head: Head | None = None
+    prefix: bytes
+    head: Head | None = None  # the committed head, as last seen; None: load it
+    tip: Head | None = None  # the head after every waiting event; None: not chained yet
     items: deque[_Pending] = field(default_factory=deque)
     closed: bool = False  # a terminal event is queued: nothing more is accepted
     failures: int = 0
     # Sent in a statement whose outcome is unknown (the connection died): the
     # head, once reloaded, tells whether it committed.
-    inflight: tuple[int, list[Event], Head] | None = None
+    inflight: tuple[int, Head] | None = None
+
+    def rechain(self) -> None:
+        """Number and hash every waiting event again, from the committed head."""
+        assert self.head is not None
+        events = chain_onto(self.ref, self.head, [(p.kind, p.data, p.ts) for p in self.items])
+        tip = self.head
+        for pending, event in zip(self.items, events):
+            pending.event = event
+            tip = tip.after(event)
+        self.tip = tip
+
+    def forget_head(self) -> None:
+        self.head = self.tip = None
 
 
 RETRYABLE = (
@@ -214,7 +248,9 @@ RETRYABLE = (
     asyncpg.SerializationError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left mid-operation when its backend died
     asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
     OSError,
 )
 
@@ -222,29 +258,35 @@ RETRYABLE = (
 class Writer:
     """Batches appends of many concurrent runs into one statement per flush.
 
-    A flush starts when ``max_delay`` has passed since the first waiting event,
-    when ``max_batch`` events wait, or at once when an event is ``urgent``
-    (lifecycle transitions: durable before their caller is answered). One flush
-    runs at a time; events that arrive meanwhile form the next one. Every future
-    returned by :meth:`submit` resolves once its event is committed, or fails
-    with the reason it never will be.
+    Each event is numbered and hashed when it is submitted, onto the run's
+    *tip* (the head after every event still waiting), so that this work is done
+    by the producers while the previous flush is in the database. A flush then
+    only gathers rows: it starts as soon as events wait and no flush is
+    running, after at most ``max_delay``, with up to ``max_batch`` events. While
+    one flush runs, the next one fills up. If a run's head moved under it
+    (another writer appended) or a flush's outcome is unknown, the run's head
+    is reloaded and its waiting events are numbered and hashed again.
+
+    Every future returned by :meth:`submit` resolves once its event is
+    committed, or fails with the reason it never will be.
     """
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
         *,
-        max_batch: int = 512,
-        max_delay: float = 0.004,
+        max_batch: int = 2048,
+        max_delay: float = 0.0,
         max_attempts: int = 5,
         on_commit: Callable[[list[Event]], None] | None = None,
     ) -> None:
-        self._pool = pool
+        self._connect = connect  # the writer owns one connection, made anew after any failure
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.max_attempts = max_attempts
         self._on_commit = on_commit
         self._runs: dict[RunRef, _RunQueue] = {}
+        self._errors: dict[RunRef, BaseException] = {}  # failures of fed events, raised on the next call
         self._waiting = 0
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
@@ -266,31 +308,62 @@ class Writer:
             await self._task
             self._task = None
 
+    def seed(self, ref: RunRef, event: Event, status: str = "pending") -> None:
+        """Tell the writer a run's head (after creating it), sparing it a read."""
+        if ref not in self._runs:
+            head = Head(event.seq, event.hash, event.kind, status)
+            self._runs[ref] = _RunQueue(ref, chain.run_prefix(ref.thread_id, ref.run_id), head, head)
+
     def submit(self, ref: RunRef, event: NewEvent, *, urgent: bool = False, ts: datetime | None = None) -> asyncio.Future[Event]:
         """Queue ``event`` for ``ref``; the future resolves when it is committed."""
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._enqueue(ref, event, future, urgent, ts)
+        return future
+
+    def feed(self, ref: RunRef, event: NewEvent, *, ts: datetime | None = None) -> None:
+        """Queue a stream chunk without waiting for it.
+
+        The writer commits a run's events in order, so a chunk is durable once
+        any later event of the same run that was awaited (its terminal event,
+        say) is. If fed events cannot be written, the next call for that run
+        raises the reason.
+        """
+        self._enqueue(ref, event, None, False, ts)
+
+    def _enqueue(
+        self, ref: RunRef, event: NewEvent, future: asyncio.Future[Event] | None, urgent: bool, ts: datetime | None
+    ) -> None:
         if self._closing:
             raise LedgerError("the writer is closed")
+        error = self._errors.pop(ref, None)
+        if error is not None:
+            raise error
         queue = self._runs.get(ref)
         if queue is None:
-            queue = self._runs[ref] = _RunQueue(ref)
+            queue = self._runs[ref] = _RunQueue(ref, chain.run_prefix(ref.thread_id, ref.run_id))
         if queue.closed or (queue.head is not None and queue.head.terminal):
             raise RunFinished(ref.run_id, queue.head.status if queue.head else "finished", "queued terminal event")
-        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        queue.items.append(_Pending(event.kind, event.data, ts or utcnow(), future))
+        pending = _Pending(event.kind, event.data, ts or utcnow(), future)
+        tip = queue.tip
+        if tip is not None:
+            seq = tip.seq + 1
+            digest = chain.link_with(tip.hash, queue.prefix, seq, pending.kind, pending.ts, pending.data)
+            pending.event = Event(ref.thread_id, ref.run_id, seq, pending.kind, pending.data, pending.ts, digest)
+            queue.tip = Head(seq, digest, pending.kind, STATUS_AFTER.get(pending.kind, tip.status))
+        queue.items.append(pending)
         if event.kind in TERMINAL_KINDS:
             queue.closed = True
         self._waiting += 1
         self._wake.set()
         if urgent or self._waiting >= self.max_batch:
             self._urgent.set()
-        return future
 
     async def append(self, ref: RunRef, event: NewEvent, *, urgent: bool = True) -> Event:
         """Append one event and wait until it is committed."""
         return await self.submit(ref, event, urgent=urgent)
 
     def forget(self, ref: RunRef) -> None:
-        """Drop the cached head of a run that has nothing waiting (a finished run)."""
+        """Drop the cached head of a run that has nothing waiting."""
         queue = self._runs.get(ref)
         if queue is not None and not queue.items:
             del self._runs[ref]
@@ -305,18 +378,18 @@ class Writer:
                     if self._closing:
                         return
                     continue
-                if not self._urgent.is_set():
+                if self.max_delay and not self._urgent.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._urgent.wait(), self.max_delay)
                 self._urgent.clear()
                 try:
                     if conn is None:
-                        conn = await self._pool.acquire()
+                        conn = await self._connect()
                     await self._flush(conn)
                 except RETRYABLE as exc:
                     _log.warning("append flush failed, retrying on a new connection: %s", exc)
                     if conn is not None:
-                        await self._pool.release(conn)
+                        conn.terminate()  # its state is unknown: never reuse it
                         conn = None
                     await asyncio.sleep(0.05)
                 except (asyncpg.PostgresError, LedgerError) as exc:
@@ -325,65 +398,73 @@ class Writer:
                     await asyncio.sleep(0.05)
         finally:
             if conn is not None:
-                await self._pool.release(conn)
-
-    def _take(self) -> list[tuple[_RunQueue, int]]:
-        taken: list[tuple[_RunQueue, int]] = []
-        budget = self.max_batch
-        for queue in self._runs.values():
-            if queue.items and budget > 0:
-                n = min(len(queue.items), budget)
-                taken.append((queue, n))
-                budget -= n
-        return taken
+                await conn.close()
 
     def _fail(self, queue: _RunQueue, error: BaseException) -> None:
+        unheard = False
         while queue.items:
             pending = queue.items.popleft()
             self._waiting -= 1
-            if not pending.future.done():
+            if pending.future is None:
+                unheard = True
+            elif not pending.future.done():
                 pending.future.set_exception(error)
+        if unheard:
+            _log.warning("events of run %s were not written: %s", queue.ref.run_id, error)
+            self._errors[queue.ref] = error
         self._runs.pop(queue.ref, None)
 
-    def _resolve(self, queue: _RunQueue, n: int, events: list[Event], after: Head) -> None:
+    def _resolve(self, queue: _RunQueue, n: int, after: Head) -> list[Event]:
         queue.head = after
         queue.failures = 0
         queue.inflight = None
-        for event in events:
+        events = []
+        for _ in range(n):
             pending = queue.items.popleft()
             self._waiting -= 1
-            if not pending.future.done():
-                pending.future.set_result(event)
+            assert pending.event is not None
+            events.append(pending.event)
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_result(pending.event)
         if after.terminal:
             queue.closed = False
             if not queue.items:
                 del self._runs[queue.ref]
+        return events
 
-    async def _flush(self, conn: asyncpg.Connection) -> None:
-        taken = self._take()
-        unknown = [q.ref for q, _ in taken if q.head is None]
+    async def _load_heads(self, conn: asyncpg.Connection, queues: list[_RunQueue]) -> list[Event]:
+        """Reload heads; settle flushes of unknown outcome; chain what waits. Returns events found committed."""
+        heads = await load_heads(conn, [q.ref for q in queues])
         committed: list[Event] = []
-        if unknown:
-            heads = await load_heads(conn, unknown)
-            for queue, _ in taken:
-                if queue.head is None:
-                    queue.head = heads.get(queue.ref)
-                    if queue.inflight is not None:
-                        n, events, after = queue.inflight
-                        queue.inflight = None
-                        if queue.head is not None and (queue.head.seq, queue.head.hash) == (after.seq, after.hash):
-                            self._resolve(queue, n, events, after)
-                            committed.extend(events)
-            taken = [(q, min(n, len(q.items))) for q, n in taken if q.items]
-        batch = _Batch()
-        planned: list[tuple[_RunQueue, int, list[Event], Head]] = []
-        for queue, n in taken:
+        for queue in queues:
+            queue.head = heads.get(queue.ref)
             if queue.head is None or queue.head.terminal:
                 self._fail(queue, _refuse(queue.ref, queue.head))
                 continue
-            items = [(p.kind, p.data, p.ts) for p in list(queue.items)[:n]]
-            events, after = batch.add_run(queue.ref, queue.head, items)
-            planned.append((queue, n, events, after))
+            if queue.inflight is not None:
+                n, after = queue.inflight
+                queue.inflight = None
+                if (queue.head.seq, queue.head.hash) == (after.seq, after.hash):
+                    committed.extend(self._resolve(queue, n, after))
+                    if not queue.items:
+                        continue
+            queue.rechain()
+        return committed
+
+    async def _flush(self, conn: asyncpg.Connection) -> None:
+        queues = [q for q in self._runs.values() if q.items]
+        unknown = [q for q in queues if q.tip is None]
+        committed = await self._load_heads(conn, unknown) if unknown else []
+        batch = _Batch()
+        planned: list[tuple[_RunQueue, int, Head]] = []
+        budget = self.max_batch
+        for queue in queues:
+            if budget <= 0 or not queue.items or queue.head is None:
+                continue
+            n = min(len(queue.items), budget)
+            budget -= n
+            events = [queue.items[i].event for i in range(n)]
+            planned.append((queue, n, batch.add(queue.ref, queue.head, events)))  # type: ignore[arg-type]
         if not planned:
             self._committed(committed)
             return
@@ -392,33 +473,33 @@ class Writer:
         except RETRYABLE:
             # The commit may or may not have happened: reload the heads and keep
             # the events of every run whose head does not show them.
-            for queue, n, events, after in planned:
-                queue.head = None
-                queue.inflight = (n, events, after)
+            for queue, n, after in planned:
+                queue.forget_head()
+                queue.inflight = (n, after)
             self._committed(committed)
             raise
         except (asyncpg.PostgresError, LedgerError) as exc:
-            for queue, *_ in planned:
+            for queue, _, _ in planned:
                 queue.failures += 1
-                queue.head = None
+                queue.forget_head()
                 if queue.failures >= self.max_attempts:
                     self._fail(queue, LedgerError(f"append failed: {exc}"))
+            self._committed(committed)
             raise
         self.flushes += 1
         accepted = {row["run_id"] for row in rows}
-        for queue, n, events, after in planned:
-            if queue.ref.run_id not in accepted:
-                # Another writer moved the head: reload it and try again next flush.
+        for queue, n, after in planned:
+            if queue.ref.run_id in accepted:
+                committed.extend(self._resolve(queue, n, after))
+            else:
+                # Another writer moved the head: reload it and chain again next flush.
                 self.conflicts += 1
-                queue.head = None
-                self._wake.set()
-                self._urgent.set()
-                continue
-            self._resolve(queue, n, events, after)
-            committed.extend(events)
+                queue.forget_head()
         self._committed(committed)
         if self._waiting:
             self._wake.set()
+            if len(planned) < len(queues) or any(q.tip is None for q, _, _ in planned):
+                self._urgent.set()
 
     async def _execute(self, conn: asyncpg.Connection, args: list[Any]) -> list[asyncpg.Record]:
         return await conn.fetch(APPEND_SQL, *args)

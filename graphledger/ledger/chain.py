@@ -24,17 +24,31 @@ from uuid import UUID
 GENESIS = bytes(32)
 
 
+_UTC = timezone.utc
+
+
 def format_ts(ts: datetime) -> str:
     """The chain's text form of a timestamp (UTC, microseconds, ``Z``)."""
-    if ts.tzinfo is None:
-        raise ValueError("event timestamps must be timezone-aware")
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if ts.tzinfo is not _UTC:
+        if ts.tzinfo is None:
+            raise ValueError("event timestamps must be timezone-aware")
+        ts = ts.astimezone(_UTC)
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def run_prefix(thread_id: UUID, run_id: UUID) -> bytes:
+    """The part of every header of a run that does not change (computed once per run)."""
+    return f"{thread_id}\n{run_id}\n".encode()
+
+
+def link_with(previous: bytes, prefix: bytes, seq: int, kind: str, ts: datetime, data: str) -> bytes:
+    """:func:`link` with the run's header prefix already encoded."""
+    return hashlib.sha256(b"".join((previous, prefix, f"{seq}\n{kind}\n{format_ts(ts)}\n".encode(), data.encode()))).digest()
 
 
 def link(previous: bytes, thread_id: UUID, run_id: UUID, seq: int, kind: str, ts: datetime, data: str) -> bytes:
     """The hash of one event given the hash of the event before it."""
-    header = f"{thread_id}\n{run_id}\n{seq}\n{kind}\n{format_ts(ts)}\n"
-    return hashlib.sha256(previous + header.encode() + data.encode()).digest()
+    return link_with(previous, run_prefix(thread_id, run_id), seq, kind, ts, data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,39 +43,78 @@ MAX_KIND_LENGTH = 256
 _DOTTED_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 
 
+_valid_kinds: set[str] = set()
+
+
 def validate_kind(kind: str) -> str:
     """Return ``kind`` if it may be stored, else raise :class:`InvalidEvent`.
 
     Allowed: dotted lower-case kinds (``run.started``, ``llm.usage``, ...) and
     stream kinds ``stream:<name>`` whose name is printable text without newlines.
     """
+    if kind in _valid_kinds:
+        return kind
+    _check_kind(kind)
+    if len(_valid_kinds) < 10_000:  # kinds repeat: remember the valid ones
+        _valid_kinds.add(kind)
+    return kind
+
+
+def _check_kind(kind: str) -> None:
     if not isinstance(kind, str) or not kind or len(kind) > MAX_KIND_LENGTH:
         raise InvalidEvent(f"event kind must be a non-empty string of at most {MAX_KIND_LENGTH} characters")
     if kind.startswith(STREAM_PREFIX):
         name = kind[len(STREAM_PREFIX):]
         if not name or not name.isprintable():
             raise InvalidEvent(f"stream kind {kind!r} needs a printable mode name")
-        return kind
+        return
     if _DOTTED_KIND.fullmatch(kind) is None:
         raise InvalidEvent(f"invalid event kind {kind!r}: use dotted lower-case words or stream:<mode>")
-    return kind
 
 
-def _check_encodable(value: Any, path: str) -> None:
-    # json.dumps silently turns int/float/bool/None keys into strings and would
-    # make two distinct payloads hash alike; refuse them instead.
+def _explain(value: Any, path: str) -> str | None:
+    """Where ``value`` stops being JSON, for the error message (the slow path)."""
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidPayload(f"payload key {key!r} at {path or '$'} is not a string")
-            _check_encodable(item, f"{path}.{key}")
+                return f"payload key {key!r} at {path or '$'} is not a string"
+            found = _explain(item, f"{path}.{key}")
+            if found:
+                return found
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_encodable(item, f"{path}[{index}]")
+            found = _explain(item, f"{path}[{index}]")
+            if found:
+                return found
     elif isinstance(value, float) and not math.isfinite(value):
-        raise InvalidPayload(f"payload value {value!r} at {path or '$'} is not valid JSON")
+        return f"payload value {value!r} at {path or '$'} is not valid JSON"
     elif value is not None and not isinstance(value, (str, int, float, bool)):
-        raise InvalidPayload(f"payload value of type {type(value).__name__} at {path or '$'} is not JSON-encodable")
+        return f"payload value of type {type(value).__name__} at {path or '$'} is not JSON-encodable"
+    return None
+
+
+def _keys_are_strings(value: Any) -> bool:
+    # json.dumps silently turns int/float/bool/None keys into strings, which
+    # would let two different payloads store alike; only this is checked here,
+    # json.dumps itself refuses NaN and unknown types.
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            if type(item) in _CONTAINERS and not _keys_are_strings(item):
+                return False
+    elif kind is list or kind is tuple:
+        for item in value:
+            if type(item) in _CONTAINERS and not _keys_are_strings(item):
+                return False
+    elif isinstance(value, (dict, list, tuple)):
+        return _explain(value, "") is None
+    return True
+
+
+_CONTAINERS = (dict, list, tuple)
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def canonical_json(value: Any) -> str:
@@ -84,12 +123,15 @@ def canonical_json(value: Any) -> str:
     Raises :class:`InvalidPayload` for NaN or infinities, non-string keys, lone
     surrogates and objects JSON cannot represent; nothing is written then.
     """
-    _check_encodable(value, "")
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
+        if not _keys_are_strings(value):
+            raise ValueError
+        text = _encode(value)
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidPayload(f"payload is not valid UTF-8 text: {exc.reason}") from None
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidPayload(_explain(value, "") or "payload is not valid JSON") from None
     return text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -42,8 +43,8 @@ class Ledger:
         *,
         pool_size: int = 10,
         tail: bool = True,
-        max_batch: int = 512,
-        max_delay: float = 0.004,
+        max_batch: int = 2048,
+        max_delay: float = 0.0,
         poll_interval: float = 2.0,
         writer_class: type[Writer] = Writer,
     ) -> Ledger:
@@ -53,7 +54,13 @@ class Ledger:
                 dsn, min_size=1, max_size=pool_size, server_settings={"application_name": APPLICATION_NAME}
             )
         hub = Hub(dsn, poll_interval=poll_interval) if tail else None
-        writer = writer_class(pool, max_batch=max_batch, max_delay=max_delay, on_commit=hub.publish if hub else None)
+        settings = {"application_name": APPLICATION_NAME}
+        writer = writer_class(
+            lambda: asyncpg.connect(dsn, server_settings=settings),
+            max_batch=max_batch,
+            max_delay=max_delay,
+            on_commit=hub.publish if hub else None,
+        )
         ledger = cls(dsn, pool, writer, hub)
         try:
             writer.start()
@@ -101,7 +108,11 @@ class Ledger:
         async with self.pool.acquire() as conn:
             try:
                 with translate():
-                    return await insert_run(conn, ref, created, assistant_id=assistant_id, metadata=json.dumps(dict(metadata or {})))
+                    event = await insert_run(conn, ref, created, assistant_id=assistant_id, metadata=json.dumps(dict(metadata or {})))
+                self.writer.seed(ref, event)
+                if self.hub is not None:
+                    self.hub.publish([event])
+                return event
             except asyncpg.ForeignKeyViolationError:
                 raise ThreadNotFound(f"thread {thread_id} not found") from None
             except asyncpg.UniqueViolationError:
@@ -126,9 +137,13 @@ class Ledger:
             self.hub.publish([stored])
         return stored
 
-    def submit(self, ref: RunRef, kind: str, payload: Any) -> Any:
-        """Queue a stream event for the next group commit; await the result to know it is durable."""
+    def submit(self, ref: RunRef, kind: str, payload: Any) -> asyncio.Future[Event]:
+        """Queue an event for the next group commit; await the result to know it is durable."""
         return self.writer.submit(ref, NewEvent.of(kind, payload))
+
+    def feed(self, ref: RunRef, kind: str, payload: Any) -> None:
+        """Queue a stream chunk without waiting; it is durable once a later awaited event of the run is."""
+        self.writer.feed(ref, NewEvent.of(kind, payload))
 
     # -- reading ---------------------------------------------------------------------
 
