@@ -1,14 +1,17 @@
 """Append throughput against raw COPY, and append-to-subscriber latency, on one database.
 
-    python bench/append.py [--runs 100] [--chunks 1000] [--rate 2000] [--seconds 10]
+    python bench/append.py [--runs 100] [--chunks 1000] [--rate 2000] [--seconds 10] [--rounds 3]
 
 Uses DATABASE_URL when set, else a fresh embedded PostgreSQL with its default,
 durable settings (fsync and synchronous_commit on), removed afterwards. Three
 measurements, in this order, on the same database:
 
-1. copy:    raw asyncpg COPY of the same rows the writer produces (the ceiling).
+1. copy:    raw asyncpg COPY of the same rows the writer produces (the ceiling);
+            building the rows (JSON, hashes) is not timed.
 2. writer:  ``--runs`` concurrent runs, each streaming ``--chunks`` 200-byte chunks
-            through the group-commit writer; events/s from first submit to last commit.
+            through the group-commit writer; events/s from first submit to last
+            commit, encoding and hashing included. 1 and 2 alternate for
+            ``--rounds`` rounds; the medians are compared.
 3. latency: ``--rate`` events/s spread over 20 runs for ``--seconds``; the time from
             ``submit()`` to a subscriber receiving the event, for a subscriber in the
             writing process (in-memory hand-off) and one in another ledger
@@ -89,12 +92,13 @@ async def bench_writer(dsn: str, runs: int, chunks: int) -> tuple[float, int]:
         flushes = ledger.writer.flushes
 
         async def stream(ref: RunRef) -> None:
-            futures = []
-            for i in range(chunks):
-                futures.append(ledger.submit(ref, "stream:messages", chunk(i)))
+            # As a worker streams a run: chunks are fed without waiting, and the
+            # run's last event is awaited (committed in order, so all of them are).
+            for i in range(chunks - 1):
+                ledger.feed(ref, "stream:messages", chunk(i))
                 if i % 8 == 7:
                     await asyncio.sleep(0)  # token-rate producers interleave
-            await asyncio.gather(*futures)
+            await ledger.submit(ref, "stream:messages", chunk(chunks - 1))
 
         start = time.perf_counter()
         await asyncio.gather(*(stream(ref) for ref in refs))
@@ -129,7 +133,7 @@ async def bench_latency(dsn: str, rate: int, seconds: float) -> tuple[list[float
         while sent < total:
             due = min(total, int((time.perf_counter() - start) / tick * per_tick) + 1)
             while sent < due:
-                writer.submit(refs[sent % len(refs)], "stream:messages", chunk(sent, time.perf_counter()))
+                writer.feed(refs[sent % len(refs)], "stream:messages", chunk(sent, time.perf_counter()))
                 sent += 1
             await asyncio.sleep(tick)
         for ref in refs:
@@ -147,14 +151,21 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(dsn: str, args: argparse.Namespace) -> None:
-    copy_rps = await bench_copy(dsn, args.runs, args.chunks)
-    print(f"copy:    {args.runs * args.chunks} rows in one COPY: {copy_rps:,.0f} rows/s", flush=True)
-    writer_eps, flushes = await bench_writer(dsn, args.runs, args.chunks)
-    print(
-        f"writer:  {args.runs} runs x {args.chunks} chunks: {writer_eps:,.0f} events/s "
-        f"({flushes} flushes, {args.runs * args.chunks / max(flushes, 1):.0f} events per flush)",
-        flush=True,
-    )
+    # COPY and the writer alternate, so both see the same table sizes and the
+    # same machine noise; the medians are compared.
+    copies, writers = [], []
+    for round_ in range(1, args.rounds + 1):
+        copies.append(await bench_copy(dsn, args.runs, args.chunks))
+        print(f"copy:    round {round_}: {args.runs * args.chunks} rows in one COPY: {copies[-1]:,.0f} rows/s", flush=True)
+        eps, flushes = await bench_writer(dsn, args.runs, args.chunks)
+        writers.append(eps)
+        print(
+            f"writer:  round {round_}: {args.runs} runs x {args.chunks} chunks: {eps:,.0f} events/s "
+            f"({flushes} flushes, {args.runs * args.chunks / max(flushes, 1):.0f} events per flush)",
+            flush=True,
+        )
+    copy_rps, writer_eps = statistics.median(copies), statistics.median(writers)
+    print(f"medians: copy {copy_rps:,.0f} rows/s, writer {writer_eps:,.0f} events/s", flush=True)
     local_ms, remote_ms, achieved = await bench_latency(dsn, args.rate, args.seconds)
     for name, values in (("local", local_ms), ("remote", remote_ms)):
         print(
@@ -174,6 +185,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=1000, help="chunks per run")
     parser.add_argument("--rate", type=int, default=2000, help="events/s for the latency measurement")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating COPY/writer rounds (medians compared)")
     args = parser.parse_args()
 
     if os.environ.get("DATABASE_URL"):

@@ -134,17 +134,16 @@ class _Batch:
     def add(self, ref: RunRef, head: Head, events: Sequence[Event]) -> Head:
         """Add ``events`` (already chained onto ``head``); return the head after them."""
         indexes, seqs, kinds, datas, stamps, hashes = self.events
-        index = len(self.heads[0]) + 1  # the run's ordinality in the head arrays
+        indexes.extend([len(self.heads[0]) + 1] * len(events))  # the run's ordinality in the head arrays
+        seqs.extend([e.seq for e in events])
+        kinds.extend([e.kind for e in events])
+        datas.extend([e.data for e in events])
+        stamps.extend([e.ts for e in events])
+        hashes.extend([e.hash for e in events])
         status = None
-        for event in events:
-            indexes.append(index)
-            seqs.append(event.seq)
-            kinds.append(event.kind)
-            datas.append(event.data)
-            stamps.append(event.ts)
-            hashes.append(event.hash)
-            if event.kind in STATUS_AFTER:
-                status = STATUS_AFTER[event.kind]
+        for kind in kinds[len(kinds) - len(events):]:
+            if kind in STATUS_AFTER:
+                status = STATUS_AFTER[kind]
         last = events[-1]
         for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, last.seq, last.hash, last.kind, status)):
             column.append(value)
@@ -221,10 +220,11 @@ class _RunQueue:
     ref: RunRef
     prefix: bytes
     head: Head | None = None  # the committed head, as last seen; None: load it
-    tip: Head | None = None  # the head after every waiting event; None: not chained yet
+    tip: tuple[int, bytes] | None = None  # (seq, hash) after every waiting event; None: not chained yet
     items: deque[_Pending] = field(default_factory=deque)
     closed: bool = False  # a terminal event is queued: nothing more is accepted
     failures: int = 0
+    busy: bool = False  # in a flush: its events go in no other flush until that one ends
     # Sent in a statement whose outcome is unknown (the connection died): the
     # head, once reloaded, tells whether it committed.
     inflight: tuple[int, Head] | None = None
@@ -233,11 +233,9 @@ class _RunQueue:
         """Number and hash every waiting event again, from the committed head."""
         assert self.head is not None
         events = chain_onto(self.ref, self.head, [(p.kind, p.data, p.ts) for p in self.items])
-        tip = self.head
         for pending, event in zip(self.items, events):
             pending.event = event
-            tip = tip.after(event)
-        self.tip = tip
+        self.tip = (events[-1].seq, events[-1].hash) if events else (self.head.seq, self.head.hash)
 
     def forget_head(self) -> None:
         self.head = self.tip = None
@@ -275,18 +273,21 @@ class Writer:
         self,
         connect: Callable[[], Awaitable[asyncpg.Connection]],
         *,
-        max_batch: int = 2048,
+        max_batch: int = 4096,
         max_delay: float = 0.0,
         max_attempts: int = 5,
+        max_inflight: int = 2,
         on_commit: Callable[[list[Event]], None] | None = None,
     ) -> None:
         self._connect = connect  # the writer owns one connection, made anew after any failure
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.max_attempts = max_attempts
+        self.max_inflight = max_inflight
         self._on_commit = on_commit
         self._runs: dict[RunRef, _RunQueue] = {}
         self._errors: dict[RunRef, BaseException] = {}  # failures of fed events, raised on the next call
+        self._clock = chain.Clock()
         self._waiting = 0
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
@@ -312,7 +313,7 @@ class Writer:
         """Tell the writer a run's head (after creating it), sparing it a read."""
         if ref not in self._runs:
             head = Head(event.seq, event.hash, event.kind, status)
-            self._runs[ref] = _RunQueue(ref, chain.run_prefix(ref.thread_id, ref.run_id), head, head)
+            self._runs[ref] = _RunQueue(ref, chain.run_prefix(ref.thread_id, ref.run_id), head, (event.seq, event.hash))
 
     def submit(self, ref: RunRef, event: NewEvent, *, urgent: bool = False, ts: datetime | None = None) -> asyncio.Future[Event]:
         """Queue ``event`` for ``ref``; the future resolves when it is committed."""
@@ -343,13 +344,17 @@ class Writer:
             queue = self._runs[ref] = _RunQueue(ref, chain.run_prefix(ref.thread_id, ref.run_id))
         if queue.closed or (queue.head is not None and queue.head.terminal):
             raise RunFinished(ref.run_id, queue.head.status if queue.head else "finished", "queued terminal event")
-        pending = _Pending(event.kind, event.data, ts or utcnow(), future)
-        tip = queue.tip
-        if tip is not None:
-            seq = tip.seq + 1
-            digest = chain.link_with(tip.hash, queue.prefix, seq, pending.kind, pending.ts, pending.data)
-            pending.event = Event(ref.thread_id, ref.run_id, seq, pending.kind, pending.data, pending.ts, digest)
-            queue.tip = Head(seq, digest, pending.kind, STATUS_AFTER.get(pending.kind, tip.status))
+        kind, data = event.kind, event.data
+        if ts is None:
+            ts, stamp = self._clock.now()
+        else:
+            stamp = chain.format_ts(ts)
+        pending = _Pending(kind, data, ts, future)
+        if queue.tip is not None:
+            seq = queue.tip[0] + 1
+            digest = chain.link_with(queue.tip[1], queue.prefix, seq, kind, stamp, data)
+            pending.event = Event(ref.thread_id, ref.run_id, seq, kind, data, ts, digest)
+            queue.tip = (seq, digest)
         queue.items.append(pending)
         if event.kind in TERMINAL_KINDS:
             queue.closed = True
@@ -369,36 +374,68 @@ class Writer:
             del self._runs[ref]
 
     async def _run(self) -> None:
-        conn: asyncpg.Connection | None = None
+        """Start flushes while events wait, at most ``max_inflight`` at once."""
+        idle: list[asyncpg.Connection | None] = [None] * self.max_inflight
+        running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                await self._wake.wait()
-                if not self._waiting:
-                    self._wake.clear()
-                    if self._closing:
-                        return
-                    continue
-                if self.max_delay and not self._urgent.is_set():
+                if self.max_delay and running == set() and not self._urgent.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._urgent.wait(), self.max_delay)
                 self._urgent.clear()
-                try:
-                    if conn is None:
-                        conn = await self._connect()
-                    await self._flush(conn)
-                except RETRYABLE as exc:
-                    _log.warning("append flush failed, retrying on a new connection: %s", exc)
-                    if conn is not None:
-                        conn.terminate()  # its state is unknown: never reuse it
-                        conn = None
-                    await asyncio.sleep(0.05)
-                except (asyncpg.PostgresError, LedgerError) as exc:
-                    # Counted per run in _flush; a run's events fail after max_attempts.
-                    _log.warning("append flush rejected: %s", exc)
-                    await asyncio.sleep(0.05)
+                self._wake.clear()
+                queues = self._select() if idle else []
+                if queues:
+                    slot = idle.pop()
+                    task = asyncio.get_running_loop().create_task(self._flight(slot, queues, idle))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    continue
+                if not running and not self._waiting and self._closing:
+                    return
+                waiter = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({waiter, *running}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
         finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            for conn in idle:
+                if conn is not None:
+                    await conn.close()
+
+    def _select(self) -> list[_RunQueue]:
+        """Runs for the next flush: waiting events, not in a flush already, up to ``max_batch`` events."""
+        chosen: list[_RunQueue] = []
+        budget = self.max_batch
+        for queue in self._runs.values():
+            if budget <= 0:
+                break
+            if queue.items and not queue.busy:
+                queue.busy = True
+                chosen.append(queue)
+                budget -= len(queue.items)
+        return chosen
+
+    async def _flight(self, conn: asyncpg.Connection | None, queues: list[_RunQueue], idle: list[asyncpg.Connection | None]) -> None:
+        try:
+            if conn is None:
+                conn = await self._connect()
+            await self._flush(conn, queues)
+        except RETRYABLE as exc:
+            _log.warning("append flush failed, retrying on a new connection: %s", exc)
             if conn is not None:
-                await conn.close()
+                conn.terminate()  # its state is unknown: never reuse it
+                conn = None
+            await asyncio.sleep(0.05)
+        except (asyncpg.PostgresError, LedgerError) as exc:
+            # Counted per run in _flush; a run's events fail after max_attempts.
+            _log.warning("append flush rejected: %s", exc)
+            await asyncio.sleep(0.05)
+        finally:
+            for queue in queues:
+                queue.busy = False
+            idle.append(conn)
+            self._wake.set()
 
     def _fail(self, queue: _RunQueue, error: BaseException) -> None:
         unheard = False
@@ -451,8 +488,7 @@ class Writer:
             queue.rechain()
         return committed
 
-    async def _flush(self, conn: asyncpg.Connection) -> None:
-        queues = [q for q in self._runs.values() if q.items]
+    async def _flush(self, conn: asyncpg.Connection, queues: list[_RunQueue]) -> None:
         unknown = [q for q in queues if q.tip is None]
         committed = await self._load_heads(conn, unknown) if unknown else []
         batch = _Batch()
@@ -496,10 +532,6 @@ class Writer:
                 self.conflicts += 1
                 queue.forget_head()
         self._committed(committed)
-        if self._waiting:
-            self._wake.set()
-            if len(planned) < len(queues) or any(q.tip is None for q, _, _ in planned):
-                self._urgent.set()
 
     async def _execute(self, conn: asyncpg.Connection, args: list[Any]) -> list[asyncpg.Record]:
         return await conn.fetch(APPEND_SQL, *args)

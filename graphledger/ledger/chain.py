@@ -16,6 +16,7 @@ unambiguous. See docs/hash-chain.md.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,9 +42,33 @@ def run_prefix(thread_id: UUID, run_id: UUID) -> bytes:
     return f"{thread_id}\n{run_id}\n".encode()
 
 
-def link_with(previous: bytes, prefix: bytes, seq: int, kind: str, ts: datetime, data: str) -> bytes:
-    """:func:`link` with the run's header prefix already encoded."""
-    return hashlib.sha256(b"".join((previous, prefix, f"{seq}\n{kind}\n{format_ts(ts)}\n".encode(), data.encode()))).digest()
+def link_with(previous: bytes, prefix: bytes, seq: int, kind: str, ts: datetime | str, data: str) -> bytes:
+    """:func:`link` with the run's header prefix already encoded (and ``ts`` possibly already formatted)."""
+    stamp = ts if isinstance(ts, str) else format_ts(ts)
+    return hashlib.sha256(b"".join((previous, prefix, f"{seq}\n{kind}\n{stamp}\n".encode(), data.encode()))).digest()
+
+
+class Clock:
+    """Writer timestamps with their chain text, formatted cheaply.
+
+    The whole seconds are formatted once per second; the datetime and the text
+    are built from the same integers, so they always agree.
+    """
+
+    __slots__ = ("_second", "_text", "_base")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+        self._base = datetime.fromtimestamp(0, _UTC)
+
+    def now(self) -> tuple[datetime, str]:
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._base = datetime.fromtimestamp(second, _UTC)
+            self._text = self._base.strftime("%Y-%m-%dT%H:%M:%S")
+        return self._base.replace(microsecond=micro), f"{self._text}.{micro:06d}Z"
 
 
 def link(previous: bytes, thread_id: UUID, run_id: UUID, seq: int, kind: str, ts: datetime, data: str) -> bytes:

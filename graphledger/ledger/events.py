@@ -135,12 +135,36 @@ def canonical_json(value: Any) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
 class RunRef:
-    """Where a run lives: every read and write names the thread and the run."""
+    """Where a run lives: every read and write names the thread and the run (immutable, hashable)."""
+
+    __slots__ = ("thread_id", "run_id", "_hash")
 
     thread_id: UUID
     run_id: UUID
+
+    def __init__(self, thread_id: UUID, run_id: UUID) -> None:
+        object.__setattr__(self, "thread_id", thread_id)
+        object.__setattr__(self, "run_id", run_id)
+        # Looked up in dicts once per appended event: hash once.
+        object.__setattr__(self, "_hash", hash((thread_id, run_id)))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("RunRef is immutable")
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RunRef)
+            and self._hash == other._hash
+            and self.run_id == other.run_id
+            and self.thread_id == other.thread_id
+        )
+
+    def __repr__(self) -> str:
+        return f"RunRef(thread_id={self.thread_id!r}, run_id={self.run_id!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +180,12 @@ class NewEvent:
         return cls(validate_kind(kind), canonical_json(payload))
 
 
-@dataclass(frozen=True, slots=True)
+_UNDECODED: Any = object()
+
+
+@dataclass(slots=True)
 class Event:
-    """A stored event, exactly as the log holds it."""
+    """A stored event, exactly as the log holds it (treat as read-only)."""
 
     thread_id: UUID
     run_id: UUID
@@ -169,14 +196,14 @@ class Event:
     hash: bytes
     global_position: int = 0
     tx: int = 0
-    _value: list[Any] = field(default_factory=list, repr=False, compare=False)
+    _value: Any = field(default=_UNDECODED, repr=False, compare=False)
 
     @property
     def value(self) -> Any:
         """The payload decoded (cached)."""
-        if not self._value:
-            self._value.append(json.loads(self.data))
-        return self._value[0]
+        if self._value is _UNDECODED:
+            self._value = json.loads(self.data)
+        return self._value
 
     @property
     def is_terminal(self) -> bool:

@@ -43,7 +43,7 @@ class Ledger:
         *,
         pool_size: int = 10,
         tail: bool = True,
-        max_batch: int = 2048,
+        max_batch: int = 4096,
         max_delay: float = 0.0,
         poll_interval: float = 2.0,
         writer_class: type[Writer] = Writer,
