@@ -257,16 +257,20 @@ class Writer:
     """Batches appends of many concurrent runs into one statement per flush.
 
     Each event is numbered and hashed when it is submitted, onto the run's
-    *tip* (the head after every event still waiting), so that this work is done
-    by the producers while the previous flush is in the database. A flush then
-    only gathers rows: it starts as soon as events wait and no flush is
-    running, after at most ``max_delay``, with up to ``max_batch`` events. While
-    one flush runs, the next one fills up. If a run's head moved under it
-    (another writer appended) or a flush's outcome is unknown, the run's head
-    is reloaded and its waiting events are numbered and hashed again.
+    *tip* (the head after every event still waiting), so this work is done by
+    the producers while earlier flushes are in the database. A flush only
+    gathers rows: up to ``max_batch`` events of runs that are in no other
+    flush. It starts as soon as events wait and one of ``max_inflight``
+    connections is free (after ``max_delay``, if set). While flushes run, the
+    next ones fill up. A run is in at most one flush at a time, so its events
+    commit in ``seq`` order and two flushes never lock the same head.
 
-    Every future returned by :meth:`submit` resolves once its event is
-    committed, or fails with the reason it never will be.
+    If a run's head moved under it (another writer appended), or a flush's
+    outcome is unknown (its connection died), the run's head is reloaded. Its
+    waiting events are then numbered and hashed again, or found committed.
+    Every future from :meth:`submit` resolves once its event is committed, or
+    fails with the reason it never will be. Events given to :meth:`feed` have
+    no future; their failure is raised by the next call for that run.
     """
 
     def __init__(

@@ -224,3 +224,30 @@ async def test_interleaved_streams_stay_ordered_and_gapless(ledger: Ledger, plan
         events = await ledger.read_run(ref)
         assert_gapless(events)
         assert [e.value["n"] for e in events[1:]] == sent[run]
+
+
+async def test_fed_chunks_are_durable_with_the_next_awaited_event(ledger: Ledger) -> None:
+    ref = await new_run(ledger)
+    for i in range(50):
+        ledger.feed(ref, "stream:messages", {"i": i})
+    last = await ledger.append(ref, "run.succeeded", {})
+    events = await ledger.read_run(ref)
+    assert_gapless(events)
+    assert [e.value.get("i") for e in events[1:-1]] == list(range(50)) and last.seq == 52
+
+
+async def test_fed_chunks_that_cannot_be_written_are_reported_on_the_next_call(dsn: str, ledger: Ledger) -> None:
+    ref = await new_run(ledger)
+    await ledger.append(ref, "run.failed", {"error": "boom"})
+    other = await Ledger.connect(dsn, tail=False)  # does not know the run is finished
+    try:
+        other.feed(ref, "stream:messages", {"late": True})
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if ref in other.writer._errors:
+                break
+        with pytest.raises(RunFinished):
+            other.feed(ref, "stream:messages", {"later": True})
+    finally:
+        await other.close()
+    assert [e.kind for e in await ledger.read_run(ref)] == ["run.created", "run.failed"]
