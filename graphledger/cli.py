@@ -38,7 +38,7 @@ def database(args: argparse.Namespace) -> Iterator[str]:
         return
     server = EmbeddedPostgres(args.data_dir)
     dsn = server.start()
-    _log.info("embedded PostgreSQL running from %s", server.data_dir)
+    _log.info("embedded PostgreSQL running, cluster in %s", server.pgdata)
     try:
         yield dsn
     finally:

@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 
@@ -145,7 +144,7 @@ class _Batch:
             if kind in STATUS_AFTER:
                 status = STATUS_AFTER[kind]
         last = events[-1]
-        for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, last.seq, last.hash, last.kind, status)):
+        for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, last.seq, last.hash, last.kind, status), strict=True):
             column.append(value)
         return Head(last.seq, last.hash, last.kind, status or head.status)
 
@@ -233,7 +232,7 @@ class _RunQueue:
         """Number and hash every waiting event again, from the committed head."""
         assert self.head is not None
         events = chain_onto(self.ref, self.head, [(p.kind, p.data, p.ts) for p in self.items])
-        for pending, event in zip(self.items, events):
+        for pending, event in zip(self.items, events, strict=True):
             pending.event = event
         self.tip = (events[-1].seq, events[-1].hash) if events else (self.head.seq, self.head.hash)
 

@@ -228,7 +228,7 @@ class Hub:
             try:
                 conn = await asyncpg.connect(self.dsn, server_settings={"application_name": self.application_name})
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())  # this connection's own event
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.listener_pid = conn.get_server_pid()
                 # Anything committed while no one listened is found by reading again.
