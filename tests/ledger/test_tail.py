@@ -11,6 +11,7 @@ import pytest
 
 from graphledger.ledger import Ledger, RunNotFound, RunRef
 from graphledger.ledger.events import Event
+from graphledger.ledger.tail import Hub
 
 
 @pytest.fixture(params=["local", "remote"])
@@ -127,3 +128,20 @@ async def test_unknown_run(ledger: Ledger) -> None:
     ref = await new_run(ledger)
     with pytest.raises(RunNotFound):
         await collect(ledger, RunRef(ref.thread_id, ref.thread_id))
+
+
+async def test_the_slow_poll_delivers_when_notifications_are_lost(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hints are only hints: a subscriber that never hears one still gets every event."""
+    monkeypatch.setattr(Hub, "_on_notify", lambda self, *args: None)  # every notification lost
+    deaf = await Ledger.connect(dsn, poll_interval=0.2)
+    writer = await Ledger.connect(dsn, tail=False)
+    try:
+        ref = await new_run(writer)
+        tail = asyncio.create_task(collect(deaf, ref))
+        await asyncio.sleep(0.05)
+        await stream(writer, ref, 60)
+        events = await asyncio.wait_for(tail, 10)
+    finally:
+        await writer.close()
+        await deaf.close()
+    assert_complete(events, 60)
