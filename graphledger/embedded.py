@@ -38,7 +38,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -343,9 +342,3 @@ class EmbeddedPostgres:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def wait_until_stopped(pgdata: Path, timeout: float = 30) -> None:
-    """Wait until no server runs on ``pgdata`` (for tests of shutdown)."""
-    deadline = time.monotonic() + timeout
-    while (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)

@@ -103,9 +103,6 @@ class Head:
     def terminal(self) -> bool:
         return self.kind in TERMINAL_KINDS
 
-    def after(self, event: Event) -> Head:
-        return Head(event.seq, event.hash, event.kind, STATUS_AFTER.get(event.kind, self.status))
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -370,19 +367,13 @@ class Writer:
         """Append one event and wait until it is committed."""
         return await self.submit(ref, event, urgent=urgent)
 
-    def forget(self, ref: RunRef) -> None:
-        """Drop the cached head of a run that has nothing waiting."""
-        queue = self._runs.get(ref)
-        if queue is not None and not queue.items:
-            del self._runs[ref]
-
     async def _run(self) -> None:
         """Start flushes while events wait, at most ``max_inflight`` at once."""
         idle: list[asyncpg.Connection | None] = [None] * self.max_inflight
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                if self.max_delay and running == set() and not self._urgent.is_set():
+                if self.max_delay and not running and not self._urgent.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._urgent.wait(), self.max_delay)
                 self._urgent.clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from pathlib import Path
 
@@ -37,7 +36,3 @@ def upgrade(dsn: str, revision: str = "head") -> None:
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphledger-migrate") as pool:
         pool.submit(command.upgrade, alembic_config(dsn), revision).result()
 
-
-async def upgrade_async(dsn: str, revision: str = "head") -> None:
-    """:func:`upgrade` without blocking the running event loop."""
-    await asyncio.to_thread(upgrade, dsn, revision)
