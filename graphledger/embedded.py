@@ -135,11 +135,15 @@ class EmbeddedPostgres:
     def _reachable(self, path: Path) -> bool:
         return self._run("/bin/sh", "-c", 'test -x "$0"', str(path)).returncode == 0
 
+    def _ensure_binaries(self) -> None:
+        """Make ``self.bin`` point at binaries the server's user can run."""
+        if self.account is not None and not self._reachable(self.bin / "postgres"):
+            self.bin = self._public_copy_of_binaries()
+
     def _check_reachable(self) -> None:
         if self.account is None:
             return
-        if not self._reachable(self.bin / "postgres"):
-            self.bin = self._public_copy_of_binaries()
+        self._ensure_binaries()
         if not self._reachable(self.pgdata):
             raise EmbeddedError(
                 f"the server runs as the unprivileged user {self.account.pw_name!r}, who cannot reach "
@@ -328,8 +332,7 @@ class EmbeddedPostgres:
             state["clients"] = clients
             if clients or self._running_port() is None:
                 return
-            if self.account is not None and not self._reachable(self.bin / "pg_ctl"):
-                self.bin = self._public_copy_of_binaries()
+            self._ensure_binaries()
             result = self._run(str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop")
             if result.returncode != 0 and self._running_port() is not None:
                 raise EmbeddedError(f"PostgreSQL did not stop: {result.stderr.strip()}")

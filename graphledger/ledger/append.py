@@ -137,9 +137,9 @@ class _Batch:
         stamps.extend([e.ts for e in events])
         hashes.extend([e.hash for e in events])
         status = None
-        for kind in kinds[len(kinds) - len(events):]:
-            if kind in STATUS_AFTER:
-                status = STATUS_AFTER[kind]
+        for event in events:
+            if event.kind in STATUS_AFTER:
+                status = STATUS_AFTER[event.kind]
         last = events[-1]
         for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, last.seq, last.hash, last.kind, status), strict=True):
             column.append(value)
@@ -279,7 +279,7 @@ class Writer:
         max_inflight: int = 2,
         on_commit: Callable[[list[Event]], None] | None = None,
     ) -> None:
-        self._connect = connect  # the writer owns one connection, made anew after any failure
+        self._connect = connect  # makes the writer's own connections (one per flush in flight), anew after any failure
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.max_attempts = max_attempts

@@ -49,12 +49,10 @@ class Ledger:
         writer_class: type[Writer] = Writer,
     ) -> Ledger:
         """Open a pool on ``dsn`` (already migrated), start the writer and, with ``tail``, the hub."""
-        with translate():
-            pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, server_settings={"application_name": APPLICATION_NAME}
-            )
-        hub = Hub(dsn, poll_interval=poll_interval) if tail else None
         settings = {"application_name": APPLICATION_NAME}
+        with translate():
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, server_settings=settings)
+        hub = Hub(dsn, poll_interval=poll_interval) if tail else None
         writer = writer_class(
             lambda: asyncpg.connect(dsn, server_settings=settings),
             max_batch=max_batch,

@@ -226,7 +226,7 @@ class Hub:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.dsn, server_settings={"application_name": self.application_name})
+                conn = await self._connect()
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())  # this connection's own event
                 await conn.add_listener(CHANNEL, self._on_notify)
@@ -251,9 +251,12 @@ class Hub:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.dsn, server_settings={"application_name": self.application_name})
+
     async def _connection(self) -> asyncpg.Connection:
         if self._reader is None or self._reader.is_closed():
-            self._reader = await asyncpg.connect(self.dsn, server_settings={"application_name": self.application_name})
+            self._reader = await self._connect()
         return self._reader
 
     async def _poll(self) -> None:
