@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -45,7 +45,13 @@ CHANNEL = "graphledger_events"
 NOTIFY_RUNS_PER_MESSAGE = 100  # keeps each payload far below PostgreSQL's 8000-byte limit
 _TERMINAL_KINDS_SQL = ", ".join(f"'{kind}'" for kind in sorted(TERMINAL_KINDS))
 
-APPEND_SQL = f"""
+FIRST_EXTENSION_PARAM = 14
+"""The first parameter number free for a :class:`Projector`'s CTEs."""
+
+
+def append_sql(extension: str = "") -> str:
+    """The append statement, with ``extension`` CTEs (a :class:`Projector`'s) written in the same statement."""
+    return f"""
 WITH batch AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bytea[], $6::text[], $7::text[])
         WITH ORDINALITY AS b(thread_id, run_id, expected_seq, last_seq, last_hash, last_kind, status, idx)
@@ -69,15 +75,35 @@ WITH batch AS (
         WITH ORDINALITY AS e(idx, seq, kind, data, ts, hash, ord)
     JOIN head h ON h.idx = e.idx
     ORDER BY e.ord
-    RETURNING global_position
+    RETURNING thread_id, run_id, seq, global_position
 ), notified AS (
     SELECT pg_notify('{CHANNEL}', string_agg(n.run_id::text || ':' || n.last_seq, ','))
     FROM (SELECT run_id, last_seq, (row_number() OVER ()) / {NOTIFY_RUNS_PER_MESSAGE} AS part FROM head) n
     GROUP BY n.part
-)
+){"," + extension if extension else ""}
 SELECT h.run_id, h.last_seq, (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM notified) AS notified
 FROM head h
 """
+
+
+APPEND_SQL = append_sql()
+
+
+class Projector(Protocol):
+    """Read models written in the same statement as the events they come from.
+
+    ``ctes`` are data-modifying CTEs that follow the append statement's own
+    and may use the CTE ``inserted(thread_id, run_id, seq, global_position)``
+    (the events actually written: none of a run whose head moved) and
+    parameters from ``$14`` (:data:`FIRST_EXTENSION_PARAM`) on, which
+    :meth:`args` fills for a batch of events, or returns None when the events
+    change no read model (the plain statement is used then).
+    """
+
+    ctes: str
+
+    def args(self, events: Iterable[Event]) -> list[Any] | None: ...
+
 
 HEADS_SQL = """
 SELECT r.thread_id, r.run_id, r.last_seq, r.last_hash, r.last_kind, r.status
@@ -167,7 +193,13 @@ def _refuse(ref: RunRef, head: Head | None, expected_seq: int | None = None) -> 
 
 
 async def append_at(
-    conn: asyncpg.Connection, ref: RunRef, new: Sequence[NewEvent], expected_seq: int, *, ts: datetime | None = None
+    conn: asyncpg.Connection,
+    ref: RunRef,
+    new: Sequence[NewEvent],
+    expected_seq: int,
+    *,
+    ts: datetime | None = None,
+    projector: Projector | None = None,
 ) -> list[Event]:
     """Append ``new`` to a run whose head must be at ``expected_seq``; durable on return.
 
@@ -183,19 +215,29 @@ async def append_at(
     events = chain_onto(ref, head, [(e.kind, e.data, ts) for e in new])
     batch = _Batch()
     batch.add(ref, head, events)
-    rows = await conn.fetch(APPEND_SQL, *batch.args())
+    extra = projector.args(events) if projector is not None else None
+    if extra is None:
+        rows = await conn.fetch(APPEND_SQL, *batch.args())
+    else:
+        rows = await conn.fetch(append_sql(projector.ctes), *batch.args(), *extra)  # type: ignore[union-attr]
     if not rows:
         raise _refuse(ref, (await load_heads(conn, [ref])).get(ref), expected_seq)
     return events
 
 
 async def insert_run(
-    conn: asyncpg.Connection, ref: RunRef, created: NewEvent, *, assistant_id: str | None, metadata: str
+    conn: asyncpg.Connection,
+    ref: RunRef,
+    created: NewEvent,
+    *,
+    assistant_id: str | None,
+    metadata: str,
+    projector: Projector | None = None,
 ) -> Event:
     """Insert a run's head and its first event in one transaction."""
     async with conn.transaction():
         await conn.execute(INSERT_RUN_SQL, ref.thread_id, ref.run_id, assistant_id, metadata)
-        (event,) = await append_at(conn, ref, [created], 0)
+        (event,) = await append_at(conn, ref, [created], 0, projector=projector)
     return event
 
 
@@ -278,6 +320,7 @@ class Writer:
         max_attempts: int = 5,
         max_inflight: int = 2,
         on_commit: Callable[[list[Event]], None] | None = None,
+        projector: Projector | None = None,
     ) -> None:
         self._connect = connect  # makes the writer's own connections (one per flush in flight), anew after any failure
         self.max_batch = max_batch
@@ -285,6 +328,8 @@ class Writer:
         self.max_attempts = max_attempts
         self.max_inflight = max_inflight
         self._on_commit = on_commit
+        self._projector = projector
+        self._projected_sql = append_sql(projector.ctes) if projector is not None else APPEND_SQL
         self._runs: dict[RunRef, _RunQueue] = {}
         self._errors: dict[RunRef, BaseException] = {}  # failures of fed events, raised on the next call
         self._clock = chain.Clock()
@@ -487,6 +532,7 @@ class Writer:
         committed = await self._load_heads(conn, unknown) if unknown else []
         batch = _Batch()
         planned: list[tuple[_RunQueue, int, Head]] = []
+        flushed: list[Event] = []
         budget = self.max_batch
         for queue in queues:
             if budget <= 0 or not queue.items or queue.head is None:
@@ -494,12 +540,18 @@ class Writer:
             n = min(len(queue.items), budget)
             budget -= n
             events = [queue.items[i].event for i in range(n)]
+            flushed.extend(events)  # type: ignore[arg-type]
             planned.append((queue, n, batch.add(queue.ref, queue.head, events)))  # type: ignore[arg-type]
         if not planned:
             self._committed(committed)
             return
+        sql, args = APPEND_SQL, batch.args()
+        if self._projector is not None:
+            extra = self._projector.args(flushed)
+            if extra is not None:
+                sql, args = self._projected_sql, [*args, *extra]
         try:
-            rows = await self._execute(conn, batch.args())
+            rows = await self._execute(conn, sql, args)
         except RETRYABLE:
             # The commit may or may not have happened: reload the heads and keep
             # the events of every run whose head does not show them.
@@ -527,8 +579,8 @@ class Writer:
                 queue.forget_head()
         self._committed(committed)
 
-    async def _execute(self, conn: asyncpg.Connection, args: list[Any]) -> list[asyncpg.Record]:
-        return await conn.fetch(APPEND_SQL, *args)
+    async def _execute(self, conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+        return await conn.fetch(sql, *args)
 
     def _committed(self, events: list[Event]) -> None:
         if events and self._on_commit is not None:

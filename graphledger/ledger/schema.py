@@ -35,7 +35,6 @@ threads = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("metadata", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
-    sa.Column("status", sa.Text, nullable=False, server_default="idle"),
 )
 
 runs = sa.Table(

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from graphledger.ledger import chain, read
-from graphledger.ledger.append import Writer, append_at, insert_run, load_heads
+from graphledger.ledger.append import Projector, Writer, append_at, insert_run, load_heads
 from graphledger.ledger.errors import InvalidEvent, RunNotFound, ThreadNotFound, translate
 from graphledger.ledger.events import RUN_CREATED, Event, NewEvent, RunRef
 from graphledger.ledger.read import FeedCursor
@@ -30,11 +30,12 @@ APPLICATION_NAME = "graphledger"
 class Ledger:
     """Append to, read, tail and verify the event log of one database."""
 
-    def __init__(self, dsn: str, pool: asyncpg.Pool, writer: Writer, hub: Hub | None) -> None:
+    def __init__(self, dsn: str, pool: asyncpg.Pool, writer: Writer, hub: Hub | None, projector: Projector | None = None) -> None:
         self.dsn = dsn
         self.pool = pool
         self.writer = writer
         self.hub = hub
+        self.projector = projector
 
     @classmethod
     async def connect(
@@ -47,8 +48,13 @@ class Ledger:
         max_delay: float = 0.0,
         poll_interval: float = 2.0,
         writer_class: type[Writer] = Writer,
+        projector: Projector | None = None,
     ) -> Ledger:
-        """Open a pool on ``dsn`` (already migrated), start the writer and, with ``tail``, the hub."""
+        """Open a pool on ``dsn`` (already migrated), start the writer and, with ``tail``, the hub.
+
+        A ``projector`` writes read models in the same statement as every
+        append (``graphledger.projections.connect`` passes the project's own).
+        """
         settings = {"application_name": APPLICATION_NAME}
         with translate():
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, server_settings=settings)
@@ -58,8 +64,9 @@ class Ledger:
             max_batch=max_batch,
             max_delay=max_delay,
             on_commit=hub.publish if hub else None,
+            projector=projector,
         )
-        ledger = cls(dsn, pool, writer, hub)
+        ledger = cls(dsn, pool, writer, hub, projector)
         try:
             writer.start()
             if hub is not None:
@@ -106,7 +113,9 @@ class Ledger:
         async with self.pool.acquire() as conn:
             try:
                 with translate():
-                    event = await insert_run(conn, ref, created, assistant_id=assistant_id, metadata=json.dumps(dict(metadata or {})))
+                    event = await insert_run(
+                        conn, ref, created, assistant_id=assistant_id, metadata=json.dumps(dict(metadata or {})), projector=self.projector
+                    )
                 self.writer.seed(ref, event)
                 if self.hub is not None:
                     self.hub.publish([event])
@@ -130,7 +139,7 @@ class Ledger:
                 return await self.writer.append(ref, event)
         async with self.pool.acquire() as conn:
             with translate():
-                (stored,) = await append_at(conn, ref, [event], expected_seq)
+                (stored,) = await append_at(conn, ref, [event], expected_seq, projector=self.projector)
         if self.hub is not None:
             self.hub.publish([stored])
         return stored

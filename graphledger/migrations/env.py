@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import graphledger.projections.schema  # noqa: F401  (registers the projection tables)
 from graphledger.ledger.schema import metadata
 
 # Any number of servers may start at once on one database: the first migrates,

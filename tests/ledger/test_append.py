@@ -165,8 +165,8 @@ class LostReplyWriter(Writer):
 
     lose_next = 0
 
-    async def _execute(self, conn: asyncpg.Connection, args: list[Any]) -> list[asyncpg.Record]:
-        rows = await super()._execute(conn, args)
+    async def _execute(self, conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+        rows = await super()._execute(conn, sql, args)
         if self.lose_next:
             self.lose_next -= 1
             raise asyncpg.ConnectionDoesNotExistError("connection lost after commit")

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from graphledger.ledger import Ledger, RunRef
 from graphledger.ledger.migrate import sqlalchemy_url, upgrade
+import graphledger.projections.schema  # noqa: F401  (registers the projection tables)
 from graphledger.ledger.schema import metadata
 
 
@@ -52,11 +53,12 @@ async def test_every_unique_key_names_the_thread(conn: asyncpg.Connection) -> No
         """
         SELECT c.conrelid::regclass::text AS tbl, c.conname, array_agg(a.attname::text) AS cols
         FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
-        WHERE c.contype IN ('p', 'u') AND c.conrelid::regclass::text IN ('threads', 'runs', 'events')
+        WHERE c.contype IN ('p', 'u') AND c.conrelid::regclass::text IN ('threads', 'runs', 'events', 'run_status', 'llm_calls', 'messages')
         GROUP BY 1, 2
         """
     )
-    assert rows and all("thread_id" in row["cols"] for row in rows), rows
+    assert {row["tbl"] for row in rows} == {"threads", "runs", "events", "run_status", "llm_calls", "messages"}
+    assert all("thread_id" in row["cols"] for row in rows), rows
 
 
 async def test_run_needs_an_existing_thread(ledger: Ledger) -> None:

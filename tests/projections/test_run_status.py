@@ -5,7 +5,7 @@ from typing import Any
 from uuid import uuid4
 
 from graphledger.ledger.events import Event, canonical_json
-from graphledger.projections.run_status import RunStatus, fold, replay, thread_status
+from graphledger.projections.run_status import RunStatus, apply, fold, patch_of, replay, thread_status
 
 T0 = datetime(2026, 11, 22, tzinfo=timezone.utc)
 
@@ -27,7 +27,7 @@ def test_success_lifecycle() -> None:
     )
     state = replay(events)
     assert state is not None
-    assert (state.status, state.assistant_id, state.worker, state.attempt, state.last_seq) == ("success", "agent", "w1", 1, 4)
+    assert (state.status, state.assistant_id, state.worker, state.attempt, state.status_seq) == ("success", "agent", "w1", 1, 4)
     assert (state.created_at, state.started_at, state.finished_at) == (events[0].ts, events[1].ts, events[3].ts)
 
 
@@ -36,11 +36,35 @@ def test_failure_records_the_error() -> None:
     assert state is not None and (state.status, state.error_type, state.error_message) == ("error", "ValueError", "bad")
 
 
-def test_retried_start_counts_attempts() -> None:
-    state = replay(history(("run.created", {}), ("run.started", {}), ("run.started", {"attempt": 5})))
-    assert state is not None and state.attempt == 5
-    state = replay(history(("run.created", {}), ("run.started", {}), ("run.started", {})))
-    assert state is not None and state.attempt == 2
+def test_each_start_is_an_attempt() -> None:
+    state = replay(history(("run.created", {}), ("run.started", {"worker": "a"}), ("run.started", {"worker": "b"})))
+    assert state is not None and (state.attempt, state.worker) == (2, "b")
+
+
+def test_patches_compose_like_the_events_they_fold() -> None:
+    events = history(
+        ("run.created", {"assistant_id": "agent"}),
+        ("run.started", {"worker": "a"}),
+        ("stream:values", {}),
+        ("run.started", {}),
+        ("run.failed", {"error": {"type": "KeyError", "message": "x"}}),
+    )
+    patches = [p for p in map(patch_of, events) if p is not None]
+    for split in range(1, len(patches)):
+        head, tail = patches[:split], patches[split:]
+        state = None
+        for group in (head, tail):
+            combined = group[0]
+            for patch in group[1:]:
+                combined = combined.then(patch)
+            state = apply(state, combined)
+        assert state == replay(events)
+
+
+def test_a_patch_applied_twice_changes_nothing() -> None:
+    events = history(("run.created", {}), ("run.started", {}))
+    state = replay(events)
+    assert apply(state, patch_of(events[1])) == state  # type: ignore[arg-type]
 
 
 def test_cancel_request_keeps_status_until_the_run_ends() -> None:
@@ -50,7 +74,7 @@ def test_cancel_request_keeps_status_until_the_run_ends() -> None:
 
 
 def test_odd_payloads_do_not_break_the_fold() -> None:
-    state = replay(history(("run.created", []), ("run.started", {"attempt": "x", "worker": 3}), ("run.failed", {"error": "text"})))
+    state = replay(history(("run.created", []), ("run.started", {"worker": 3}), ("run.failed", {"error": "text"})))
     assert state is not None and (state.status, state.attempt, state.worker, state.error_type) == ("error", 1, None, None)
 
 

@@ -1,0 +1,236 @@
+"""The thin writer of the projections: folds appended events into rows, and the SQL that merges them.
+
+The same merge statements serve twice:
+
+- inline, as data-modifying CTEs of the ledger's append statement
+  (:data:`INLINE_CTES`), joined to the events that statement inserted, so
+  rows of a run whose head moved are never written and a read right after an
+  append sees its effect;
+- in a rebuild (:func:`rebuild_sql`), over events read back from the log.
+
+Every merge gives the same table whatever order the rows arrive in (see
+``run_status``, ``token_usage``, ``messages``): a run's events always arrive
+in ``seq`` order, and messages of one thread compare log positions. That is
+what makes a rebuild equal to what was applied inline, even though inline rows
+arrive in commit order and a rebuild reads them in log order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphledger.ledger.append import FIRST_EXTENSION_PARAM
+from graphledger.ledger.events import LLM_USAGE, STATUS_AFTER, Event, RunRef, canonical_json
+from graphledger.projections import messages as messages_fold
+from graphledger.projections import run_status as status_fold
+from graphledger.projections import token_usage as usage_fold
+
+RUN_STATUS = "run_status"
+TOKEN_USAGE = "token_usage"
+MESSAGES = "messages"
+ALL = (RUN_STATUS, TOKEN_USAGE, MESSAGES)
+
+KINDS = {
+    RUN_STATUS: frozenset(STATUS_AFTER),
+    TOKEN_USAGE: frozenset({LLM_USAGE}),
+    MESSAGES: messages_fold.MESSAGE_KINDS,
+}
+"""The event kinds each projection reads; every other event leaves it unchanged."""
+
+_ARRAYS = {RUN_STATUS: 12, TOKEN_USAGE: 15, MESSAGES: 8}
+
+
+def _params(first: int) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    n = first
+    for name in ALL:
+        names[name] = [f"${n + i}" for i in range(_ARRAYS[name])]
+        n += _ARRAYS[name]
+    return names
+
+
+def _ctes(first: int, schema: str, inline: bool) -> str:
+    """The three merges as CTEs; ``inline``: keep only rows of events the append statement inserted."""
+    s, c, m = (_params(first)[name] for name in ALL)
+    t = f"{schema}." if schema else ""
+
+    def only_inserted(alias: str, seq: str) -> str:
+        if not inline:
+            return ""
+        return f"JOIN inserted i ON i.thread_id = {alias}.thread_id AND i.run_id = {alias}.run_id AND i.seq = {alias}.{seq}"
+
+    position = "i.global_position" if inline else "m.pos"
+    earlier = "(excluded.position, excluded.part) < (m.position, m.part)"
+    later = "(excluded.updated_position, excluded.updated_part) > (m.updated_position, m.updated_part)"
+    return f"""
+status_merged AS (
+    -- One patch per run (the fold of its lifecycle events in this batch).
+    INSERT INTO {t}run_status AS s (thread_id, run_id, status, status_seq, assistant_id, created_at,
+                                    started_at, finished_at, attempt, worker, error_type, error_message)
+    SELECT p.*
+    FROM unnest({s[0]}::uuid[], {s[1]}::uuid[], {s[2]}::text[], {s[3]}::int[], {s[4]}::text[], {s[5]}::timestamptz[],
+                {s[6]}::timestamptz[], {s[7]}::timestamptz[], {s[8]}::int[], {s[9]}::text[], {s[10]}::text[], {s[11]}::text[])
+        AS p(thread_id, run_id, status, status_seq, assistant_id, created_at,
+             started_at, finished_at, attempt, worker, error_type, error_message)
+    {only_inserted("p", "status_seq")}
+    ON CONFLICT (thread_id, run_id) DO UPDATE SET
+        status = excluded.status,
+        status_seq = excluded.status_seq,
+        assistant_id = coalesce(excluded.assistant_id, s.assistant_id),
+        created_at = coalesce(excluded.created_at, s.created_at),
+        started_at = coalesce(excluded.started_at, s.started_at),
+        finished_at = coalesce(excluded.finished_at, s.finished_at),
+        attempt = s.attempt + excluded.attempt,
+        worker = coalesce(excluded.worker, s.worker),
+        error_type = coalesce(excluded.error_type, s.error_type),
+        error_message = coalesce(excluded.error_message, s.error_message)
+    WHERE s.status_seq < excluded.status_seq  -- a patch already folded in changes nothing
+), calls_merged AS (
+    -- A call reported twice is counted once: its first report (lowest seq) stays.
+    INSERT INTO {t}llm_calls AS l (thread_id, run_id, call_id, seq, ts, model, caller, usage_known, input_tokens,
+                                   output_tokens, total_tokens, cache_read, cache_creation, reasoning, latency_ms)
+    SELECT DISTINCT ON (c.thread_id, c.run_id, c.call_id) c.*
+    FROM unnest({c[0]}::uuid[], {c[1]}::uuid[], {c[2]}::text[], {c[3]}::int[], {c[4]}::timestamptz[], {c[5]}::text[],
+                {c[6]}::text[], {c[7]}::bool[], {c[8]}::bigint[], {c[9]}::bigint[], {c[10]}::bigint[], {c[11]}::bigint[],
+                {c[12]}::bigint[], {c[13]}::bigint[], {c[14]}::float8[])
+        AS c(thread_id, run_id, call_id, seq, ts, model, caller, usage_known, input_tokens,
+             output_tokens, total_tokens, cache_read, cache_creation, reasoning, latency_ms)
+    {only_inserted("c", "seq")}
+    ORDER BY c.thread_id, c.run_id, c.call_id, c.seq
+    ON CONFLICT (thread_id, run_id, call_id) DO UPDATE SET
+        seq = excluded.seq, ts = excluded.ts, model = excluded.model, caller = excluded.caller,
+        usage_known = excluded.usage_known, input_tokens = excluded.input_tokens,
+        output_tokens = excluded.output_tokens, total_tokens = excluded.total_tokens,
+        cache_read = excluded.cache_read, cache_creation = excluded.cache_creation,
+        reasoning = excluded.reasoning, latency_ms = excluded.latency_ms
+    WHERE excluded.seq < l.seq
+), messages_written AS (
+    SELECT m.thread_id, m.message_id, {position} AS position, m.part, m.run_id, m.seq, m.type, m.data
+    FROM unnest({m[0]}::uuid[], {m[1]}::uuid[], {m[2]}::int[], {m[3]}::bigint[], {m[4]}::int[], {m[5]}::text[],
+                {m[6]}::text[], {m[7]}::text[])
+        AS m(thread_id, run_id, seq, pos, part, message_id, type, data)
+    {only_inserted("m", "seq")}
+), messages_first_last AS (
+    -- Writes of one message in this batch: the place of the first, the content of the last.
+    SELECT DISTINCT ON (thread_id, message_id)
+        thread_id, message_id,
+        first_value(position) OVER w AS position, first_value(part) OVER w AS part,
+        first_value(run_id) OVER w AS run_id, first_value(seq) OVER w AS seq,
+        position AS updated_position, part AS updated_part, type, data
+    FROM messages_written
+    WINDOW w AS (PARTITION BY thread_id, message_id ORDER BY position, part)
+    ORDER BY thread_id, message_id, position DESC, part DESC
+), messages_merged AS (
+    INSERT INTO {t}messages AS m (thread_id, message_id, position, part, run_id, seq,
+                                  updated_position, updated_part, type, data)
+    SELECT thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::jsonb
+    FROM messages_first_last
+    ON CONFLICT (thread_id, message_id) DO UPDATE SET
+        position = CASE WHEN {earlier} THEN excluded.position ELSE m.position END,
+        part = CASE WHEN {earlier} THEN excluded.part ELSE m.part END,
+        run_id = CASE WHEN {earlier} THEN excluded.run_id ELSE m.run_id END,
+        seq = CASE WHEN {earlier} THEN excluded.seq ELSE m.seq END,
+        updated_position = CASE WHEN {later} THEN excluded.updated_position ELSE m.updated_position END,
+        updated_part = CASE WHEN {later} THEN excluded.updated_part ELSE m.updated_part END,
+        type = CASE WHEN {later} THEN excluded.type ELSE m.type END,
+        data = CASE WHEN {later} THEN excluded.data ELSE m.data END
+    WHERE {earlier} OR {later}
+)"""
+
+
+INLINE_CTES = _ctes(FIRST_EXTENSION_PARAM, "", inline=True)
+"""The merges as they run inside the ledger's append statement."""
+
+
+def rebuild_sql(schema: str) -> str:
+    """One statement that merges rows (positions given) into the tables of ``schema``."""
+    return f"WITH {_ctes(1, schema, inline=False)}\nSELECT 1"
+
+
+@dataclass(slots=True)
+class Rows:
+    """Projection rows of some events, as the merge statements' column arrays."""
+
+    only: Collection[str] = ALL
+    patches: dict[RunRef, status_fold.StatusPatch] = field(default_factory=dict)
+    calls: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(_ARRAYS[TOKEN_USAGE])])
+    messages: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(_ARRAYS[MESSAGES])])
+    count: int = 0
+
+    def add(self, event: Event) -> None:
+        kind = event.kind
+        if kind in STATUS_AFTER:
+            if RUN_STATUS in self.only:
+                patch = status_fold.patch_of(event)
+                assert patch is not None
+                ref = RunRef(event.thread_id, event.run_id)
+                earlier = self.patches.get(ref)
+                self.patches[ref] = patch if earlier is None else earlier.then(patch)
+                self.count += 1
+            if kind != "run.created":
+                return
+        if kind == LLM_USAGE:
+            if TOKEN_USAGE in self.only:
+                self._add_call(event)
+        elif kind in messages_fold.MESSAGE_KINDS and MESSAGES in self.only:
+            self._add_messages(event)
+
+    def _add_call(self, event: Event) -> None:
+        call = usage_fold.call_of(event)
+        if call is None:
+            return
+        tokens = call.tokens or {}
+        row = (
+            call.thread_id, call.run_id, call.call_id, call.seq, call.ts, call.model, call.caller, call.usage_known,
+            *(tokens.get(name) for name in usage_fold.TOKEN_FIELDS), call.latency_ms,
+        )
+        for column, value in zip(self.calls, row, strict=True):
+            column.append(value)
+        self.count += 1
+
+    def _add_messages(self, event: Event) -> None:
+        for written in messages_fold.messages_of(event):
+            row = (
+                event.thread_id, event.run_id, event.seq, event.global_position, written.part,
+                written.message_id, written.type, canonical_json(written.data),
+            )
+            for column, value in zip(self.messages, row, strict=True):
+                column.append(value)
+            self.count += 1
+
+    def args(self) -> list[Any]:
+        status: list[list[Any]] = [[] for _ in range(_ARRAYS[RUN_STATUS])]
+        for p in self.patches.values():
+            row = (
+                p.thread_id, p.run_id, p.status, p.status_seq, p.assistant_id, p.created_at,
+                p.started_at, p.finished_at, p.starts, p.worker, p.error_type, p.error_message,
+            )
+            for column, value in zip(status, row, strict=True):
+                column.append(value)
+        return [*status, *self.calls, *self.messages]
+
+
+PROJECTED_KINDS = frozenset().union(*KINDS.values())
+
+
+class Projector:
+    """Projection rows for the events of an append statement (the ledger's ``Projector`` hook)."""
+
+    ctes = INLINE_CTES
+
+    def args(self, events: Iterable[Event]) -> list[Any] | None:
+        rows = Rows()
+        kinds = PROJECTED_KINDS
+        for event in events:
+            if event.kind in kinds:
+                rows.add(event)
+        return rows.args() if rows.count else None
+
+
+def rows_of(events: Sequence[Event], only: Collection[str] = ALL) -> Rows:
+    rows = Rows(only)
+    for event in events:
+        rows.add(event)
+    return rows

@@ -1,0 +1,275 @@
+"""Reads of the projections: run and thread status, token usage, message pages.
+
+Every query names the thread (or the run through its thread), except usage
+analytics over a time range, which use the calls' time index.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+
+from graphledger.ledger.errors import RunNotFound, ThreadNotFound
+from graphledger.ledger.events import RunRef
+from graphledger.projections.errors import InvalidArgument, InvalidCursor
+from graphledger.projections.messages import Message
+from graphledger.projections.run_status import RunStatus, thread_status
+from graphledger.projections.token_usage import TOKEN_FIELDS, LlmCall, Totals
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 50
+Group = Literal["model", "caller", "status", "assistant"]
+GROUPS: dict[str, str] = {"model": "l.model", "caller": "l.caller", "status": "s.status", "assistant": "s.assistant_id"}
+
+_STATUS_COLUMNS = (
+    "s.thread_id, s.run_id, s.status, s.status_seq, s.assistant_id, s.created_at, s.started_at, s.finished_at, "
+    "s.attempt, s.worker, s.error_type, s.error_message"
+)
+RUN_STATUS_SQL = f"SELECT {_STATUS_COLUMNS} FROM run_status s WHERE s.thread_id = $1 AND s.run_id = $2"
+RUN_STATUS_BY_ID_SQL = f"""
+SELECT {_STATUS_COLUMNS} FROM runs r JOIN run_status s ON s.thread_id = r.thread_id AND s.run_id = r.run_id
+WHERE r.run_id = $1
+"""
+THREAD_RUNS_SQL = f"SELECT {_STATUS_COLUMNS} FROM run_status s WHERE s.thread_id = $1"
+THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
+
+_SUMS = ", ".join(f"coalesce(sum(l.{name}), 0)::bigint AS {name}" for name in TOKEN_FIELDS)
+_SCOPES = {
+    "thread": "l.thread_id = $1 AND l.ts >= $2 AND l.ts < $3",
+    "run": "l.thread_id = $1 AND l.run_id = $4 AND l.ts >= $2 AND l.ts < $3",
+    "all": "$1::uuid IS NULL AND l.ts >= $2 AND l.ts < $3",
+}
+
+
+def _usage_sql(scope: str, group: str | None) -> str:
+    key = f"{GROUPS[group]} AS key, " if group else ""
+    join = "LEFT JOIN run_status s ON s.thread_id = l.thread_id AND s.run_id = l.run_id" if group in ("status", "assistant") else ""
+    tail = "GROUP BY 1 ORDER BY 1 NULLS LAST" if group else ""
+    args = "$4::uuid IS NULL AND " if scope != "run" else ""
+    return f"""
+SELECT {key}count(*) AS calls, count(*) FILTER (WHERE NOT l.usage_known) AS unknown_usage_calls, {_SUMS}
+FROM llm_calls l {join}
+WHERE {args}{_SCOPES[scope]}
+{tail}
+"""
+
+
+USAGE_SQL = {(scope, group): _usage_sql(scope, group) for scope in _SCOPES for group in (None, *GROUPS)}
+"""Token usage per scope (thread, run, all) and grouping (none, model, caller, status, assistant)."""
+
+CALLS_SQL = {
+    "thread": "SELECT * FROM llm_calls WHERE thread_id = $1 ORDER BY ts, run_id, seq",
+    "run": "SELECT * FROM llm_calls WHERE thread_id = $1 AND run_id = $2 ORDER BY seq",
+}
+
+_MESSAGE_COLUMNS = "thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::text AS data"
+MESSAGES_AFTER_SQL = f"""
+SELECT {_MESSAGE_COLUMNS} FROM messages
+WHERE thread_id = $1 AND (position, part) > ($2, $3)
+ORDER BY position, part LIMIT $4
+"""
+MESSAGES_BEFORE_SQL = f"""
+SELECT {_MESSAGE_COLUMNS} FROM messages
+WHERE thread_id = $1 AND (position, part) < ($2, $3)
+ORDER BY position DESC, part DESC LIMIT $4
+"""
+RUN_MESSAGES_AFTER_SQL = f"""
+SELECT {_MESSAGE_COLUMNS} FROM messages
+WHERE thread_id = $1 AND run_id = $5 AND (position, part) > ($2, $3)
+ORDER BY position, part LIMIT $4
+"""
+RUN_MESSAGES_BEFORE_SQL = f"""
+SELECT {_MESSAGE_COLUMNS} FROM messages
+WHERE thread_id = $1 AND run_id = $5 AND (position, part) < ($2, $3)
+ORDER BY position DESC, part DESC LIMIT $4
+"""
+
+_START = (0, -1)  # before every message: positions start at 1, parts at 0
+_END = (2**63 - 1, 2**31 - 1)
+_CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,10})")
+
+
+def encode_cursor(key: tuple[int, int]) -> str:
+    """An opaque page cursor for a message's place."""
+    return base64.urlsafe_b64encode(f"{key[0]}.{key[1]}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    """The place a cursor names; :class:`InvalidCursor` for anything this ledger did not issue."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor(f"invalid cursor {cursor[:100]!r}") from None
+    found = _CURSOR.fullmatch(text)
+    if found is None or encode_cursor((int(found[1]), int(found[2]))) != cursor:
+        raise InvalidCursor(f"invalid cursor {cursor[:100]!r}")
+    position, part = int(found[1]), int(found[2])
+    if position >= 2**63 or part >= 2**31:
+        raise InvalidCursor(f"invalid cursor {cursor[:100]!r}")
+    return position, part
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """One page of messages in conversation order, and where the pages around it start.
+
+    ``has_more`` says whether more messages lie beyond this page in the
+    direction it was read (forward for ``after`` or no cursor, backward for
+    ``before``). ``after`` continues forward from the page's last message,
+    ``before`` backward from its first; on an empty page both are the cursor
+    it was read from, so polling ``after`` picks up new messages.
+    """
+
+    messages: list[Message]
+    has_more: bool
+    before: str | None
+    after: str | None
+
+
+def _status(row: asyncpg.Record) -> RunStatus:
+    return RunStatus(**dict(row))
+
+
+def _call(row: asyncpg.Record) -> LlmCall:
+    tokens = {name: row[name] for name in TOKEN_FIELDS} if row["usage_known"] else None
+    return LlmCall(row["thread_id"], row["run_id"], row["call_id"], row["seq"], row["ts"], row["model"], row["caller"], tokens, row["latency_ms"])
+
+
+def _totals(row: asyncpg.Record) -> Totals:
+    return Totals(row["calls"], row["unknown_usage_calls"], {name: row[name] for name in TOKEN_FIELDS})
+
+
+def _message(row: asyncpg.Record) -> Message:
+    return Message(
+        row["thread_id"], row["message_id"], row["position"], row["part"], row["run_id"], row["seq"],
+        row["updated_position"], row["updated_part"], row["type"], json.loads(row["data"]),
+    )
+
+
+_EVER = (datetime.fromisoformat("0001-01-01T00:00:00+00:00"), datetime.fromisoformat("9999-12-31T00:00:00+00:00"))
+
+
+class Projections:
+    """Python reads of the read models (the HTTP layer serves these)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def run_status(self, run: RunRef | UUID) -> RunStatus:
+        async with self.pool.acquire() as conn:
+            if isinstance(run, RunRef):
+                row = await conn.fetchrow(RUN_STATUS_SQL, run.thread_id, run.run_id)
+            else:
+                row = await conn.fetchrow(RUN_STATUS_BY_ID_SQL, run)
+        if row is None:
+            raise RunNotFound(f"run {run.run_id if isinstance(run, RunRef) else run} not found")
+        return _status(row)
+
+    async def thread_runs(self, thread_id: UUID) -> list[RunStatus]:
+        async with self.pool.acquire() as conn:
+            return [_status(row) for row in await conn.fetch(THREAD_RUNS_SQL, thread_id)]
+
+    async def thread_status(self, thread_id: UUID) -> str:
+        """idle, busy, interrupted or error, from the thread's runs."""
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
+                raise ThreadNotFound(f"thread {thread_id} not found")
+            rows = await conn.fetch(THREAD_RUNS_SQL, thread_id)
+        return thread_status(_status(row) for row in rows)
+
+    async def llm_calls(self, thread_id: UUID, run_id: UUID | None = None) -> list[LlmCall]:
+        """The recorded calls of a thread (or of one of its runs), in order."""
+        async with self.pool.acquire() as conn:
+            if run_id is None:
+                rows = await conn.fetch(CALLS_SQL["thread"], thread_id)
+            else:
+                rows = await conn.fetch(CALLS_SQL["run"], thread_id, run_id)
+        return [_call(row) for row in rows]
+
+    async def token_usage(
+        self,
+        *,
+        thread_id: UUID | None = None,
+        run_id: UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Totals:
+        """Token totals of a thread, of one of its runs, or of every thread (optionally within ``[since, until)``)."""
+        (totals,) = (await self._usage(None, thread_id, run_id, since, until)).values()
+        return totals
+
+    async def usage_by(
+        self,
+        group: Group,
+        *,
+        thread_id: UUID | None = None,
+        run_id: UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[str | None, Totals]:
+        """Token totals grouped by model, caller, run status or assistant (None: not recorded)."""
+        if group not in GROUPS:
+            raise InvalidArgument(f"cannot group usage by {group!r}: use one of {', '.join(GROUPS)}")
+        return await self._usage(group, thread_id, run_id, since, until)
+
+    async def _usage(
+        self, group: str | None, thread_id: UUID | None, run_id: UUID | None, since: datetime | None, until: datetime | None
+    ) -> dict[str | None, Totals]:
+        if run_id is not None and thread_id is None:
+            raise InvalidArgument("usage of a run needs its thread_id")
+        if since is not None and until is not None and since > until:
+            raise InvalidArgument("since is after until")
+        scope = "run" if run_id is not None else "thread" if thread_id is not None else "all"
+        window = (since or _EVER[0], until or _EVER[1])
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(USAGE_SQL[(scope, group)], thread_id, *window, run_id)
+        if group is None:
+            return {None: _totals(rows[0])}
+        return {row["key"]: _totals(row) for row in rows}
+
+    async def messages(
+        self,
+        thread_id: UUID,
+        *,
+        run_id: UUID | None = None,
+        limit: int = DEFAULT_PAGE,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> MessagePage:
+        """A page of a thread's messages (or of those a run recorded first), in conversation order.
+
+        Without a cursor, the first page of the conversation; with ``after``,
+        the page that follows; with ``before``, the page that precedes.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidArgument(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if before is not None and after is not None:
+            raise InvalidArgument("give before or after, not both")
+        backward = before is not None
+        key = decode_cursor(before) if before is not None else decode_cursor(after) if after is not None else _START
+        if run_id is None:
+            sql = MESSAGES_BEFORE_SQL if backward else MESSAGES_AFTER_SQL
+            args: tuple[object, ...] = (thread_id, *key, limit + 1)
+        else:
+            sql = RUN_MESSAGES_BEFORE_SQL if backward else RUN_MESSAGES_AFTER_SQL
+            args = (thread_id, *key, limit + 1, run_id)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+            if not rows and await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
+                raise ThreadNotFound(f"thread {thread_id} not found")
+        has_more = len(rows) > limit
+        found = [_message(row) for row in rows[:limit]]
+        if backward:
+            found.reverse()
+        if found:
+            return MessagePage(found, has_more, encode_cursor(found[0].key), encode_cursor(found[-1].key))
+        here = None if key == _START else encode_cursor(key)
+        return MessagePage(found, False, here, here)

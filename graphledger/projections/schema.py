@@ -1,0 +1,76 @@
+"""The projection tables, declared on the ledger's metadata so one migration history covers both.
+
+Every row here is derived from the events table and can be rebuilt from it
+(``graphledger rebuild``). Keys name the thread first, like the log's.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from graphledger.ledger.schema import metadata
+
+run_status = sa.Table(
+    "run_status",
+    metadata,
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("status_seq", sa.Integer, nullable=False),  # seq of the last lifecycle event folded in
+    sa.Column("assistant_id", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker", sa.Text, nullable=True),
+    sa.Column("error_type", sa.Text, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("thread_id", "run_id", name="run_status_pkey"),
+)
+
+llm_calls = sa.Table(
+    "llm_calls",
+    metadata,
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("call_id", sa.Text, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),  # the llm.usage event that recorded the call first
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.Text, nullable=True),
+    sa.Column("caller", sa.Text, nullable=True),
+    sa.Column("usage_known", sa.Boolean, nullable=False),  # false: the model reported no usage (not zero tokens)
+    sa.Column("input_tokens", sa.BigInteger, nullable=True),
+    sa.Column("output_tokens", sa.BigInteger, nullable=True),
+    sa.Column("total_tokens", sa.BigInteger, nullable=True),
+    sa.Column("cache_read", sa.BigInteger, nullable=True),
+    sa.Column("cache_creation", sa.BigInteger, nullable=True),
+    sa.Column("reasoning", sa.BigInteger, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.PrimaryKeyConstraint("thread_id", "run_id", "call_id", name="llm_calls_pkey"),
+    sa.Index("llm_calls_ts_idx", "ts"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("message_id", sa.Text, nullable=False),
+    # Where the message first appeared: the global position of that event and
+    # its index among the event's messages. Never moves once the writes that
+    # carry it are committed, so keyset pages over it are stable.
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("part", sa.Integer, nullable=False),
+    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),  # the run that first recorded it
+    sa.Column("seq", sa.Integer, nullable=False),
+    # The latest write of the message (by position) is its content, as add_messages replaces by id.
+    sa.Column("updated_position", sa.BigInteger, nullable=False),
+    sa.Column("updated_part", sa.Integer, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("data", postgresql.JSONB, nullable=False),
+    sa.PrimaryKeyConstraint("thread_id", "message_id", name="messages_pkey"),
+    sa.UniqueConstraint("thread_id", "position", "part", name="messages_thread_position_key"),
+    sa.Index("messages_run_position_idx", "thread_id", "run_id", "position", "part"),
+)
+
+PROJECTION_TABLES = (run_status, llm_calls, messages)

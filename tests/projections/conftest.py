@@ -1,0 +1,45 @@
+"""Fixtures for projections over a real database: a ledger that projects inline, and table snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from graphledger import projections
+from graphledger.ledger import Ledger
+from graphledger.projections import Projections
+
+TABLE_ORDER = {
+    "run_status": "thread_id, run_id",
+    "llm_calls": "thread_id, run_id, call_id",
+    "messages": "thread_id, message_id",
+}
+
+
+@pytest.fixture
+async def projected(dsn: str) -> AsyncIterator[Ledger]:
+    ledger = await projections.connect(dsn, poll_interval=0.5)
+    try:
+        yield ledger
+    finally:
+        await ledger.close()
+
+
+@pytest.fixture
+def views(projected: Ledger) -> Projections:
+    return Projections(projected.pool)
+
+
+async def table_rows(conn: asyncpg.Connection, threads: list[Any] | None = None) -> dict[str, list[tuple[Any, ...]]]:
+    """Every projection row (of ``threads``, or all), in key order, to compare two builds."""
+    rows = {}
+    for table, order in TABLE_ORDER.items():
+        if threads is None:
+            found = await conn.fetch(f"SELECT * FROM {table} ORDER BY {order}")
+        else:
+            found = await conn.fetch(f"SELECT * FROM {table} WHERE thread_id = ANY($1::uuid[]) ORDER BY {order}", threads)
+        rows[table] = [tuple(row.values()) for row in found]
+    return rows
