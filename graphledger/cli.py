@@ -8,8 +8,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from graphledger import __version__
 from graphledger.embedded import DEFAULT_DIR, EmbeddedError, EmbeddedPostgres
@@ -83,6 +85,68 @@ def cmd_serve(args: argparse.Namespace) -> None:
             raise CommandError(f"could not serve on {args.host}:{args.port}")
 
 
+class ProgressBar:
+    """A one-line progress bar on a terminal (nothing otherwise)."""
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+        self.label = label
+        self.stream = stream
+        self.shown = stream.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.shown or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        share = done / total if total else 1.0
+        rate = done / max(now - self.started, 1e-9)
+        bar = "#" * int(share * 30)
+        self.stream.write(f"\r{self.label} [{bar:<30}] {share:4.0%} {done:,}/{total:,} events, {rate:,.0f}/s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.shown and self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from graphledger.ledger.migrate import upgrade
+
+    with database(args) as dsn:
+        _migrate(upgrade, dsn)
+        bar = ProgressBar("rebuild")
+        try:
+            report = asyncio.run(_rebuild(dsn, args.only or None, bar))
+        finally:
+            bar.close()
+    print(
+        f"rebuilt {', '.join(report.projections)} from {report.events:,} events "
+        f"({report.folded:,} folded, {report.caught_up:,} appended meanwhile) "
+        f"in {report.seconds:.1f} s, {report.events_per_second:,.0f} events/s"
+    )
+
+
+async def _rebuild(dsn: str, only: list[str] | None, progress: ProgressBar) -> object:
+    import asyncpg
+
+    from graphledger.ledger.errors import translate
+    from graphledger.projections import rebuild
+    from graphledger.projections.project import ALL
+
+    with translate():
+        conn = await asyncpg.connect(dsn)
+    try:
+        with translate():
+            return await rebuild(conn, only or ALL, progress=progress)
+    finally:
+        await conn.close()
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -125,6 +189,22 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     migrate.set_defaults(func=cmd_migrate)
+
+    rebuild = commands.add_parser(
+        "rebuild",
+        parents=[common],
+        help="rebuild the projections from the event log",
+        description=(
+            "Rebuild run status, token usage and messages (or only some) from the event log alone. "
+            "Safe while servers append: the new tables are built aside and swapped in under a short lock."
+        ),
+        epilog="examples:\n  graphledger rebuild\n  graphledger rebuild --only messages --only token_usage",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rebuild.add_argument(
+        "--only", action="append", choices=["run_status", "token_usage", "messages"], help="a projection to rebuild (repeatable)"
+    )
+    rebuild.set_defaults(func=cmd_rebuild)
     return top
 
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from graphledger import projections
 from graphledger.ledger import Ledger
 
 
@@ -26,7 +27,7 @@ def create_app(dsn: str) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.ledger = await Ledger.connect(dsn)
+        app.state.ledger = await projections.connect(dsn)
         try:
             yield
         finally:

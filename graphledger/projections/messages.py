@@ -31,6 +31,7 @@ from typing import Any
 from uuid import UUID
 
 from graphledger.ledger.events import RUN_CREATED, Event
+from graphledger.projections._text import text
 
 MESSAGE_KINDS = frozenset({RUN_CREATED, "stream:updates", "stream:values"})
 
@@ -123,8 +124,7 @@ def messages_of(event: Event) -> list[Written]:
         if found is None:
             continue
         kind, fields = found
-        given = fields.get("id")
-        message_id = given if isinstance(given, str) and given else f"{event.run_id}:{event.seq}:{part}"
+        message_id = text(fields.get("id")) or f"{event.run_id}:{event.seq}:{part}"
         written.append(Written(message_id, part, kind, fields))
     return written
 

@@ -42,18 +42,19 @@ KINDS = {
 _ARRAYS = {RUN_STATUS: 12, TOKEN_USAGE: 15, MESSAGES: 8}
 
 
-def _params(first: int) -> dict[str, list[str]]:
-    names: dict[str, list[str]] = {}
+def _params(first: int, names: Collection[str]) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
     n = first
     for name in ALL:
-        names[name] = [f"${n + i}" for i in range(_ARRAYS[name])]
-        n += _ARRAYS[name]
-    return names
+        if name in names:
+            params[name] = [f"${n + i}" for i in range(_ARRAYS[name])]
+            n += _ARRAYS[name]
+    return params
 
 
-def _ctes(first: int, schema: str, inline: bool) -> str:
-    """The three merges as CTEs; ``inline``: keep only rows of events the append statement inserted."""
-    s, c, m = (_params(first)[name] for name in ALL)
+def _ctes(first: int, schema: str, inline: bool, names: Collection[str] = ALL) -> str:
+    """The merges of ``names`` as CTEs; ``inline``: keep only rows of events the append statement inserted."""
+    params = _params(first, names)
     t = f"{schema}." if schema else ""
 
     def only_inserted(alias: str, seq: str) -> str:
@@ -64,7 +65,10 @@ def _ctes(first: int, schema: str, inline: bool) -> str:
     position = "i.global_position" if inline else "m.pos"
     earlier = "(excluded.position, excluded.part) < (m.position, m.part)"
     later = "(excluded.updated_position, excluded.updated_part) > (m.updated_position, m.updated_part)"
-    return f"""
+    parts = []
+    if RUN_STATUS in params:
+        s = params[RUN_STATUS]
+        parts.append(f"""
 status_merged AS (
     -- One patch per run (the fold of its lifecycle events in this batch).
     INSERT INTO {t}run_status AS s (thread_id, run_id, status, status_seq, assistant_id, created_at,
@@ -87,7 +91,11 @@ status_merged AS (
         error_type = coalesce(excluded.error_type, s.error_type),
         error_message = coalesce(excluded.error_message, s.error_message)
     WHERE s.status_seq < excluded.status_seq  -- a patch already folded in changes nothing
-), calls_merged AS (
+)""")
+    if TOKEN_USAGE in params:
+        c = params[TOKEN_USAGE]
+        parts.append(f"""
+calls_merged AS (
     -- A call reported twice is counted once: its first report (lowest seq) stays.
     INSERT INTO {t}llm_calls AS l (thread_id, run_id, call_id, seq, ts, model, caller, usage_known, input_tokens,
                                    output_tokens, total_tokens, cache_read, cache_creation, reasoning, latency_ms)
@@ -106,7 +114,11 @@ status_merged AS (
         cache_read = excluded.cache_read, cache_creation = excluded.cache_creation,
         reasoning = excluded.reasoning, latency_ms = excluded.latency_ms
     WHERE excluded.seq < l.seq
-), messages_written AS (
+)""")
+    if MESSAGES in params:
+        m = params[MESSAGES]
+        parts.append(f"""
+messages_written AS (
     SELECT m.thread_id, m.message_id, {position} AS position, m.part, m.run_id, m.seq, m.type, m.data
     FROM unnest({m[0]}::uuid[], {m[1]}::uuid[], {m[2]}::int[], {m[3]}::bigint[], {m[4]}::int[], {m[5]}::text[],
                 {m[6]}::text[], {m[7]}::text[])
@@ -121,11 +133,11 @@ status_merged AS (
         position AS updated_position, part AS updated_part, type, data
     FROM messages_written
     WINDOW w AS (PARTITION BY thread_id, message_id ORDER BY position, part)
-    ORDER BY thread_id, message_id, position DESC, part DESC
+    ORDER BY thread_id, message_id, updated_position DESC, updated_part DESC  -- output names: the write's own place
 ), messages_merged AS (
     INSERT INTO {t}messages AS m (thread_id, message_id, position, part, run_id, seq,
                                   updated_position, updated_part, type, data)
-    SELECT thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::jsonb
+    SELECT thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::json
     FROM messages_first_last
     ON CONFLICT (thread_id, message_id) DO UPDATE SET
         position = CASE WHEN {earlier} THEN excluded.position ELSE m.position END,
@@ -137,16 +149,17 @@ status_merged AS (
         type = CASE WHEN {later} THEN excluded.type ELSE m.type END,
         data = CASE WHEN {later} THEN excluded.data ELSE m.data END
     WHERE {earlier} OR {later}
-)"""
+)""")
+    return ",".join(parts)
 
 
 INLINE_CTES = _ctes(FIRST_EXTENSION_PARAM, "", inline=True)
 """The merges as they run inside the ledger's append statement."""
 
 
-def rebuild_sql(schema: str) -> str:
-    """One statement that merges rows (positions given) into the tables of ``schema``."""
-    return f"WITH {_ctes(1, schema, inline=False)}\nSELECT 1"
+def rebuild_sql(schema: str, names: Collection[str] = ALL) -> str:
+    """One statement that merges rows of ``names`` (positions given) into the tables of ``schema``."""
+    return f"WITH {_ctes(1, schema, False, names)}\nSELECT 1"
 
 
 @dataclass(slots=True)
@@ -159,10 +172,11 @@ class Rows:
     messages: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(_ARRAYS[MESSAGES])])
     count: int = 0
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Event, *, statuses: bool = True) -> None:
+        """Add the rows ``event`` makes (``statuses=False``: leave its status patch to the caller)."""
         kind = event.kind
         if kind in STATUS_AFTER:
-            if RUN_STATUS in self.only:
+            if statuses and RUN_STATUS in self.only:
                 patch = status_fold.patch_of(event)
                 assert patch is not None
                 ref = RunRef(event.thread_id, event.run_id)
@@ -201,6 +215,7 @@ class Rows:
             self.count += 1
 
     def args(self) -> list[Any]:
+        """The arrays of the projections in ``only``, in the order the merge statements take them."""
         status: list[list[Any]] = [[] for _ in range(_ARRAYS[RUN_STATUS])]
         for p in self.patches.values():
             row = (
@@ -209,7 +224,8 @@ class Rows:
             )
             for column, value in zip(status, row, strict=True):
                 column.append(value)
-        return [*status, *self.calls, *self.messages]
+        arrays = {RUN_STATUS: status, TOKEN_USAGE: self.calls, MESSAGES: self.messages}
+        return [array for name in ALL if name in self.only for array in arrays[name]]
 
 
 PROJECTED_KINDS = frozenset().union(*KINDS.values())

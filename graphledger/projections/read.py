@@ -243,18 +243,25 @@ class Projections:
         limit: int = DEFAULT_PAGE,
         before: str | None = None,
         after: str | None = None,
+        last: bool = False,
     ) -> MessagePage:
         """A page of a thread's messages (or of those a run recorded first), in conversation order.
 
-        Without a cursor, the first page of the conversation; with ``after``,
-        the page that follows; with ``before``, the page that precedes.
+        Without a cursor, the first page of the conversation (the last page
+        with ``last``); with ``after``, the page that follows; with
+        ``before``, the page that precedes.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidArgument(f"limit must be an integer from 1 to {MAX_PAGE}")
-        if before is not None and after is not None:
-            raise InvalidArgument("give before or after, not both")
-        backward = before is not None
-        key = decode_cursor(before) if before is not None else decode_cursor(after) if after is not None else _START
+        if sum((before is not None, after is not None, last)) > 1:
+            raise InvalidArgument("give one of before, after and last")
+        backward = before is not None or last
+        if before is not None:
+            key = decode_cursor(before)
+        elif after is not None:
+            key = decode_cursor(after)
+        else:
+            key = _END if last else _START
         if run_id is None:
             sql = MESSAGES_BEFORE_SQL if backward else MESSAGES_AFTER_SQL
             args: tuple[object, ...] = (thread_id, *key, limit + 1)
@@ -271,5 +278,5 @@ class Projections:
             found.reverse()
         if found:
             return MessagePage(found, has_more, encode_cursor(found[0].key), encode_cursor(found[-1].key))
-        here = None if key == _START else encode_cursor(key)
+        here = None if key in (_START, _END) else encode_cursor(key)
         return MessagePage(found, False, here, here)

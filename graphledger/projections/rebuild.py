@@ -87,27 +87,26 @@ class _Folder:
     def __init__(self, conn: asyncpg.Connection, only: Collection[str]) -> None:
         self.conn = conn
         self.only = only
-        self.merge_sql = rebuild_sql(SHADOW)
+        self.merge_sql = rebuild_sql(SHADOW, only)
         self.lifecycle: dict[RunRef, list[status_fold.StatusPatch]] = {}
         self.kinds = sorted(frozenset().union(*(KINDS[name] for name in only)))
 
     async def add(self, events: Sequence[Event]) -> None:
-        rows = Rows([name for name in self.only if name != "run_status"])
+        rows = Rows(self.only)
         for event in events:
             if "run_status" in self.only:
                 patch = status_fold.patch_of(event)
                 if patch is not None:
                     self.lifecycle.setdefault(RunRef(event.thread_id, event.run_id), []).append(patch)
-            rows.add(event)
+            rows.add(event, statuses=False)
         if rows.count:
             await self.conn.fetchval(self.merge_sql, *rows.args())
 
     async def finish(self) -> None:
         """Merge every run's lifecycle patches, in ``seq`` order, one patch per run."""
         pending = list(self.lifecycle.items())
-        self.lifecycle.clear()
         for start in range(0, len(pending), BATCH):
-            rows = Rows(["run_status"])
+            rows = Rows(self.only)
             for ref, patches in pending[start:start + BATCH]:
                 patches.sort(key=lambda p: p.status_seq)
                 combined = patches[0]
@@ -116,6 +115,7 @@ class _Folder:
                 rows.patches[ref] = combined
                 rows.count += 1
             await self.conn.fetchval(self.merge_sql, *rows.args())
+        self.lifecycle.clear()
 
 
 async def rebuild(conn: asyncpg.Connection, only: Collection[str] = ALL, *, progress: Progress | None = None) -> RebuildReport:

@@ -21,7 +21,14 @@ from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
-from graphledger.ledger.events import RUN_CREATED, RUN_STARTED, STATUS_AFTER, TERMINAL_KINDS, Event
+from graphledger.ledger.events import (
+    RUN_CREATED,
+    RUN_STARTED,
+    STATUS_AFTER,
+    TERMINAL_KINDS,
+    Event,
+)
+from graphledger.projections._text import text as _text
 
 ACTIVE = frozenset({"pending", "running"})
 
@@ -85,10 +92,6 @@ class StatusPatch:
 
 def _last(earlier: Any, later: Any) -> Any:
     return earlier if later is None else later
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def patch_of(event: Event) -> StatusPatch | None:

@@ -64,10 +64,11 @@ messages = sa.Table(
     sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),  # the run that first recorded it
     sa.Column("seq", sa.Integer, nullable=False),
     # The latest write of the message (by position) is its content, as add_messages replaces by id.
+    # json like the log (jsonb would refuse a \u0000 the log accepts).
     sa.Column("updated_position", sa.BigInteger, nullable=False),
     sa.Column("updated_part", sa.Integer, nullable=False),
     sa.Column("type", sa.Text, nullable=False),
-    sa.Column("data", postgresql.JSONB, nullable=False),
+    sa.Column("data", postgresql.JSON, nullable=False),
     sa.PrimaryKeyConstraint("thread_id", "message_id", name="messages_pkey"),
     sa.UniqueConstraint("thread_id", "position", "part", name="messages_thread_position_key"),
     sa.Index("messages_run_position_idx", "thread_id", "run_id", "position", "part"),

@@ -24,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from graphledger.ledger.events import LLM_USAGE, Event
+from graphledger.projections._text import text
 
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "total_tokens", "cache_read", "cache_creation", "reasoning")
 
@@ -75,14 +76,14 @@ def call_of(event: Event) -> LlmCall | None:
     if event.kind != LLM_USAGE or not isinstance(event.value, dict):
         return None
     payload = event.value
-    call_id = payload.get("call_id")
-    if not isinstance(call_id, str) or not call_id:
+    call_id = text(payload.get("call_id"))
+    if not call_id:
         return None
     latency = payload.get("latency_ms")
     return LlmCall(
         event.thread_id, event.run_id, call_id, event.seq, event.ts,
-        payload.get("model") if isinstance(payload.get("model"), str) else None,
-        payload.get("caller") if isinstance(payload.get("caller"), str) else None,
+        text(payload.get("model")),
+        text(payload.get("caller")),
         tokens_from_usage(payload.get("usage")),
         float(latency) if isinstance(latency, (int, float)) and not isinstance(latency, bool) else None,
     )

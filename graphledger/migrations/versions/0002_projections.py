@@ -67,7 +67,7 @@ def upgrade() -> None:
         sa.Column("updated_position", sa.BigInteger, nullable=False),
         sa.Column("updated_part", sa.Integer, nullable=False),
         sa.Column("type", sa.Text, nullable=False),
-        sa.Column("data", postgresql.JSONB, nullable=False),
+        sa.Column("data", postgresql.JSON, nullable=False),
         sa.PrimaryKeyConstraint("thread_id", "message_id", name="messages_pkey"),
         sa.UniqueConstraint("thread_id", "position", "part", name="messages_thread_position_key"),
     )
