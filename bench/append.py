@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -41,10 +38,11 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _database import run_on_database  # noqa: E402
+
 from graphledger.ledger import Ledger, RunRef  # noqa: E402
 from graphledger.ledger import chain  # noqa: E402
 from graphledger.ledger.events import canonical_json  # noqa: E402
-from graphledger.ledger.migrate import upgrade  # noqa: E402
 
 FILLER = "x" * 160
 
@@ -188,24 +186,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating COPY/writer rounds (medians compared)")
     args = parser.parse_args()
 
-    if os.environ.get("DATABASE_URL"):
-        dsn = os.environ["DATABASE_URL"]
-        upgrade(dsn)
-        asyncio.run(run(dsn, args))
-        return
-    from graphledger.embedded import EmbeddedPostgres
-
-    root = Path(tempfile.mkdtemp(prefix="graphledger-bench-"))
-    root.chmod(0o755)
-    server = EmbeddedPostgres(root / "pg")
-    try:
-        dsn = server.start()
-        upgrade(dsn)
-        asyncio.run(run(dsn, args))
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
+    run_on_database(lambda dsn: run(dsn, args))
 
 if __name__ == "__main__":
     main()
