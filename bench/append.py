@@ -9,8 +9,10 @@ measurements, in this order, on the same database:
 1. copy:    raw asyncpg COPY of the same rows the writer produces (the ceiling);
             building the rows (JSON, hashes) is not timed.
 2. writer:  ``--runs`` concurrent runs, each streaming ``--chunks`` 200-byte chunks
-            through the group-commit writer; events/s from first submit to last
-            commit, encoding and hashing included. 1 and 2 alternate for
+            through the group-commit writer of a ledger opened as the server
+            opens it (``projections.connect``: the projector looks at every
+            flush); events/s from first submit to last commit, encoding and
+            hashing included. 1 and 2 alternate for
             ``--rounds`` rounds; the medians are compared.
 3. latency: ``--rate`` events/s spread over 20 runs for ``--seconds``; the time from
             ``submit()`` to a subscriber receiving the event, for a subscriber in the
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _database import run_on_database  # noqa: E402
 
+from graphledger import projections  # noqa: E402
 from graphledger.ledger import Ledger, RunRef  # noqa: E402
 from graphledger.ledger import chain  # noqa: E402
 from graphledger.ledger.events import canonical_json  # noqa: E402
@@ -84,7 +87,7 @@ async def bench_copy(dsn: str, runs: int, chunks: int) -> float:
 
 async def bench_writer(dsn: str, runs: int, chunks: int) -> tuple[float, int]:
     """Events per second through the group-commit writer, and the number of flushes."""
-    ledger = await Ledger.connect(dsn, tail=False)
+    ledger = await projections.connect(dsn, tail=False)
     try:
         refs = await new_runs(ledger, runs)
         flushes = ledger.writer.flushes
@@ -108,8 +111,8 @@ async def bench_writer(dsn: str, runs: int, chunks: int) -> tuple[float, int]:
 
 async def bench_latency(dsn: str, rate: int, seconds: float) -> tuple[list[float], list[float], int]:
     """Paced appends; latencies (ms) seen by a local and by a cross-process subscriber."""
-    writer = await Ledger.connect(dsn)
-    remote = await Ledger.connect(dsn)
+    writer = await projections.connect(dsn)
+    remote = await projections.connect(dsn)
     local_ms: list[float] = []
     remote_ms: list[float] = []
     try:

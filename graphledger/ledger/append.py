@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -49,6 +50,7 @@ FIRST_EXTENSION_PARAM = 14
 """The first parameter number free for a :class:`Projector`'s CTEs."""
 
 
+@functools.lru_cache(maxsize=8)
 def append_sql(extension: str = "") -> str:
     """The append statement, with ``extension`` CTEs (a :class:`Projector`'s) written in the same statement."""
     return f"""

@@ -17,7 +17,7 @@ arrive in commit order and a rebuild reads them in log order.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,9 +244,3 @@ class Projector:
                 rows.add(event)
         return rows.args() if rows.count else None
 
-
-def rows_of(events: Sequence[Event], only: Collection[str] = ALL) -> Rows:
-    rows = Rows(only)
-    for event in events:
-        rows.add(event)
-    return rows

@@ -42,9 +42,12 @@ THREAD_RUNS_SQL = f"SELECT {_STATUS_COLUMNS} FROM run_status s WHERE s.thread_id
 THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
 
 _SUMS = ", ".join(f"coalesce(sum(l.{name}), 0)::bigint AS {name}" for name in TOKEN_FIELDS)
+# A thread's calls are found by its key; the time window is then a filter
+# written so that it cannot use the time index: a generic plan would
+# otherwise AND the key with a scan of every call in an unbounded window.
 _SCOPES = {
-    "thread": "l.thread_id = $1 AND l.ts >= $2 AND l.ts < $3",
-    "run": "l.thread_id = $1 AND l.run_id = $4 AND l.ts >= $2 AND l.ts < $3",
+    "thread": "l.thread_id = $1 AND tstzrange($2, $3) @> l.ts",
+    "run": "l.thread_id = $1 AND l.run_id = $4 AND tstzrange($2, $3) @> l.ts",
     "all": "$1::uuid IS NULL AND l.ts >= $2 AND l.ts < $3",
 }
 
