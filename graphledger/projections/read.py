@@ -68,9 +68,13 @@ WHERE {args}{_SCOPES[scope]}
 USAGE_SQL = {(scope, group): _usage_sql(scope, group) for scope in _SCOPES for group in (None, *GROUPS)}
 """Token usage per scope (thread, run, all) and grouping (none, model, caller, status, assistant)."""
 
+_CALLS = """
+SELECT l.*, s.assistant_id, s.status AS run_status
+FROM llm_calls l LEFT JOIN run_status s ON s.thread_id = l.thread_id AND s.run_id = l.run_id
+"""
 CALLS_SQL = {
-    "thread": "SELECT * FROM llm_calls WHERE thread_id = $1 ORDER BY ts, run_id, seq",
-    "run": "SELECT * FROM llm_calls WHERE thread_id = $1 AND run_id = $2 ORDER BY seq",
+    "thread": f"{_CALLS} WHERE l.thread_id = $1 ORDER BY l.ts, l.run_id, l.seq",
+    "run": f"{_CALLS} WHERE l.thread_id = $1 AND l.run_id = $2 ORDER BY l.seq",
 }
 
 _MESSAGE_COLUMNS = "thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::text AS data"
@@ -143,7 +147,10 @@ def _status(row: asyncpg.Record) -> RunStatus:
 
 def _call(row: asyncpg.Record) -> LlmCall:
     tokens = {name: row[name] for name in TOKEN_FIELDS} if row["usage_known"] else None
-    return LlmCall(row["thread_id"], row["run_id"], row["call_id"], row["seq"], row["ts"], row["model"], row["caller"], tokens, row["latency_ms"])
+    return LlmCall(
+        row["thread_id"], row["run_id"], row["call_id"], row["seq"], row["ts"], row["model"], row["caller"], tokens,
+        row["latency_ms"], row["assistant_id"], row["run_status"],
+    )
 
 
 def _totals(row: asyncpg.Record) -> Totals:
@@ -189,7 +196,7 @@ class Projections:
         return thread_status(_status(row) for row in rows)
 
     async def llm_calls(self, thread_id: UUID, run_id: UUID | None = None) -> list[LlmCall]:
-        """The recorded calls of a thread (or of one of its runs), in order."""
+        """The recorded calls of a thread (or of one of its runs), in order, with their run's assistant and status."""
         async with self.pool.acquire() as conn:
             if run_id is None:
                 rows = await conn.fetch(CALLS_SQL["thread"], thread_id)

@@ -65,6 +65,9 @@ class LlmCall:
     caller: str | None
     tokens: dict[str, int | None] | None  # None: the model reported no usage
     latency_ms: float | None
+    # Of the run, filled in by reads (the llm.usage event does not carry them).
+    assistant_id: str | None = None
+    run_status: str | None = None
 
     @property
     def usage_known(self) -> bool:

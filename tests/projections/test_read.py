@@ -73,6 +73,7 @@ async def test_usage_details_duplicates_and_unknown_usage(projected: Ledger, vie
     await projected.append(ref, "run.succeeded", {})
     calls = await views.llm_calls(ref.thread_id)
     assert [(c.call_id, c.model, c.usage_known) for c in calls] == [("c1", "gpt-x", True), ("c2", "claude", True), ("c3", "local", False)]
+    assert {(c.assistant_id, c.run_status, c.latency_ms) for c in calls} == {("agent", "success", 12.5)}
     assert calls[0].tokens == {"input_tokens": 100, "output_tokens": 40, "total_tokens": 140, "cache_read": 60, "cache_creation": 10, "reasoning": 25}
     totals = await views.token_usage(thread_id=ref.thread_id)
     assert (totals.calls, totals.unknown_usage_calls) == (3, 1)
