@@ -49,6 +49,17 @@ async def test_rebuild_equals_inline(projected: Ledger, conn: asyncpg.Connection
     report = await rebuild(conn)
     assert report.folded > 0 and report.events >= report.folded and report.projections == ("run_status", "token_usage", "messages")
     assert await table_rows(conn) == inline
+    # The swapped-in tables are exactly what the migrations declare (names of keys and indexes included).
+    constraints = await conn.fetch(
+        "SELECT conname FROM pg_constraint WHERE contype IN ('p', 'u', 'c', 'f')"
+        " AND conrelid::regclass::text IN ('run_status', 'llm_calls', 'messages') ORDER BY 1"
+    )
+    indexes = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename IN ('run_status', 'llm_calls', 'messages') ORDER BY 1")
+    assert [r[0] for r in constraints] == ["llm_calls_pkey", "messages_pkey", "messages_thread_position_key", "run_status_pkey"]
+    assert [r[0] for r in indexes] == [
+        "llm_calls_pkey", "llm_calls_ts_idx", "messages_pkey", "messages_run_position_idx", "messages_thread_position_key", "run_status_pkey",
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'graphledger_rebuild'") == 0
 
 
 async def test_rebuild_of_one_projection_leaves_the_others(projected: Ledger, conn: asyncpg.Connection) -> None:
