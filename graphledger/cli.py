@@ -11,11 +11,14 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from graphledger import __version__
 from graphledger.embedded import DEFAULT_DIR, EmbeddedError, EmbeddedPostgres
 from graphledger.ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from graphledger.projections.rebuild import RebuildReport
 
 _log = logging.getLogger("graphledger")
 
@@ -131,7 +134,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     )
 
 
-async def _rebuild(dsn: str, only: list[str] | None, progress: ProgressBar) -> object:
+async def _rebuild(dsn: str, only: list[str] | None, progress: ProgressBar) -> RebuildReport:
     import asyncpg
 
     from graphledger.ledger.errors import translate

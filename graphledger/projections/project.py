@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphledger.ledger.append import FIRST_EXTENSION_PARAM
-from graphledger.ledger.events import LLM_USAGE, STATUS_AFTER, Event, RunRef, canonical_json
+from graphledger.ledger.events import LLM_USAGE, RUN_CREATED, STATUS_AFTER, Event, RunRef, canonical_json
 from graphledger.projections import messages as messages_fold
 from graphledger.projections import run_status as status_fold
 from graphledger.projections import token_usage as usage_fold
@@ -179,17 +179,21 @@ class Rows:
             if statuses and RUN_STATUS in self.only:
                 patch = status_fold.patch_of(event)
                 assert patch is not None
-                ref = RunRef(event.thread_id, event.run_id)
-                earlier = self.patches.get(ref)
-                self.patches[ref] = patch if earlier is None else earlier.then(patch)
-                self.count += 1
-            if kind != "run.created":
+                self.add_patch(patch)
+            if kind != RUN_CREATED:
                 return
         if kind == LLM_USAGE:
             if TOKEN_USAGE in self.only:
                 self._add_call(event)
         elif kind in messages_fold.MESSAGE_KINDS and MESSAGES in self.only:
             self._add_messages(event)
+
+    def add_patch(self, patch: status_fold.StatusPatch) -> None:
+        """Fold ``patch`` into its run's patch (patches of one run must come in ``seq`` order)."""
+        ref = RunRef(patch.thread_id, patch.run_id)
+        earlier = self.patches.get(ref)
+        self.patches[ref] = patch if earlier is None else earlier.then(patch)
+        self.count += 1
 
     def _add_call(self, event: Event) -> None:
         call = usage_fold.call_of(event)

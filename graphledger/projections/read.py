@@ -78,26 +78,20 @@ CALLS_SQL = {
 }
 
 _MESSAGE_COLUMNS = "thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::text AS data"
-MESSAGES_AFTER_SQL = f"""
+
+
+def _page_sql(by_run: bool, backward: bool) -> str:
+    run = " AND run_id = $5" if by_run else ""
+    compare, order = ("<", " DESC") if backward else (">", "")
+    return f"""
 SELECT {_MESSAGE_COLUMNS} FROM messages
-WHERE thread_id = $1 AND (position, part) > ($2, $3)
-ORDER BY position, part LIMIT $4
+WHERE thread_id = $1{run} AND (position, part) {compare} ($2, $3)
+ORDER BY position{order}, part{order} LIMIT $4
 """
-MESSAGES_BEFORE_SQL = f"""
-SELECT {_MESSAGE_COLUMNS} FROM messages
-WHERE thread_id = $1 AND (position, part) < ($2, $3)
-ORDER BY position DESC, part DESC LIMIT $4
-"""
-RUN_MESSAGES_AFTER_SQL = f"""
-SELECT {_MESSAGE_COLUMNS} FROM messages
-WHERE thread_id = $1 AND run_id = $5 AND (position, part) > ($2, $3)
-ORDER BY position, part LIMIT $4
-"""
-RUN_MESSAGES_BEFORE_SQL = f"""
-SELECT {_MESSAGE_COLUMNS} FROM messages
-WHERE thread_id = $1 AND run_id = $5 AND (position, part) < ($2, $3)
-ORDER BY position DESC, part DESC LIMIT $4
-"""
+
+
+PAGE_SQL = {(by_run, backward): _page_sql(by_run, backward) for by_run in (False, True) for backward in (False, True)}
+"""A page of messages, keyed by (of one run, walking backward)."""
 
 _START = (0, -1)  # before every message: positions start at 1, parts at 0
 _END = (2**63 - 1, 2**31 - 1)
@@ -272,14 +266,9 @@ class Projections:
             key = decode_cursor(after)
         else:
             key = _END if last else _START
-        if run_id is None:
-            sql = MESSAGES_BEFORE_SQL if backward else MESSAGES_AFTER_SQL
-            args: tuple[object, ...] = (thread_id, *key, limit + 1)
-        else:
-            sql = RUN_MESSAGES_BEFORE_SQL if backward else RUN_MESSAGES_AFTER_SQL
-            args = (thread_id, *key, limit + 1, run_id)
+        args = (thread_id, *key, limit + 1) + (() if run_id is None else (run_id,))
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(sql, *args)
+            rows = await conn.fetch(PAGE_SQL[(run_id is not None, backward)], *args)
             if not rows and await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
                 raise ThreadNotFound(f"thread {thread_id} not found")
         has_more = len(rows) > limit

@@ -107,13 +107,9 @@ class _Folder:
         pending = list(self.lifecycle.items())
         for start in range(0, len(pending), BATCH):
             rows = Rows(self.only)
-            for ref, patches in pending[start:start + BATCH]:
-                patches.sort(key=lambda p: p.status_seq)
-                combined = patches[0]
-                for patch in patches[1:]:
-                    combined = combined.then(patch)
-                rows.patches[ref] = combined
-                rows.count += 1
+            for _, patches in pending[start:start + BATCH]:
+                for patch in sorted(patches, key=lambda p: p.status_seq):
+                    rows.add_patch(patch)
             await self.conn.fetchval(self.merge_sql, *rows.args())
         self.lifecycle.clear()
 
