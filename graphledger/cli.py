@@ -59,12 +59,19 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def _migrate(upgrade: object, dsn: str) -> None:
+    """The ledger's migrations, then the LangGraph checkpointer's tables (in their own schema)."""
+    import asyncio
+
     import asyncpg
+    import psycopg
     import sqlalchemy.exc
+
+    from graphledger.runs import checkpoint
 
     try:
         upgrade(dsn)  # type: ignore[operator]
-    except (OSError, asyncpg.PostgresError, sqlalchemy.exc.DBAPIError) as exc:
+        asyncio.run(checkpoint.setup(dsn))
+    except (OSError, asyncpg.PostgresError, sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
         raise CommandError(f"cannot migrate the database: {str(exc).splitlines()[0]}") from exc
 
 
@@ -73,6 +80,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from graphledger.http.app import create_app
     from graphledger.ledger.migrate import upgrade
+    from graphledger.runs import GraphRegistry, RunSettings
+
+    graphs = GraphRegistry.configure(args.config, args.graph or ())
+    settings = RunSettings(
+        workers=args.workers,
+        lease_seconds=args.lease,
+        lease_grace_seconds=args.lease_grace,
+        run_timeout=args.run_timeout,
+        drain_seconds=args.drain,
+    )
 
     # uvicorn handles SIGINT/SIGTERM while it serves (a graceful shutdown) and
     # then re-raises the signal to the handler found before it: ours, which
@@ -81,7 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         signal.signal(signum, _stop)
     with database(args) as dsn:
         _migrate(upgrade, dsn)
-        config = uvicorn.Config(create_app(dsn), host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+        app = create_app(dsn, graphs=graphs, settings=settings)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
         server = uvicorn.Server(config)
         server.run()
         if not server.started:
@@ -150,6 +168,26 @@ async def _rebuild(dsn: str, only: list[str] | None, progress: ProgressBar) -> R
         await conn.close()
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -176,11 +214,31 @@ def parser() -> argparse.ArgumentParser:
         parents=[common],
         help="serve the HTTP API (migrates the database first)",
         description="Serve the HTTP API. Without DATABASE_URL a private PostgreSQL is started under --data-dir.",
-        epilog="examples:\n  graphledger serve\n  graphledger serve --host 0.0.0.0 --port 8123",
+        epilog=(
+            "examples:\n  graphledger serve\n  graphledger serve --host 0.0.0.0 --port 8123\n"
+            "  graphledger serve --config ./langgraph.json --workers 4\n"
+            "  graphledger serve --graph agent=./agent.py:graph\n"
+            "  graphledger serve --workers 0        # HTTP only: another process executes the runs"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8123)
+    serve.add_argument(
+        "--config", type=Path, default=None, help="a langgraph.json whose \"graphs\" are served (default: ./langgraph.json if present)"
+    )
+    serve.add_argument(
+        "--graph", action="append", metavar="NAME=SPEC", help="serve a graph: NAME=./file.py:attr or NAME=package.module:attr (repeatable)"
+    )
+    serve.add_argument(
+        "--workers", type=_count, default=10, help="runs this process executes at once (default 10; 0 serves HTTP only)"
+    )
+    serve.add_argument("--lease", type=_seconds, default=30.0, help="seconds a worker holds a run between renewals (default 30)")
+    serve.add_argument(
+        "--lease-grace", type=_seconds, default=10.0, help="seconds past an expired lease before the run is failed (default 10)"
+    )
+    serve.add_argument("--run-timeout", type=_seconds, default=None, help="end runs still running after this many seconds (default: never)")
+    serve.add_argument("--drain", type=_seconds, default=10.0, help="on shutdown, seconds running runs may finish before they are interrupted")
     serve.set_defaults(func=cmd_serve)
 
     migrate = commands.add_parser(
@@ -218,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (CommandError, EmbeddedError, LedgerError) as exc:
+    except (CommandError, EmbeddedError, LedgerError) as exc:  # GraphLoadError is a LedgerError
         print(f"graphledger: error: {exc}", file=sys.stderr)
         return 1
     except Stopped:

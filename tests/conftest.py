@@ -26,6 +26,7 @@ import pytest
 
 from graphledger.ledger import Ledger
 from graphledger.ledger.migrate import upgrade
+from graphledger.runs import checkpoint
 
 
 def _docker_answers() -> bool:
@@ -129,6 +130,7 @@ async def template_db(server_dsn: str) -> AsyncIterator[str]:
     name = f"graphledger_template_{uuid.uuid4().hex[:8]}"
     await _admin(server_dsn, f"CREATE DATABASE {name}")
     upgrade(with_database(server_dsn, name))
+    await checkpoint.setup(with_database(server_dsn, name))
     yield name
     await drop_database(server_dsn, name)
 

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from graphledger import projections
 from graphledger.ledger import Ledger
+from graphledger.runs import GraphRegistry, RunSettings, Runtime
 
 
 async def ok(request: Request) -> JSONResponse:
@@ -22,15 +23,20 @@ async def ok(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
-def create_app(dsn: str) -> Starlette:
-    """The application over the (already migrated) database at ``dsn``."""
+def create_app(dsn: str, *, graphs: GraphRegistry | None = None, settings: RunSettings | None = None) -> Starlette:
+    """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``."""
+    graphs = graphs or GraphRegistry.configure()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ledger = await projections.connect(dsn)
+        app.state.graphs = graphs
+        app.state.runtime = Runtime(app.state.ledger, graphs, settings)
         try:
+            await app.state.runtime.start()
             yield
         finally:
+            await app.state.runtime.close()
             await app.state.ledger.close()
 
     return Starlette(routes=[Route("/ok", ok)], lifespan=lifespan)

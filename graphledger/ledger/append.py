@@ -10,6 +10,7 @@ has no terminal event::
     update heads to the new last seq/hash/kind
     insert the events of exactly the runs whose heads were locked
     pg_notify('graphledger_events', 'run_id:last_seq,...')
+    pg_notify('graphledger_runs', '') if a run was created or ended
 
 all in one statement, so one round trip and one implicit transaction. Two
 writers on one run cannot interleave: the second waits for the first's row
@@ -43,6 +44,8 @@ from graphledger.ledger.events import STATUS_AFTER, TERMINAL_KINDS, Event, NewEv
 _log = logging.getLogger("graphledger.append")
 
 CHANNEL = "graphledger_events"
+RUNS_CHANNEL = "graphledger_runs"
+"""Notified (empty payload) when an append admits a run or ends one: the run queue changed."""
 NOTIFY_RUNS_PER_MESSAGE = 100  # keeps each payload far below PostgreSQL's 8000-byte limit
 _TERMINAL_KINDS_SQL = ", ".join(f"'{kind}'" for kind in sorted(TERMINAL_KINDS))
 
@@ -82,6 +85,10 @@ WITH batch AS (
     SELECT pg_notify('{CHANNEL}', string_agg(n.run_id::text || ':' || n.last_seq, ','))
     FROM (SELECT run_id, last_seq, (row_number() OVER ()) / {NOTIFY_RUNS_PER_MESSAGE} AS part FROM head) n
     GROUP BY n.part
+    UNION ALL
+    -- A run was admitted or ended: workers may have a run to claim.
+    (SELECT pg_notify('{RUNS_CHANNEL}', '') FROM head h JOIN batch b ON b.idx = h.idx
+     WHERE b.status IS NOT NULL AND b.status <> 'running' LIMIT 1)
 ){"," + extension if extension else ""}
 SELECT h.run_id, h.last_seq, (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM notified) AS notified
 FROM head h

@@ -51,11 +51,31 @@ runs = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("metadata", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # Admission order: a thread's pending runs start in this order (multitask "enqueue").
+    sa.Column("queue_position", sa.BigInteger, sa.Identity(always=False), nullable=False),
+    # The worker executing the run, and until when it holds the run unless it renews.
+    sa.Column("lease_owner", sa.Text, nullable=True),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint("thread_id", "run_id", name="runs_pkey"),
     sa.ForeignKeyConstraint(["thread_id"], ["threads.thread_id"], name="runs_thread_id_fkey"),
     sa.CheckConstraint("last_seq >= 0", name="runs_last_seq_check"),
     sa.Index("runs_run_id_idx", "run_id"),
     sa.Index("runs_thread_created_idx", "thread_id", "created_at"),
+    sa.Index("runs_pending_idx", "queue_position", postgresql_where=sa.text("status = 'pending'")),
+    sa.Index("runs_active_idx", "thread_id", "queue_position", postgresql_where=sa.text("status IN ('pending', 'running')")),
+    sa.Index("runs_lease_idx", "lease_expires_at", postgresql_where=sa.text("status = 'running'")),
+)
+
+run_secrets = sa.Table(
+    "run_secrets",
+    metadata,
+    # Secret values of a run's config (API keys, tokens), kept out of the log and
+    # handed to the worker that claims the run, which deletes them.
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("secrets", postgresql.JSONB, nullable=False),
+    sa.PrimaryKeyConstraint("thread_id", "run_id", name="run_secrets_pkey"),
+    sa.ForeignKeyConstraint(["thread_id", "run_id"], ["runs.thread_id", "runs.run_id"], name="run_secrets_run_fkey"),
 )
 
 events = sa.Table(

@@ -25,7 +25,7 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from uuid import UUID
 
 import asyncpg
@@ -121,6 +121,8 @@ class Hub:
         self._reader: asyncpg.Connection | None = None
         self._reader_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._hints: dict[str, list[Callable[[], None]]] = {}  # other channels: callbacks
+        self._listener: asyncpg.Connection | None = None
         self.listening = asyncio.Event()
         self.reads = 0
         self.reconnects = 0
@@ -208,6 +210,23 @@ class Hub:
                 if not sub.offer(event):
                     self.poke(sub.ref)
 
+    async def on_hint(self, channel: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on every notification on ``channel``, and after each reconnect of the listener.
+
+        Like the events channel, such a channel only carries hints: the
+        callback is also called whenever notifications may have been missed.
+        """
+        first = channel not in self._hints
+        self._hints.setdefault(channel, []).append(callback)
+        if first and self._listener is not None and not self._listener.is_closed():
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._listener.add_listener(channel, self._on_hint)
+        callback()
+
+    def _on_hint(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
+        for callback in self._hints.get(channel, ()):
+            callback()
+
     # -- the two connections -------------------------------------------------------
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
@@ -230,10 +249,16 @@ class Hub:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())  # this connection's own event
                 await conn.add_listener(CHANNEL, self._on_notify)
+                for channel in list(self._hints):
+                    await conn.add_listener(channel, self._on_hint)
+                self._listener = conn
                 self.listener_pid = conn.get_server_pid()
                 # Anything committed while no one listened is found by reading again.
                 self._dirty.update(self._subs)
                 self._wake.set()
+                for callbacks in list(self._hints.values()):
+                    for callback in callbacks:
+                        callback()
                 self.listening.set()
                 backoff = 0.05
                 while not lost.is_set():
@@ -245,6 +270,7 @@ class Hub:
                 _log.warning("tail listener lost its connection (%s); reconnecting", exc)
             finally:
                 self.listening.clear()
+                self._listener = None
                 if conn is not None:
                     conn.terminate()
             self.reconnects += 1

@@ -53,11 +53,11 @@ async def test_every_unique_key_names_the_thread(conn: asyncpg.Connection) -> No
         """
         SELECT c.conrelid::regclass::text AS tbl, c.conname, array_agg(a.attname::text) AS cols
         FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
-        WHERE c.contype IN ('p', 'u') AND c.conrelid::regclass::text IN ('threads', 'runs', 'events', 'run_status', 'llm_calls', 'messages')
+        WHERE c.contype IN ('p', 'u') AND c.conrelid::regclass::text IN ('threads', 'runs', 'events', 'run_status', 'llm_calls', 'messages', 'run_secrets')
         GROUP BY 1, 2
         """
     )
-    assert {row["tbl"] for row in rows} == {"threads", "runs", "events", "run_status", "llm_calls", "messages"}
+    assert {row["tbl"] for row in rows} == {"threads", "runs", "events", "run_status", "llm_calls", "messages", "run_secrets"}
     assert all("thread_id" in row["cols"] for row in rows), rows
 
 

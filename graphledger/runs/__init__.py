@@ -1,0 +1,32 @@
+"""Run execution on top of the log: admission, cancel, workers with leases, the reaper, the recorder, graphs."""
+
+from __future__ import annotations
+
+from graphledger.runs.errors import GraphLoadError, InvalidRequest, NotCancellable, ThreadBusy, UnknownAssistant
+from graphledger.runs.graphs import GraphRegistry
+from graphledger.runs.lifecycle import Admitted, Cancelled, admit, cancel, join
+from graphledger.runs.recorder import Recorder, Recording
+from graphledger.runs.request import RunRequest
+from graphledger.runs.runtime import RunSettings, Runtime
+from graphledger.runs.worker import Reaper, Worker
+
+__all__ = [
+    "Admitted",
+    "Cancelled",
+    "GraphLoadError",
+    "GraphRegistry",
+    "InvalidRequest",
+    "NotCancellable",
+    "Reaper",
+    "Recorder",
+    "Recording",
+    "RunRequest",
+    "RunSettings",
+    "Runtime",
+    "ThreadBusy",
+    "UnknownAssistant",
+    "Worker",
+    "admit",
+    "cancel",
+    "join",
+]

@@ -1,0 +1,25 @@
+"""Failures of run commands a caller can act on."""
+
+from __future__ import annotations
+
+from graphledger.ledger.errors import LedgerError
+
+
+class InvalidRequest(LedgerError):
+    """A run request is malformed: an unknown stream mode or strategy, input of the wrong shape, ..."""
+
+
+class UnknownAssistant(InvalidRequest):
+    """The request's ``assistant_id`` names no registered graph."""
+
+
+class ThreadBusy(LedgerError):
+    """The thread has an active run and the request's multitask strategy is ``reject``."""
+
+
+class NotCancellable(LedgerError):
+    """The run already ended (other than interrupted): there is nothing to cancel."""
+
+
+class GraphLoadError(LedgerError):
+    """A graph named in ``langgraph.json`` or ``--graph`` cannot be loaded."""

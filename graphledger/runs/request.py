@@ -1,0 +1,243 @@
+"""A run request: what a caller asks for, validated, and how it is recorded.
+
+The ``run.created`` event records the request as admitted (see
+:meth:`RunRequest.record`), minus secrets: config values under keys that name
+a secret (``api_key``, ``token``, ``secret``, ``password``, ``authorization``,
+``credentials``, ...) are left out of the log and kept in ``run_secrets``
+until a worker claims the run. Input messages get an id when they have none, so
+the log, the checkpointer and the messages projection name them alike.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphledger.runs.errors import InvalidRequest
+from graphledger.runs.serialize import to_jsonable
+
+STREAM_MODES = {
+    # requested mode -> the LangGraph stream mode that produces it
+    "values": "values",
+    "updates": "updates",
+    "messages-tuple": "messages",
+    "messages": "messages",
+    "custom": "custom",
+    "debug": "debug",
+    "tasks": "tasks",
+    "checkpoints": "checkpoints",
+}
+MULTITASK_STRATEGIES = ("reject", "interrupt", "rollback", "enqueue")
+CANCEL_ACTIONS = ("interrupt", "rollback")
+ON_DISCONNECT = ("cancel", "continue")
+IF_NOT_EXISTS = ("create", "reject")
+COMMAND_KEYS = {"resume", "update", "goto"}
+
+_SECRET_KEY = re.compile(
+    r"(?:^|[_\-.])(?:api[_\-]?key|apikey|secret|password|passwd|token|access[_\-]?key|authorization|credentials?|private[_\-]?key)(?:$|[_\-.])",
+    re.IGNORECASE,
+)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key names a secret (``openai_api_key``, ``access_token``; not ``max_tokens``)."""
+    return bool(_SECRET_KEY.search(key))
+
+
+def split_secrets(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``config`` without its secret values, and those values (same nesting)."""
+    kept: dict[str, Any] = {}
+    secrets: dict[str, Any] = {}
+    for key, value in config.items():
+        if is_secret_key(key):
+            secrets[key] = value
+        elif isinstance(value, Mapping):
+            inner_kept, inner_secrets = split_secrets(value)
+            kept[key] = inner_kept
+            if inner_secrets:
+                secrets[key] = inner_secrets
+        else:
+            kept[key] = value
+    return kept, secrets
+
+
+def merge_secrets(config: dict[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with ``secrets`` (from :func:`split_secrets`) put back."""
+    merged = dict(config)
+    for key, value in secrets.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_secrets(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def secret_paths(secrets: Mapping[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in secrets.items():
+        if isinstance(value, Mapping) and not is_secret_key(key):
+            paths.extend(secret_paths(value, f"{prefix}{key}."))
+        else:
+            paths.append(prefix + key)
+    return sorted(paths)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...] | set[str] | dict[str, str]) -> str:
+    if value not in allowed:
+        raise InvalidRequest(f"{name} must be one of {', '.join(sorted(allowed))}, not {value!r}")
+    return str(value)
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InvalidRequest(f"{name} must be an object")
+    return dict(value)
+
+
+def _nodes(name: str, value: Any) -> str | list[str] | None:
+    if value is None or value == "*":
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InvalidRequest(f'{name} must be "*" or a list of node names')
+
+
+def stream_modes(value: Any) -> list[str]:
+    """The requested stream modes as a list (a single string is accepted), in order, without repeats."""
+    if value is None:
+        return ["values"]
+    modes = [value] if isinstance(value, str) else value
+    if not isinstance(modes, list) or not modes:
+        raise InvalidRequest("stream_mode must be a mode name or a non-empty list of mode names")
+    seen: list[str] = []
+    for mode in modes:
+        if mode == "events":
+            raise InvalidRequest('stream_mode "events" is not supported; use "messages-tuple" for tokens')
+        _choice("stream_mode", mode, STREAM_MODES)
+        if mode not in seen:
+            seen.append(mode)
+    return seen
+
+
+def with_message_ids(value: Any) -> Any:
+    """``value`` with an id on every message of ``value["messages"]`` that has none."""
+    if not isinstance(value, dict) or not isinstance(value.get("messages"), list):
+        return value
+    messages = []
+    for message in value["messages"]:
+        if isinstance(message, dict) and not message.get("id") and ("content" in message or "type" in message or "role" in message):
+            message = {**message, "id": str(uuid.uuid4())}
+        messages.append(message)
+    return {**value, "messages": messages}
+
+
+@dataclass(slots=True)
+class RunRequest:
+    """What a caller asks a run to do (the LangGraph Platform run-create body)."""
+
+    assistant_id: str
+    input: Any = None
+    command: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    stream_mode: list[str] = field(default_factory=lambda: ["values"])
+    stream_subgraphs: bool = False
+    multitask_strategy: str = "enqueue"
+    on_disconnect: str = "continue"
+    if_not_exists: str = "reject"
+    interrupt_before: str | list[str] | None = None
+    interrupt_after: str | list[str] | None = None
+    secrets: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> RunRequest:
+        """Validate a request body; unknown keys are ignored (clients send more than a server uses)."""
+        if not isinstance(body, Mapping):
+            raise InvalidRequest("the request body must be a JSON object")
+        assistant_id = body.get("assistant_id")
+        if not isinstance(assistant_id, str) or not assistant_id:
+            raise InvalidRequest("assistant_id is required: the name of a registered graph")
+        command = body.get("command")
+        if command is not None:
+            command = _mapping("command", command)
+            unknown = set(command) - COMMAND_KEYS
+            if unknown or not command:
+                raise InvalidRequest(f"command takes {', '.join(sorted(COMMAND_KEYS))}, got {sorted(command) or 'nothing'}")
+        config = _mapping("config", body.get("config"))
+        if "configurable" in config:
+            config["configurable"] = _mapping("config.configurable", config["configurable"])
+        recursion_limit = config.get("recursion_limit")
+        if recursion_limit is not None and (not isinstance(recursion_limit, int) or isinstance(recursion_limit, bool) or recursion_limit < 1):
+            raise InvalidRequest("config.recursion_limit must be a positive integer")
+        config, secrets = split_secrets(config)
+        subgraphs = body.get("stream_subgraphs", False)
+        if not isinstance(subgraphs, bool):
+            raise InvalidRequest("stream_subgraphs must be true or false")
+        return cls(
+            assistant_id=assistant_id,
+            input=with_message_ids(to_jsonable(body.get("input"))),
+            command=to_jsonable(command),
+            config=to_jsonable(config),
+            context=to_jsonable(_mapping("context", body.get("context"))) if body.get("context") is not None else None,
+            metadata=to_jsonable(_mapping("metadata", body.get("metadata"))),
+            stream_mode=stream_modes(body.get("stream_mode")),
+            stream_subgraphs=subgraphs,
+            multitask_strategy=_choice("multitask_strategy", body.get("multitask_strategy") or "enqueue", MULTITASK_STRATEGIES),
+            on_disconnect=_choice("on_disconnect", body.get("on_disconnect") or "continue", ON_DISCONNECT),
+            if_not_exists=_choice("if_not_exists", body.get("if_not_exists") or "reject", IF_NOT_EXISTS),
+            interrupt_before=_nodes("interrupt_before", body.get("interrupt_before")),
+            interrupt_after=_nodes("interrupt_after", body.get("interrupt_after")),
+            secrets=to_jsonable(secrets),
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The payload of the run's ``run.created`` event (no secrets)."""
+        payload: dict[str, Any] = {
+            "assistant_id": self.assistant_id,
+            "input": self.input,
+            "config": self.config,
+            "metadata": self.metadata,
+            "stream_mode": self.stream_mode,
+            "stream_subgraphs": self.stream_subgraphs,
+            "multitask_strategy": self.multitask_strategy,
+            "on_disconnect": self.on_disconnect,
+        }
+        for name in ("command", "context", "interrupt_before", "interrupt_after"):
+            if getattr(self, name) is not None:
+                payload[name] = getattr(self, name)
+        if self.secrets:
+            payload["redacted"] = secret_paths(self.secrets)
+        return payload
+
+    @classmethod
+    def recorded(cls, payload: Mapping[str, Any], secrets: Mapping[str, Any] | None = None) -> RunRequest:
+        """The request a ``run.created`` payload records, with its secrets put back."""
+        return cls(
+            assistant_id=str(payload.get("assistant_id") or ""),
+            input=payload.get("input"),
+            command=payload.get("command"),
+            config=merge_secrets(dict(payload.get("config") or {}), secrets or {}),
+            context=payload.get("context"),
+            metadata=dict(payload.get("metadata") or {}),
+            stream_mode=list(payload.get("stream_mode") or ["values"]),
+            stream_subgraphs=bool(payload.get("stream_subgraphs")),
+            multitask_strategy=str(payload.get("multitask_strategy") or "enqueue"),
+            on_disconnect=str(payload.get("on_disconnect") or "continue"),
+            interrupt_before=payload.get("interrupt_before"),
+            interrupt_after=payload.get("interrupt_after"),
+            secrets=dict(secrets or {}),
+        )
+
+    @property
+    def graph_modes(self) -> list[str]:
+        """The LangGraph stream modes to run with: the requested ones, plus ``updates`` (messages and interrupts come from it)."""
+        modes = [STREAM_MODES[m] for m in self.stream_mode]
+        if "updates" not in modes:
+            modes.append("updates")
+        return list(dict.fromkeys(modes))

@@ -1,0 +1,80 @@
+"""Everything a server process runs besides HTTP: the checkpointer, the workers and the reaper."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from graphledger.ledger import Ledger
+from graphledger.runs import checkpoint
+from graphledger.runs.graphs import GraphRegistry
+from graphledger.runs.worker import Reaper, Worker
+
+_log = logging.getLogger("graphledger.runs")
+
+
+@dataclass(slots=True)
+class RunSettings:
+    """How a server executes runs."""
+
+    workers: int = 10  # runs executed at once by this process; 0: none (HTTP only)
+    lease_seconds: float = 30.0
+    lease_grace_seconds: float = 10.0
+    run_timeout: float | None = None
+    drain_seconds: float = 10.0
+    poll_interval: float = 1.0
+
+
+class Runtime:
+    """Starts and stops the checkpointer, the worker (unless ``workers`` is 0) and the reaper of one process.
+
+    The reaper runs in every process, workers or not: any live server ends
+    the runs of a dead one.
+    """
+
+    def __init__(self, ledger: Ledger, graphs: GraphRegistry, settings: RunSettings | None = None) -> None:
+        self.ledger = ledger
+        self.graphs = graphs
+        self.settings = settings or RunSettings()
+        self.worker: Worker | None = None
+        self.reaper: Reaper | None = None
+        self.checkpointer: Any = None
+        self._stack = AsyncExitStack()
+
+    async def start(self) -> None:
+        s = self.settings
+        try:
+            if s.workers > 0:
+                self.checkpointer = await self._stack.enter_async_context(checkpoint.saver(self.ledger.dsn))
+                self.worker = Worker(
+                    self.ledger,
+                    self.graphs,
+                    checkpointer=self.checkpointer,
+                    concurrency=s.workers,
+                    lease_seconds=s.lease_seconds,
+                    poll_interval=s.poll_interval,
+                    run_timeout=s.run_timeout,
+                )
+                await self.worker.start()
+                _log.info("executing up to %d runs at once as %s; graphs: %s", s.workers, self.worker.owner, ", ".join(self.graphs.names))
+            self.reaper = Reaper(
+                self.ledger,
+                grace_seconds=s.lease_grace_seconds,
+                idle_seconds=s.lease_seconds,
+                interval=max(0.2, min(5.0, s.lease_grace_seconds / 2)),
+            )
+            self.reaper.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop(self.settings.drain_seconds)
+            self.worker = None
+        if self.reaper is not None:
+            await self.reaper.close()
+            self.reaper = None
+        await self._stack.aclose()

@@ -1,0 +1,239 @@
+"""Workers execute pending runs; the reaper ends runs whose worker vanished.
+
+A :class:`Worker` lives inside ``graphledger serve`` (any number of processes
+on one database). It claims pending runs (``FOR UPDATE SKIP LOCKED``, see
+:mod:`graphledger.runs.lifecycle`) when the run queue changes (a hint on
+``graphledger_runs``) or every ``poll_interval``, runs each graph under a
+lease it renews, and follows each run's own events: a
+``run.cancel_requested`` appended by any process stops the graph, and the
+worker ends the run (restoring the thread's state first for a rollback).
+On shutdown it stops claiming, lets running runs finish for up to
+``drain_seconds``, and interrupts the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphledger.ledger import Ledger
+from graphledger.ledger.append import RUNS_CHANNEL
+from graphledger.ledger.errors import LedgerError
+from graphledger.ledger.events import RUN_CANCEL_REQUESTED, RunRef
+from graphledger.runs import checkpoint, lifecycle
+from graphledger.runs.graphs import GraphRegistry
+from graphledger.runs.recorder import Recording
+
+_log = logging.getLogger("graphledger.runs")
+
+
+@dataclass(slots=True)
+class _Stop:
+    """Why a run's graph is being stopped (the first reason wins)."""
+
+    reason: str | None = None  # cancel, timeout, shutdown, lease
+    action: str = "interrupt"
+    task: asyncio.Task[Any] | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, reason: str, action: str = "interrupt") -> None:
+        if self.reason is None:
+            self.reason, self.action = reason, action
+            self.stopped.set()
+            if self.task is not None:
+                self.task.cancel()
+
+
+class Worker:
+    """Claims and executes runs in this process, at most ``concurrency`` at once."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        graphs: GraphRegistry,
+        *,
+        checkpointer: Any = None,
+        concurrency: int = 10,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        run_timeout: float | None = None,
+        owner: str | None = None,
+    ) -> None:
+        if ledger.hub is None:
+            raise ValueError("a worker needs a ledger connected with tail=True (it follows its runs for cancels)")
+        self.ledger = ledger
+        self.graphs = graphs
+        self.checkpointer = checkpointer
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.run_timeout = run_timeout
+        self.owner = owner or f"worker {os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.leases = lifecycle.LeaseKeeper(ledger, self.owner, lease_seconds, on_lost=self._lost)
+        self.running: dict[RunRef, _Stop] = {}
+        self.executed = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        assert self.ledger.hub is not None
+        await self.ledger.hub.on_hint(RUNS_CHANNEL, self._wake.set)
+        self.leases.start()
+        self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop(), name="graphledger-worker")
+
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Stop claiming; wait up to ``drain_seconds`` for running runs, then interrupt the rest."""
+        self._closing = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=drain_seconds)
+        for stop in list(self.running.values()):
+            stop("shutdown")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.leases.close()
+
+    def _lost(self, ref: RunRef) -> None:
+        stop = self.running.get(ref)
+        if stop is not None:
+            stop("lease")
+
+    async def _claim_loop(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            free = self.concurrency - len(self.running)
+            claimed: list[lifecycle.Claimed] = []
+            if free > 0:
+                try:
+                    claimed = await lifecycle.claim(self.ledger, self.owner, limit=free, lease_seconds=self.lease_seconds)
+                except LedgerError as exc:
+                    _log.warning("claiming runs failed (%s); retrying", exc)
+            for item in claimed:
+                self.running[item.ref] = _Stop()
+                self.leases.hold(item.ref)
+                task = asyncio.get_running_loop().create_task(self._execute(item), name=f"graphledger-run-{item.ref.run_id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if claimed and len(claimed) == free:
+                continue  # there may be more
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def _execute(self, claimed: lifecycle.Claimed) -> None:
+        ref, request = claimed.ref, claimed.request
+        stop = self.running[ref]
+        recording = Recording(self.ledger, ref, request)
+        watcher = asyncio.get_running_loop().create_task(self._watch(ref, claimed.started.seq, stop))
+        try:
+            error: BaseException | None = None
+            try:
+                graph = await self.graphs.resolve(request.assistant_id, recording.config(), self.checkpointer)
+                stop.task = asyncio.get_running_loop().create_task(self._drive(recording, graph))
+                if stop.reason is not None:
+                    stop.task.cancel()
+                done, _ = await asyncio.wait({stop.task}, timeout=self.run_timeout)
+                if not done:
+                    stop("timeout")
+                    await asyncio.wait({stop.task})
+                if not stop.task.cancelled():
+                    error = stop.task.exception()
+            except Exception as exc:  # the graph could not be made
+                error = exc
+            self.leases.release(ref)
+            await self._end(recording, stop, error)
+        except LedgerError as exc:
+            _log.error("run %s could not be ended: %s", ref.run_id, exc)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            self.leases.release(ref)
+            self.running.pop(ref, None)
+            self.executed += 1
+            self._wake.set()
+
+    async def _drive(self, recording: Recording, graph: Any) -> None:
+        async for _ in recording.stream(graph):
+            pass
+
+    async def _end(self, recording: Recording, stop: _Stop, error: BaseException | None) -> None:
+        ref = recording.ref
+        if stop.reason == "lease":
+            return  # the run was reaped or ended by someone else: nothing more to write
+        if stop.reason == "cancel":
+            if stop.action == "rollback" and self.checkpointer is None:
+                _log.warning("run %s: rollback asked, but this worker has no checkpointer to roll back", ref.run_id)
+            elif stop.action == "rollback":
+                async with self.ledger.pool.acquire() as conn:
+                    removed = await checkpoint.rollback(conn, ref.thread_id, ref.run_id)
+                _log.info("run %s rolled back: %d checkpoints removed", ref.run_id, removed)
+            await recording.interrupt("cancel", stop.action)
+        elif stop.reason == "timeout":
+            await recording.time_out(self.run_timeout or 0)
+        elif stop.reason == "shutdown":
+            await recording.interrupt("shutdown")
+        elif error is not None:
+            if not isinstance(error, LedgerError):
+                _log.info("run %s failed: %s: %s", ref.run_id, type(error).__name__, error)
+            await recording.fail(error)
+        else:
+            await recording.succeed()
+
+    async def _watch(self, ref: RunRef, after_seq: int, stop: _Stop) -> None:
+        """Follow the run's own events for a cancel request, from wherever it is appended."""
+        try:
+            async for event in self.ledger.tail(ref, after_seq):
+                if event.kind == RUN_CANCEL_REQUESTED:
+                    action = event.value.get("action") if isinstance(event.value, dict) else None
+                    stop("cancel", action if action in ("interrupt", "rollback") else "interrupt")
+                    return
+        except LedgerError as exc:
+            _log.warning("following run %s for cancels failed: %s", ref.run_id, exc)
+
+
+class Reaper:
+    """Ends runs whose lease expired ``grace_seconds`` ago, every ``interval`` seconds."""
+
+    def __init__(self, ledger: Ledger, *, grace_seconds: float = 10.0, idle_seconds: float = 30.0, interval: float = 5.0) -> None:
+        self.ledger = ledger
+        self.grace_seconds = grace_seconds
+        self.idle_seconds = idle_seconds
+        self.interval = interval
+        self.reaped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="graphledger-reaper")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def reap_once(self) -> int:
+        events = await lifecycle.reap(self.ledger, grace_seconds=self.grace_seconds, idle_seconds=self.idle_seconds)
+        ended = sum(1 for e in events if e.is_terminal)
+        if ended:
+            _log.warning("reaped %d runs whose worker stopped renewing its lease", ended)
+        self.reaped += ended
+        return ended
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.reap_once()
+            except LedgerError as exc:
+                _log.warning("reaping failed (%s); retrying", exc)
+            await asyncio.sleep(self.interval)

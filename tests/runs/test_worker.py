@@ -1,0 +1,106 @@
+"""Workers execute runs of a real LangGraph graph and record every part of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphledger.ledger import Ledger
+from graphledger.projections import Projections
+from graphledger.runs import RunRequest, Worker
+
+from tests.runs.conftest import Submit, ask
+
+
+async def test_a_run_of_the_demo_graph_is_recorded_from_created_to_succeeded(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
+    ref, end = await run_to_end(ask(stream_mode=["values", "messages-tuple"]))
+    assert end.kind == "run.succeeded"
+    events = await ledger.read_run(ref)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "run.created" and kinds[1] == "run.started" and kinds[-1] == "run.succeeded"
+    assert {"stream:values", "stream:messages", "stream:updates", "llm.usage"} <= set(kinds)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    started = events[1].value
+    assert started["worker"] == worker.owner
+    tokens = [e.value[0]["content"] for e in events if e.kind == "stream:messages" and e.value[0]["type"] == "AIMessageChunk"]
+    assert "".join(tokens).startswith("Let me count the words.")
+    assert (await ledger.verify(ref)).ok
+
+
+async def test_usage_of_every_llm_call_lands_in_the_projection_with_cache_and_reasoning(
+    ledger: Ledger, worker: Worker, run_to_end: Submit
+) -> None:
+    ref, _ = await run_to_end(ask("one two three"))
+    calls = await Projections(ledger.pool).llm_calls(ref.thread_id, run_id=ref.run_id)
+    assert len(calls) == 2  # the tool call, then the answer
+    for call in calls:
+        assert call.model == "graphledger-demo-1" and call.caller == "agent"
+        assert call.tokens is not None and call.latency_ms is not None
+        assert call.tokens["cache_read"] and call.tokens["cache_creation"] and call.tokens["reasoning"] == 3
+        assert call.tokens["total_tokens"] == call.tokens["input_tokens"] + call.tokens["output_tokens"]
+        assert call.run_status == "success" and call.assistant_id == "demo"
+    total = await Projections(ledger.pool).token_usage(thread_id=ref.thread_id)
+    assert total.calls == 2
+    assert total.tokens["reasoning"] == 6
+
+
+async def test_the_thread_messages_are_the_conversation_once_each(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
+    ref, _ = await run_to_end(ask("one two three", stream_mode=["values", "updates"]))
+    page = await Projections(ledger.pool).messages(ref.thread_id)
+    assert [m.type for m in page.messages] == ["human", "ai", "tool", "ai"]
+    assert page.messages[2].data["content"] == "3"
+    assert page.messages[3].data["content"].startswith("Your message has 3 words.")
+    # the ids in the log are the ids in the thread's state
+    state = await worker.checkpointer.aget_tuple({"configurable": {"thread_id": str(ref.thread_id)}})
+    assert [m.id for m in state.checkpoint["channel_values"]["messages"]] == [m.message_id for m in page.messages]
+
+
+async def test_a_second_run_continues_the_thread_state(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
+    ref, _ = await run_to_end(ask("first question"))
+    again, end = await run_to_end(ask("second one"), thread_id=ref.thread_id)
+    assert end.kind == "run.succeeded"
+    values = [e.value for e in await ledger.read_run(again) if e.kind == "stream:values"]
+    assert [m["type"] for m in values[-1]["messages"]] == ["human", "ai", "tool", "ai"] * 2
+    page = await Projections(ledger.pool).messages(ref.thread_id)
+    assert len(page.messages) == 8
+
+
+async def test_a_failing_graph_records_the_error_event_and_the_failure(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
+    ref, end = await run_to_end(ask(config={"configurable": {"fail": "the model is down"}}))
+    assert end.kind == "run.failed"
+    assert end.value == {"error": {"type": "RuntimeError", "message": "the model is down"}}
+    events = await ledger.read_run(ref)
+    assert events[-2].kind == "stream:error"
+    assert events[-2].value == {"error": "RuntimeError", "message": "the model is down"}
+    status = await Projections(ledger.pool).run_status(ref)
+    assert status is not None and status.status == "error" and status.error_type == "RuntimeError"
+
+
+async def test_an_interrupt_in_the_graph_ends_the_run_interrupted_and_a_command_resumes_it(
+    ledger: Ledger, worker: Worker, run_to_end: Submit
+) -> None:
+    ref, end = await run_to_end(ask(config={"configurable": {"review": True}}))
+    assert end.kind == "run.interrupted"
+    assert end.value["reason"] == "interrupt"
+    assert end.value["interrupts"][0]["value"]["question"] == "Run these tool calls?"
+    assert await Projections(ledger.pool).thread_status(ref.thread_id) == "interrupted"
+    resumed, end = await run_to_end(
+        RunRequest.parse({"assistant_id": "demo", "command": {"resume": "yes"}, "config": {"configurable": {"review": True}}}),
+        thread_id=ref.thread_id,
+    )
+    assert end.kind == "run.succeeded"
+    page = await Projections(ledger.pool).messages(ref.thread_id)
+    assert [m.type for m in page.messages] == ["human", "ai", "tool", "ai"]
+    assert await Projections(ledger.pool).thread_status(ref.thread_id) == "idle"
+
+
+async def test_secrets_in_config_reach_the_graph_but_not_the_log(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
+    ref, end = await run_to_end(ask(config={"configurable": {"openai_api_key": "sk-very-secret", "tokens": 2}}))
+    assert end.kind == "run.succeeded"
+    events = await ledger.read_run(ref)
+    assert all("sk-very-secret" not in e.data for e in events)
+    assert events[0].value["redacted"] == ["configurable.openai_api_key"]
+    async with ledger.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM run_secrets WHERE run_id = $1", ref.run_id) == 0
+    # the graph saw the key: LangGraph copies string config values into checkpoint metadata
+    state: Any = await worker.checkpointer.aget_tuple({"configurable": {"thread_id": str(ref.thread_id)}})
+    assert state.metadata.get("openai_api_key") == "sk-very-secret"
