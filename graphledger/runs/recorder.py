@@ -44,7 +44,7 @@ from graphledger.ledger.events import (
     RunRef,
 )
 from graphledger.runs import lifecycle
-from graphledger.runs.request import STREAM_MODES, RunRequest, stream_modes
+from graphledger.runs.request import STREAM_MODES, RunRequest, stream_modes, with_message_ids
 from graphledger.runs.serialize import to_jsonable
 
 _log = logging.getLogger("graphledger.runs")
@@ -320,6 +320,8 @@ class Recorder:
         modes = stream_modes([stream_mode] if single else list(stream_mode))
         wanted = {STREAM_MODES[m] for m in modes}
         config = dict(config or {})
+        # Input messages get their ids here, so the log and the graph's state name them alike.
+        input = with_message_ids(input)
         external = thread_id if thread_id is not None else (config.get("configurable") or {}).get("thread_id")
         thread = ledger_thread_id(external)
         body = {

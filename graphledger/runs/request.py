@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_core.messages import BaseMessage
+
 from graphledger.runs.errors import InvalidRequest
 from graphledger.runs.serialize import to_jsonable
 
@@ -125,13 +127,15 @@ def stream_modes(value: Any) -> list[str]:
 
 
 def with_message_ids(value: Any) -> Any:
-    """``value`` with an id on every message of ``value["messages"]`` that has none."""
+    """``value`` with an id on every message of ``value["messages"]`` that has none (messages are copied, not changed)."""
     if not isinstance(value, dict) or not isinstance(value.get("messages"), list):
         return value
     messages = []
     for message in value["messages"]:
         if isinstance(message, dict) and not message.get("id") and ("content" in message or "type" in message or "role" in message):
             message = {**message, "id": str(uuid.uuid4())}
+        elif isinstance(message, BaseMessage) and not message.id:
+            message = message.model_copy(update={"id": str(uuid.uuid4())})
         messages.append(message)
     return {**value, "messages": messages}
 

@@ -1,0 +1,138 @@
+"""Lifecycle commands on a real database, without workers: admission, claims, leases, the reaper."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+import pytest
+
+from graphledger.ledger import Ledger, RunRef, ThreadNotFound
+from graphledger.ledger.errors import InvalidEvent
+from graphledger.projections import Projections
+from graphledger.runs import GraphRegistry, UnknownAssistant, admit, cancel, lifecycle
+from graphledger.runs.worker import Reaper
+
+from tests.runs.conftest import ask
+
+
+async def drain(ledger: Ledger, owner: str = "drain") -> None:
+    """End every run left active in the database, so tests that share it start clean."""
+    async with ledger.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT thread_id, run_id, status FROM runs WHERE status IN ('pending', 'running')")
+    for row in rows:
+        await cancel(ledger, RunRef(row["thread_id"], row["run_id"]))
+    async with ledger.pool.acquire() as conn:
+        await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '1 hour' WHERE status = 'running'")
+    await Reaper(ledger, grace_seconds=0).reap_once()
+
+
+async def test_admission_records_the_request_and_projects_a_pending_run(ledger: Ledger, graphs: GraphRegistry) -> None:
+    admitted = await admit(ledger, ask("hello", metadata={"team": "a"}), graphs=graphs)
+    created = admitted.created
+    assert created.kind == "run.created" and created.seq == 1
+    assert created.value["assistant_id"] == "demo" and created.value["metadata"] == {"team": "a"}
+    assert created.value["input"]["messages"][0]["id"]
+    status = await Projections(ledger.pool).run_status(admitted.ref)
+    assert status is not None and status.status == "pending"
+    page = await Projections(ledger.pool).messages(admitted.ref.thread_id)
+    assert [m.data["content"] for m in page.messages] == ["hello"]
+    await drain(ledger)
+
+
+async def test_admission_errors_write_nothing(ledger: Ledger, graphs: GraphRegistry) -> None:
+    async with ledger.pool.acquire() as conn:
+        before = await conn.fetchval("SELECT count(*) FROM events")
+    with pytest.raises(UnknownAssistant):
+        await admit(ledger, ask().__class__.parse({"assistant_id": "ghost"}), graphs=graphs)
+    with pytest.raises(ThreadNotFound):
+        await admit(ledger, ask(), thread_id=uuid4(), graphs=graphs)
+    existing = await admit(ledger, ask(), graphs=graphs)
+    with pytest.raises(InvalidEvent, match="already exists"):
+        await admit(ledger, ask(), thread_id=existing.ref.thread_id, run_id=existing.ref.run_id)
+    async with ledger.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events") == before + 1
+    await drain(ledger)
+
+
+async def test_if_not_exists_create_makes_the_thread(ledger: Ledger, graphs: GraphRegistry) -> None:
+    thread = uuid4()
+    admitted = await admit(ledger, ask(if_not_exists="create"), thread_id=thread, graphs=graphs)
+    assert admitted.ref.thread_id == thread
+    await drain(ledger)
+
+
+async def test_concurrent_claimers_take_each_run_once_and_one_run_per_thread_at_a_time(ledger: Ledger, graphs: GraphRegistry) -> None:
+    threads = [uuid4() for _ in range(5)]
+    admitted = []
+    for round_ in range(4):
+        for thread in threads:
+            admitted.append((await admit(ledger, ask(f"{round_}", if_not_exists="create"), thread_id=thread, graphs=graphs)).ref)
+    claims = await asyncio.gather(*(lifecycle.claim(ledger, f"w{i}", limit=10, lease_seconds=30) for i in range(6)))
+    taken = [c.ref for batch in claims for c in batch]
+    assert len(taken) == len(set(taken)) == len(threads)  # one per thread: the first admitted of each
+    first_round = set(admitted[: len(threads)])
+    assert set(taken) == first_round
+    assert await lifecycle.claim(ledger, "late", limit=10, lease_seconds=30) == []  # all blocked behind running runs
+    # ending a running run lets the next one of its thread go, in admission order
+    for ref in taken:
+        await ledger.append(ref, "run.succeeded", {})
+    again = await lifecycle.claim(ledger, "w", limit=100, lease_seconds=30)
+    assert {c.ref for c in again} == set(admitted[len(threads): 2 * len(threads)])
+    for item in again:
+        assert item.started.value == {"worker": "w", "lease_seconds": 30}
+        assert item.request.input["messages"][0]["content"] == "1"
+    await drain(ledger)
+
+
+async def test_leases_are_renewed_only_by_their_owner(ledger: Ledger, graphs: GraphRegistry) -> None:
+    ref = (await admit(ledger, ask(), graphs=graphs)).ref
+    (claimed,) = await lifecycle.claim(ledger, "owner", limit=1, lease_seconds=30)
+    assert claimed.ref == ref
+    assert await lifecycle.renew(ledger, "owner", [ref], lease_seconds=30) == {ref}
+    assert await lifecycle.renew(ledger, "someone else", [ref], lease_seconds=30) == set()
+    await ledger.append(ref, "run.succeeded", {})
+    assert await lifecycle.renew(ledger, "owner", [ref], lease_seconds=30) == set()  # ended: no lease to hold
+
+
+async def test_the_lease_keeper_reports_a_run_taken_from_it(ledger: Ledger, graphs: GraphRegistry) -> None:
+    ref = (await admit(ledger, ask(), graphs=graphs)).ref
+    await lifecycle.claim(ledger, "keeper", limit=1, lease_seconds=0.3)
+    lost: list[RunRef] = []
+    keeper = lifecycle.LeaseKeeper(ledger, "keeper", 0.3, on_lost=lost.append)
+    keeper.hold(ref)
+    keeper.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert lost == []  # renewed
+        await ledger.append(ref, "run.failed", {"error": {"type": "X", "message": "ended elsewhere"}})
+        for _ in range(50):
+            if lost:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await keeper.close()
+    assert lost == [ref] and ref not in keeper.held
+
+
+async def test_the_reaper_ends_expired_and_silent_runs_but_not_live_ones(ledger: Ledger, graphs: GraphRegistry) -> None:
+    expired = (await admit(ledger, ask(), graphs=graphs)).ref
+    await lifecycle.claim(ledger, "gone", limit=1, lease_seconds=30)
+    live = (await admit(ledger, ask(), graphs=graphs)).ref
+    await lifecycle.claim(ledger, "alive", limit=1, lease_seconds=30)
+    # a run started by a writer that takes no lease, then silent
+    silent_thread = await ledger.create_thread()
+    silent = RunRef(silent_thread, (await ledger.create_run(silent_thread)).run_id)
+    await ledger.append(silent, "run.started", {"worker": "external"})
+    async with ledger.pool.acquire() as conn:
+        await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '20 seconds' WHERE run_id = $1", expired.run_id)
+        await conn.execute("UPDATE runs SET updated_at = now() - interval '1 hour' WHERE run_id = $1", silent.run_id)
+    reaper = Reaper(ledger, grace_seconds=10, idle_seconds=60)
+    assert await reaper.reap_once() == 2
+    for ref, owner in ((expired, "gone"), (silent, "a writer without a lease")):
+        events = await ledger.read_run(ref)
+        assert [e.kind for e in events[-2:]] == ["stream:error", "run.failed"]
+        assert events[-1].value["error"] == {"type": "LeaseExpired", "message": f"{owner} stopped renewing its lease on the run"}
+    assert (await Projections(ledger.pool).run_status(live)).status == "running"  # type: ignore[union-attr]
+    assert await reaper.reap_once() == 0
+    await drain(ledger)

@@ -1,0 +1,127 @@
+"""Run requests: validation, the recorded form, secrets kept out of it, message ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from graphledger.runs import InvalidRequest, RunRequest
+from graphledger.runs.request import is_secret_key, merge_secrets, split_secrets
+from graphledger.runs.serialize import to_jsonable
+
+
+def parse(**body: Any) -> RunRequest:
+    return RunRequest.parse({"assistant_id": "demo", **body})
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "assistant_id is required"),
+        ({"assistant_id": ""}, "assistant_id is required"),
+        ({"assistant_id": 7}, "assistant_id is required"),
+        ({"assistant_id": "demo", "stream_mode": "nonsense"}, "stream_mode must be one of"),
+        ({"assistant_id": "demo", "stream_mode": []}, "non-empty list"),
+        ({"assistant_id": "demo", "stream_mode": "events"}, '"events" is not supported'),
+        ({"assistant_id": "demo", "multitask_strategy": "ignore"}, "multitask_strategy must be one of"),
+        ({"assistant_id": "demo", "on_disconnect": "explode"}, "on_disconnect must be one of"),
+        ({"assistant_id": "demo", "if_not_exists": "maybe"}, "if_not_exists must be one of"),
+        ({"assistant_id": "demo", "command": {"jump": 1}}, "command takes"),
+        ({"assistant_id": "demo", "command": {}}, "command takes"),
+        ({"assistant_id": "demo", "config": []}, "config must be an object"),
+        ({"assistant_id": "demo", "config": {"configurable": 3}}, "config.configurable must be an object"),
+        ({"assistant_id": "demo", "config": {"recursion_limit": 0}}, "recursion_limit"),
+        ({"assistant_id": "demo", "metadata": "x"}, "metadata must be an object"),
+        ({"assistant_id": "demo", "interrupt_before": "agent"}, "interrupt_before"),
+        ({"assistant_id": "demo", "stream_subgraphs": "yes"}, "stream_subgraphs"),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        RunRequest.parse(body)
+
+
+def test_a_body_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="JSON object"):
+        RunRequest.parse(["demo"])  # type: ignore[arg-type]
+
+
+def test_defaults_and_what_clients_send() -> None:
+    request = parse(stream_mode="messages-tuple", unknown_key="ignored")
+    assert request.stream_mode == ["messages-tuple"]
+    assert request.graph_modes == ["messages", "updates"]
+    assert request.multitask_strategy == "enqueue" and request.if_not_exists == "reject"
+    assert parse(stream_mode=["values", "values", "updates"]).stream_mode == ["values", "updates"]
+    assert parse().stream_mode == ["values"] and parse().graph_modes == ["values", "updates"]
+
+
+def test_input_messages_get_ids_and_keep_given_ones() -> None:
+    request = parse(input={"messages": [{"role": "user", "content": "hi"}, {"type": "human", "content": "x", "id": "m-1"}, "plain"]})
+    first, second, third = request.input["messages"]
+    assert first["id"] and second["id"] == "m-1" and third == "plain"
+    assert parse(input={"messages": "just text"}).input == {"messages": "just text"}
+
+
+@pytest.mark.parametrize("key", ["api_key", "openai_api_key", "OPENAI_API_KEY", "access_token", "token", "client_secret", "password", "Authorization", "credentials", "aws_access_key"])
+def test_secret_keys(key: str) -> None:
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "tokens", "model", "user_id", "thread_id", "secretary_name", "tokenizer"])
+def test_keys_that_are_not_secrets(key: str) -> None:
+    assert not is_secret_key(key)
+
+
+def test_secrets_leave_the_record_and_come_back_for_the_worker() -> None:
+    config = {"configurable": {"model": "m", "openai_api_key": "sk-1", "nested": {"password": "p", "depth": 2}}, "tags": ["a"]}
+    request = parse(config=config)
+    recorded = request.record()
+    assert "sk-1" not in str(recorded) and "'p'" not in str(recorded)
+    assert recorded["redacted"] == ["configurable.nested.password", "configurable.openai_api_key"]
+    assert RunRequest.recorded(recorded, request.secrets).config == config
+    kept, secrets = split_secrets(config)
+    assert merge_secrets(kept, secrets) == config
+
+
+def test_the_record_round_trips() -> None:
+    request = parse(
+        input={"messages": [{"role": "user", "content": "hi", "id": "1"}]},
+        command=None,
+        metadata={"who": "me"},
+        stream_mode=["updates", "custom"],
+        stream_subgraphs=True,
+        multitask_strategy="rollback",
+        on_disconnect="cancel",
+        interrupt_before="*",
+        context={"user": "u"},
+    )
+    again = RunRequest.recorded(request.record())
+    assert again == request
+
+
+def test_chunks_become_json() -> None:
+    from dataclasses import dataclass
+    from datetime import datetime, timezone
+    from uuid import UUID
+
+    from langchain_core.messages import AIMessage
+
+    @dataclass
+    class Point:
+        x: float
+
+    value = {
+        "m": AIMessage("hi", id="a"),
+        "t": (1, 2),
+        "p": Point(float("nan")),
+        "when": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        "id": UUID(int=1),
+        3: b"\x00",
+        "other": object,
+    }
+    out = to_jsonable(value)
+    assert out["m"]["type"] == "ai" and out["m"]["content"] == "hi" and out["m"]["id"] == "a"
+    assert out["t"] == [1, 2] and out["p"] == {"x": None}
+    assert out["when"] == "2026-01-01T00:00:00+00:00" and out["id"] == str(UUID(int=1))
+    assert out["3"] == "AA==" and out["other"].startswith("<class")
