@@ -32,7 +32,7 @@ import asyncpg
 
 from graphledger.ledger import Ledger
 from graphledger.ledger.append import INSERT_RUN_SQL, append_at, load_heads
-from graphledger.ledger.errors import InvalidEvent, LedgerError, RunNotFound, ThreadNotFound, translate
+from graphledger.ledger.errors import InvalidEvent, RunNotFound, ThreadNotFound, translate
 from graphledger.ledger.events import (
     RUN_CANCEL_REQUESTED,
     RUN_CREATED,
@@ -352,8 +352,8 @@ class LeaseKeeper:
             asked = set(self.held)
             try:
                 kept = await renew(self.ledger, self.owner, asked, lease_seconds=self.lease_seconds)
-            except LedgerError as exc:
-                _log.warning("could not renew leases (%s); retrying", exc)
+            except Exception as exc:  # the loop must outlive any one failure
+                _log.warning("could not renew leases (%s: %s); retrying", type(exc).__name__, exc)
                 continue
             for ref in asked - kept:
                 if ref in self.held:  # not released while renewing: it was taken from us

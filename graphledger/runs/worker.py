@@ -116,8 +116,8 @@ class Worker:
             if free > 0:
                 try:
                     claimed = await lifecycle.claim(self.ledger, self.owner, limit=free, lease_seconds=self.lease_seconds)
-                except LedgerError as exc:
-                    _log.warning("claiming runs failed (%s); retrying", exc)
+                except Exception as exc:  # the loop must outlive any one failure
+                    _log.warning("claiming runs failed (%s: %s); retrying", type(exc).__name__, exc)
             for item in claimed:
                 self.running[item.ref] = _Stop()
                 self.leases.hold(item.ref)
@@ -234,6 +234,6 @@ class Reaper:
         while True:
             try:
                 await self.reap_once()
-            except LedgerError as exc:
-                _log.warning("reaping failed (%s); retrying", exc)
+            except Exception as exc:  # the loop must outlive any one failure
+                _log.warning("reaping failed (%s: %s); retrying", type(exc).__name__, exc)
             await asyncio.sleep(self.interval)

@@ -104,3 +104,20 @@ async def test_secrets_in_config_reach_the_graph_but_not_the_log(ledger: Ledger,
     # the graph saw the key: LangGraph copies string config values into checkpoint metadata
     state: Any = await worker.checkpointer.aget_tuple({"configurable": {"thread_id": str(ref.thread_id)}})
     assert state.metadata.get("openai_api_key") == "sk-very-secret"
+
+
+async def test_a_graph_factory_that_fails_fails_its_run_with_the_reason(ledger: Ledger, saver: Any) -> None:
+    from graphledger.runs import GraphRegistry, admit, join
+
+    def broken(config: Any) -> Any:
+        raise ValueError("no model configured")
+
+    graphs = GraphRegistry({"broken": broken})
+    worker = Worker(ledger, graphs, checkpointer=saver, poll_interval=0.2)
+    await worker.start()
+    try:
+        admitted = await admit(ledger, RunRequest.parse({"assistant_id": "broken"}), graphs=graphs)
+        end = await join(ledger, admitted.ref)
+    finally:
+        await worker.stop()
+    assert end.kind == "run.failed" and end.value["error"] == {"type": "ValueError", "message": "no model configured"}
