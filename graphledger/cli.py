@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         signal.signal(signum, _stop)
     with database(args) as dsn:
         _migrate(upgrade, dsn)
-        app = create_app(dsn, graphs=graphs, settings=settings)
+        app = create_app(dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
         server = uvicorn.Server(config)
         server.run()
@@ -238,6 +238,9 @@ def parser() -> argparse.ArgumentParser:
         "--lease-grace", type=_seconds, default=10.0, help="seconds past an expired lease before the run is failed (default 10)"
     )
     serve.add_argument("--run-timeout", type=_seconds, default=None, help="end runs still running after this many seconds (default: never)")
+    serve.add_argument(
+        "--max-body-bytes", type=_count, default=10 * 1024 * 1024, help="larger request bodies are refused with 413 (default 10 MiB)"
+    )
     serve.add_argument("--drain", type=_seconds, default=10.0, help="on shutdown, seconds running runs may finish before they are interrupted")
     serve.set_defaults(func=cmd_serve)
 

@@ -1,18 +1,27 @@
-"""The ASGI application."""
+"""The ASGI application: LangGraph-compatible threads and runs, over the ledger."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
+from graphledger.http import runs, threads
+from graphledger.http.common import DEFAULT_MAX_BODY_BYTES, HTTPError, error_response, status_of
 from graphledger.ledger import Ledger
+from graphledger.ledger.errors import LedgerError
 from graphledger.runs import GraphRegistry, RunSettings, Runtime
+
+_log = logging.getLogger("graphledger.http")
 
 
 async def ok(request: Request) -> JSONResponse:
@@ -23,7 +32,60 @@ async def ok(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
-def create_app(dsn: str, *, graphs: GraphRegistry | None = None, settings: RunSettings | None = None) -> Starlette:
+class BodyLimit:
+    """Answers 413 to a request body over ``limit`` bytes (declared or actually sent)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await error_response(413, self._detail())(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPError(413, self._detail())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self) -> str:
+        return f"request body larger than {self.limit} bytes (see --max-body-bytes)"
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
+    return error_response(exc.status, exc.detail)
+
+
+async def _ledger_error(request: Request, exc: Exception) -> Response:
+    return error_response(status_of(exc), str(exc))  # type: ignore[arg-type]
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
+
+
+def create_app(
+    dsn: str,
+    *,
+    graphs: GraphRegistry | None = None,
+    settings: RunSettings | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    heartbeat_seconds: float = runs.HEARTBEAT_SECONDS,
+) -> Any:
     """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``."""
     graphs = graphs or GraphRegistry.configure()
 
@@ -31,6 +93,7 @@ def create_app(dsn: str, *, graphs: GraphRegistry | None = None, settings: RunSe
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ledger = await projections.connect(dsn)
         app.state.graphs = graphs
+        app.state.heartbeat = heartbeat_seconds
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)
         try:
             await app.state.runtime.start()
@@ -39,4 +102,10 @@ def create_app(dsn: str, *, graphs: GraphRegistry | None = None, settings: RunSe
             await app.state.runtime.close()
             await app.state.ledger.close()
 
-    return Starlette(routes=[Route("/ok", ok)], lifespan=lifespan)
+    app = Starlette(
+        routes=[Route("/ok", ok), *threads.routes, *runs.routes],
+        lifespan=lifespan,
+        exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},
+    )
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    return app

@@ -122,8 +122,22 @@ class DemoChatModel(BaseChatModel):
     def _generate(
         self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
     ) -> ChatResult:
+        return self._result(list(self._chunks(messages, kwargs.get("tools"))))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        # Takes as long as streaming does (token_delay), streamed or not.
+        return self._result([g.message async for g in self._astream(messages, stop, None, **kwargs)])  # type: ignore[misc]
+
+    @staticmethod
+    def _result(chunks: list[Any]) -> ChatResult:
         merged: AIMessageChunk | None = None
-        for chunk in self._chunks(messages, kwargs.get("tools")):
+        for chunk in chunks:
             merged = chunk if merged is None else merged + chunk
         assert merged is not None
         message = AIMessage(

@@ -46,8 +46,9 @@ class Runtime:
     async def start(self) -> None:
         s = self.settings
         try:
+            # Also without workers: reads of a thread's state (a join's answer) come from it.
+            self.checkpointer = await self._stack.enter_async_context(checkpoint.saver(self.ledger.dsn))
             if s.workers > 0:
-                self.checkpointer = await self._stack.enter_async_context(checkpoint.saver(self.ledger.dsn))
                 self.worker = Worker(
                     self.ledger,
                     self.graphs,
