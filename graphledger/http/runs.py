@@ -34,6 +34,7 @@ from graphledger.runs.serialize import to_jsonable
 _log = logging.getLogger("graphledger.http")
 
 HEARTBEAT_SECONDS = 5.0
+_background: set[asyncio.Task[None]] = set()  # cancels of abandoned streams, kept referenced until done
 ERROR_KIND = STREAM_PREFIX + "error"
 RUN_COLUMNS = """
 SELECT r.thread_id, r.run_id, r.assistant_id, r.created_at, r.updated_at, r.status, r.metadata, e.data AS request
@@ -106,7 +107,9 @@ async def _pump(ledger: Ledger, ref: RunRef, after_seq: int, queue: asyncio.Queu
         async for event in ledger.tail(ref, after_seq):
             await queue.put(event)
     finally:
-        await queue.put(None)
+        # The end marker; when cancelled with a full queue, no one reads it anyway.
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(None)
 
 
 async def sse_stream(
@@ -140,7 +143,8 @@ async def sse_stream(
                 last_sent = loop.time()
                 continue
             if event is None:
-                if pump.done() and pump.exception() is not None:
+                await asyncio.wait({pump})
+                if not pump.cancelled() and pump.exception() is not None:
                     raise pump.exception()  # type: ignore[misc]
                 finished = True
                 return
@@ -160,7 +164,9 @@ async def sse_stream(
             await pump
         if not finished and on_disconnect == "cancel":
             # The client went away mid-run: cancel it, outliving this cancelled generator.
-            asyncio.get_running_loop().create_task(_cancel_quietly(ledger, ref))
+            task = asyncio.get_running_loop().create_task(_cancel_quietly(ledger, ref))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
 
 async def _cancel_quietly(ledger: Ledger, ref: RunRef) -> None:

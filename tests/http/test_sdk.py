@@ -144,3 +144,20 @@ async def test_heartbeats_while_a_run_is_quiet(http: httpx.AsyncClient, sdk: Lan
             lines.append(line)
     assert ": heartbeat" in lines  # only values are streamed, and the tokens take seconds
     await asyncio.sleep(0)
+
+
+async def test_a_stream_abandoned_with_on_disconnect_cancel_cancels_the_run(sdk: LangGraphClient) -> None:
+    thread = await sdk.threads.create()
+    stream = sdk.runs.stream(
+        thread["thread_id"], "demo", input=INPUT, config=SLOW, stream_mode="messages-tuple", on_disconnect="cancel"
+    )
+    run_id = None
+    async for part in stream:
+        if part.event == "metadata":
+            run_id = part.data["run_id"]
+        if part.event == "messages":
+            break
+    await stream.aclose()
+    assert run_id is not None
+    await sdk.runs.join(thread["thread_id"], run_id)
+    assert (await sdk.runs.get(thread["thread_id"], run_id))["status"] == "interrupted"
