@@ -161,3 +161,19 @@ async def test_a_stream_abandoned_with_on_disconnect_cancel_cancels_the_run(sdk:
     assert run_id is not None
     await sdk.runs.join(thread["thread_id"], run_id)
     assert (await sdk.runs.get(thread["thread_id"], run_id))["status"] == "interrupted"
+
+
+async def test_post_stream_with_a_cancel_action_cancels_then_streams_to_the_end(http: httpx.AsyncClient, sdk: LangGraphClient) -> None:
+    thread = await sdk.threads.create()
+    run = await sdk.runs.create(thread["thread_id"], "demo", input=INPUT, config=SLOW, stream_mode="messages-tuple")
+    async for part in sdk.runs.join_stream(thread["thread_id"], run["run_id"], last_event_id="0"):
+        if part.event == "messages":
+            break
+    url = f"/threads/{thread['thread_id']}/runs/{run['run_id']}/stream?action=rollback"
+    async with http.stream("POST", url, headers={"Last-Event-ID": "0"}) as response:
+        assert response.status_code == 200
+        body = (await response.aread()).decode()
+    assert body.startswith("event: metadata\n")
+    assert (await sdk.runs.get(thread["thread_id"], run["run_id"]))["status"] == "interrupted"
+    bad = await http.post(f"/threads/{thread['thread_id']}/runs/{run['run_id']}/stream?action=explode")
+    assert bad.status_code == 422 and "action must be one of" in bad.json()["detail"]
