@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from graphledger.http.common import HTTPError, iso, json_body, path_uuid, query_bool, query_int
 from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.ledger.append import load_heads
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.events import RUN_CREATED, STREAM_PREFIX
 from graphledger.runs import RunRequest, admit, cancel, join
@@ -331,17 +332,13 @@ async def join_stream(request: Request) -> StreamingResponse:
     if after is None:
         # No Last-Event-ID: the metadata event, then what happens from now on.
         metadata_first = (await ledger.read_run(ref, 0, 1))[0]
-        after = max(0, await _head_seq(ledger, ref))
+        async with ledger.pool.acquire() as conn:
+            after = (await load_heads(conn, [ref]))[ref].seq
     frames = sse_stream(
         ledger, ref, after_seq=after, modes=modes, metadata_first=metadata_first,
         on_disconnect="cancel" if cancel_on_disconnect else "continue", heartbeat=request.app.state.heartbeat,
     )
     return sse_response(frames, ref)
-
-
-async def _head_seq(ledger: Ledger, ref: RunRef) -> int:
-    async with ledger.pool.acquire() as conn:
-        return int(await conn.fetchval("SELECT last_seq FROM runs WHERE thread_id = $1 AND run_id = $2", ref.thread_id, ref.run_id))
 
 
 routes = [

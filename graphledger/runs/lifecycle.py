@@ -19,8 +19,6 @@ together or not at all:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +45,7 @@ from graphledger.ledger.events import (
 from graphledger.ledger.read import read_run
 from graphledger.runs.errors import InvalidRequest, NotCancellable, ThreadBusy
 from graphledger.runs.graphs import GraphRegistry
+from graphledger.runs.periodic import Periodic
 from graphledger.runs.request import CANCEL_ACTIONS, RunRequest
 
 _log = logging.getLogger("graphledger.runs")
@@ -188,6 +187,14 @@ async def admit(
     return Admitted(ref, created, cancelled)
 
 
+async def _lock_run(conn: asyncpg.Connection, ref: RunRef) -> str:
+    """Lock a run's head row for this transaction; return its status."""
+    status: str | None = await conn.fetchval(LOCK_RUN_SQL, ref.thread_id, ref.run_id)
+    if status is None:
+        raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
+    return status
+
+
 async def _cancel_locked(
     conn: asyncpg.Connection, ledger: Ledger, ref: RunRef, status: str, action: str, *, reason: str, by: UUID | None = None
 ) -> list[Event]:
@@ -223,9 +230,7 @@ async def cancel(ledger: Ledger, ref: RunRef, action: str = "interrupt", *, reas
     async with ledger.pool.acquire() as conn:
         with translate():
             async with conn.transaction():
-                status = await conn.fetchval(LOCK_RUN_SQL, ref.thread_id, ref.run_id)
-                if status is None:
-                    raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
+                status = await _lock_run(conn, ref)
                 if status == "interrupted":
                     return Cancelled(ref, status, requested=False)
                 if status in TERMINAL_STATUSES:
@@ -269,9 +274,7 @@ async def start(ledger: Ledger, ref: RunRef, owner: str, *, lease_seconds: float
     async with ledger.pool.acquire() as conn:
         with translate():
             async with conn.transaction():
-                status = await conn.fetchval(LOCK_RUN_SQL, ref.thread_id, ref.run_id)
-                if status is None:
-                    raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
+                status = await _lock_run(conn, ref)
                 if status != "pending":
                     raise NotCancellable(f"run {ref.run_id} is {status}, not pending: it cannot be started")
                 event = await _start_locked(conn, ledger, ref, owner, lease_seconds)
@@ -312,22 +315,24 @@ async def reap(ledger: Ledger, *, grace_seconds: float, idle_seconds: float, lim
     return failed
 
 
-class LeaseKeeper:
+class LeaseKeeper(Periodic):
     """Renews ``owner``'s leases on the runs it holds, every third of the lease.
 
     A run missing from a renewal ended or was reaped meanwhile: ``on_lost``
     is called for it, and the holder must stop writing to it.
     """
 
+    name = "lease renewal"
+
     def __init__(
         self, ledger: Ledger, owner: str, lease_seconds: float, on_lost: Callable[[RunRef], None] | None = None
     ) -> None:
+        super().__init__(lease_seconds / 3, delay_first=True)
         self.ledger = ledger
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.on_lost = on_lost
         self.held: set[RunRef] = set()
-        self._task: asyncio.Task[None] | None = None
 
     def hold(self, ref: RunRef) -> None:
         self.held.add(ref)
@@ -335,32 +340,15 @@ class LeaseKeeper:
     def release(self, ref: RunRef) -> None:
         self.held.discard(ref)
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="graphledger-leases")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            asked = set(self.held)
-            try:
-                kept = await renew(self.ledger, self.owner, asked, lease_seconds=self.lease_seconds)
-            except Exception as exc:  # the loop must outlive any one failure
-                _log.warning("could not renew leases (%s: %s); retrying", type(exc).__name__, exc)
-                continue
-            for ref in asked - kept:
-                if ref in self.held:  # not released while renewing: it was taken from us
-                    self.held.discard(ref)
-                    _log.warning("lease on run %s lost: it ended or was reaped", ref.run_id)
-                    if self.on_lost is not None:
-                        self.on_lost(ref)
+    async def tick(self) -> None:
+        asked = set(self.held)
+        kept = await renew(self.ledger, self.owner, asked, lease_seconds=self.lease_seconds)
+        for ref in asked - kept:
+            if ref in self.held:  # not released while renewing: it was taken from us
+                self.held.discard(ref)
+                _log.warning("lease on run %s lost: it ended or was reaped", ref.run_id)
+                if self.on_lost is not None:
+                    self.on_lost(ref)
 
 
 async def join(ledger: Ledger, ref: RunRef) -> Event:

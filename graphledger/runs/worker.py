@@ -27,6 +27,7 @@ from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.events import RUN_CANCEL_REQUESTED, RunRef
 from graphledger.runs import checkpoint, lifecycle
 from graphledger.runs.graphs import GraphRegistry
+from graphledger.runs.periodic import Periodic
 from graphledger.runs.recorder import Recording
 
 _log = logging.getLogger("graphledger.runs")
@@ -201,26 +202,17 @@ class Worker:
             _log.warning("following run %s for cancels failed: %s", ref.run_id, exc)
 
 
-class Reaper:
+class Reaper(Periodic):
     """Ends runs whose lease expired ``grace_seconds`` ago, every ``interval`` seconds."""
 
+    name = "reaping"
+
     def __init__(self, ledger: Ledger, *, grace_seconds: float = 10.0, idle_seconds: float = 30.0, interval: float = 5.0) -> None:
+        super().__init__(interval)
         self.ledger = ledger
         self.grace_seconds = grace_seconds
         self.idle_seconds = idle_seconds
-        self.interval = interval
         self.reaped = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="graphledger-reaper")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def reap_once(self) -> int:
         events = await lifecycle.reap(self.ledger, grace_seconds=self.grace_seconds, idle_seconds=self.idle_seconds)
@@ -230,10 +222,5 @@ class Reaper:
         self.reaped += ended
         return ended
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.reap_once()
-            except Exception as exc:  # the loop must outlive any one failure
-                _log.warning("reaping failed (%s: %s); retrying", type(exc).__name__, exc)
-            await asyncio.sleep(self.interval)
+    async def tick(self) -> None:
+        await self.reap_once()
