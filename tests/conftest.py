@@ -163,6 +163,18 @@ async def ledger(dsn: str) -> AsyncIterator[Ledger]:
 
 
 @pytest.fixture
+async def projected(dsn: str) -> AsyncIterator[Ledger]:
+    """A ledger whose appends keep the projections current, as the server opens it."""
+    from graphledger import projections
+
+    led = await projections.connect(dsn, poll_interval=0.5)
+    try:
+        yield led
+    finally:
+        await led.close()
+
+
+@pytest.fixture
 async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(dsn)
     try:

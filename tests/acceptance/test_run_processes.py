@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from graphledger import projections
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.projections import Projections
 from graphledger.runs import GraphRegistry, RunRequest, admit, cancel, demo, join
@@ -70,12 +69,9 @@ def servers(dsn: str, tmp_path: Path) -> Iterator[list[Server]]:
 
 
 @pytest.fixture
-async def client(dsn: str) -> AsyncIterator[Ledger]:
-    ledger = await projections.connect(dsn, poll_interval=0.5)
-    try:
-        yield ledger
-    finally:
-        await ledger.close()
+def client(projected: Ledger) -> Ledger:
+    """The test process's own ledger and listener."""
+    return projected
 
 
 async def until(ledger: Ledger, ref: RunRef, kind: str) -> Event:
@@ -84,6 +80,12 @@ async def until(ledger: Ledger, ref: RunRef, kind: str) -> Event:
             return event
         assert not event.is_terminal, event
     raise AssertionError(f"run ended without {kind}")
+
+
+async def follow(ledger: Ledger, ref: RunRef, seen: list[Event]) -> None:
+    """Collect every event of the run, to its end."""
+    async for event in ledger.tail(ref):
+        seen.append(event)
 
 
 async def test_a_run_executed_by_one_process_is_followed_and_cancelled_from_another(
@@ -96,12 +98,7 @@ async def test_a_run_executed_by_one_process_is_followed_and_cancelled_from_anot
     assert f":{a.pid}:" in started.value["worker"]
     await asyncio.wait_for(until(client, ref, "stream:messages"), HANG_GUARD)
     seen: list[Event] = []
-
-    async def follow() -> None:
-        async for event in client.tail(ref):
-            seen.append(event)
-
-    follower = asyncio.create_task(follow())
+    follower = asyncio.create_task(follow(client, ref, seen))
     result = await cancel(client, ref)
     assert result.requested
     await asyncio.wait_for(follower, HANG_GUARD)
@@ -121,12 +118,7 @@ async def test_a_killed_worker_s_run_is_failed_by_another_process_and_its_tail_e
     ref = (await admit(client, slow(), graphs=GRAPHS)).ref
     await asyncio.wait_for(until(client, ref, "stream:messages"), HANG_GUARD)
     seen: list[Event] = []
-
-    async def follow() -> None:
-        async for event in client.tail(ref):
-            seen.append(event)
-
-    follower = asyncio.create_task(follow())
+    follower = asyncio.create_task(follow(client, ref, seen))
     a.process.send_signal(signal.SIGKILL)
     a.process.wait()
     await asyncio.wait_for(follower, HANG_GUARD)

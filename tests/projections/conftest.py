@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from graphledger import projections
 from graphledger.ledger import Ledger
 from graphledger.projections import Projections
 
@@ -17,15 +15,6 @@ TABLE_ORDER = {
     "llm_calls": "thread_id, run_id, call_id",
     "messages": "thread_id, message_id",
 }
-
-
-@pytest.fixture
-async def projected(dsn: str) -> AsyncIterator[Ledger]:
-    ledger = await projections.connect(dsn, poll_interval=0.5)
-    try:
-        yield ledger
-    finally:
-        await ledger.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from uuid import UUID
 
 import pytest
 
-from graphledger import projections
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.runs import GraphRegistry, RunRequest, Worker, admit, checkpoint, demo, join
 
@@ -16,12 +15,9 @@ LEASE = 2.0
 
 
 @pytest.fixture
-async def ledger(dsn: str) -> AsyncIterator[Ledger]:
-    led = await projections.connect(dsn, poll_interval=0.2)
-    try:
-        yield led
-    finally:
-        await led.close()
+def ledger(projected: Ledger) -> Ledger:
+    """Run execution always goes through a projecting ledger."""
+    return projected
 
 
 @pytest.fixture
