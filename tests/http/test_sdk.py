@@ -177,3 +177,12 @@ async def test_post_stream_with_a_cancel_action_cancels_then_streams_to_the_end(
     assert (await sdk.runs.get(thread["thread_id"], run["run_id"]))["status"] == "interrupted"
     bad = await http.post(f"/threads/{thread['thread_id']}/runs/{run['run_id']}/stream?action=explode")
     assert bad.status_code == 422 and "action must be one of" in bad.json()["detail"]
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_without_a_declared_length(http: httpx.AsyncClient) -> None:
+    async def body() -> Any:
+        for _ in range(100):
+            yield b" " * 1024  # 100 KiB of whitespace, more than the 64 KiB limit, no Content-Length
+
+    response = await http.post("/threads", content=body(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than" in response.json()["detail"]

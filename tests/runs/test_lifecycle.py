@@ -136,3 +136,52 @@ async def test_the_reaper_ends_expired_and_silent_runs_but_not_live_ones(ledger:
     assert (await Projections(ledger.pool).run_status(live)).status == "running"  # type: ignore[union-attr]
     assert await reaper.reap_once() == 0
     await drain(ledger)
+
+
+async def test_the_run_queue_channel_hints_on_admission_and_on_ends_but_not_on_chunks(ledger: Ledger, graphs: GraphRegistry) -> None:
+    from graphledger.ledger.append import RUNS_CHANNEL
+
+    hints: list[float] = []
+    assert ledger.hub is not None
+    await ledger.hub.on_hint(RUNS_CHANNEL, lambda: hints.append(asyncio.get_running_loop().time()))
+
+    async def hinted() -> bool:
+        """Whether a hint arrived since ``hints`` was last cleared."""
+        for _ in range(40):
+            if hints:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    hints.clear()
+    ref = (await admit(ledger, ask(), graphs=graphs)).ref
+    assert await hinted()
+    await lifecycle.claim(ledger, "hints", limit=1, lease_seconds=30)
+    hints.clear()
+    await ledger.append(ref, "stream:values", {"x": 1})
+    assert not await hinted()  # a chunk changes no run's place in the queue
+    await ledger.append(ref, "run.succeeded", {})
+    assert await hinted()
+
+
+async def test_a_periodic_task_outlives_a_failing_tick() -> None:
+    from graphledger.runs.periodic import Periodic
+
+    class Flaky(Periodic):
+        ticks = 0
+
+        async def tick(self) -> None:
+            self.ticks += 1
+            if self.ticks == 1:
+                raise RuntimeError("the database blinked")
+
+    flaky = Flaky(0.01)
+    flaky.start()
+    try:
+        for _ in range(100):
+            if flaky.ticks >= 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await flaky.close()
+    assert flaky.ticks >= 3
