@@ -7,17 +7,18 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from graphledger.http.common import HTTPError, iso, json_body, parse_uuid, path_uuid
+from graphledger import runs
 from graphledger.projections import Projections
 
-THREAD_SQL = "SELECT thread_id, created_at, updated_at, metadata FROM threads WHERE thread_id = $1"
+THREAD_SQL = "SELECT thread_id, created_at, updated_at, metadata, deleted_at FROM threads WHERE thread_id = $1"
 CREATE_SQL = """
 INSERT INTO threads (thread_id, metadata) VALUES ($1, $2::jsonb)
 ON CONFLICT (thread_id) DO NOTHING
-RETURNING thread_id, created_at, updated_at, metadata
+RETURNING thread_id, created_at, updated_at, metadata, deleted_at
 """
 
 
@@ -44,9 +45,11 @@ async def create_thread(request: Request) -> JSONResponse:
     async with request.app.state.ledger.pool.acquire() as conn:
         row = await conn.fetchrow(CREATE_SQL, thread_id, json.dumps(metadata))
         if row is None:
+            row = await conn.fetchrow(THREAD_SQL, thread_id)
+            if row["deleted_at"] is not None:
+                raise HTTPError(409, f"thread {thread_id} was deleted; the ids of deleted threads are not reused")
             if if_exists == "raise":
                 raise HTTPError(409, f"thread {thread_id} already exists")
-            row = await conn.fetchrow(THREAD_SQL, thread_id)
     return JSONResponse(await thread_json(request, row))
 
 
@@ -54,12 +57,19 @@ async def get_thread(request: Request) -> JSONResponse:
     thread_id = path_uuid(request, "thread_id")
     async with request.app.state.ledger.pool.acquire() as conn:
         row = await conn.fetchrow(THREAD_SQL, thread_id)
-    if row is None:
+    if row is None or row["deleted_at"] is not None:
         raise HTTPError(404, f"thread {thread_id} not found")
     return JSONResponse(await thread_json(request, row))
+
+
+async def delete_thread(request: Request) -> Response:
+    """Delete a thread's state; its record stays (see :func:`graphledger.runs.delete_thread`)."""
+    await runs.delete_thread(request.app.state.ledger, path_uuid(request, "thread_id"))
+    return Response(status_code=204)
 
 
 routes = [
     Route("/threads", create_thread, methods=["POST"]),
     Route("/threads/{thread_id}", get_thread, methods=["GET"]),
+    Route("/threads/{thread_id}", delete_thread, methods=["DELETE"]),
 ]

@@ -19,6 +19,12 @@ WHERE thread_id = $1 AND run_id = $2 AND seq > $3
 ORDER BY seq LIMIT $4
 """
 
+READ_RUN_KINDS_SQL = f"""
+SELECT {_COLUMNS} FROM events
+WHERE thread_id = $1 AND run_id = $2 AND seq > $3 AND kind LIKE ANY($5::text[])
+ORDER BY seq LIMIT $4
+"""
+
 READ_RUNS_SQL = f"""
 SELECT e.* FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS r(thread_id, run_id, after_seq)
 CROSS JOIN LATERAL (
@@ -56,9 +62,21 @@ def to_event(row: asyncpg.Record) -> Event:
     )
 
 
-async def read_run(conn: asyncpg.Connection, ref: RunRef, after_seq: int = 0, limit: int = 10_000) -> list[Event]:
-    """Events of one run with ``seq > after_seq``, in order."""
-    return [to_event(r) for r in await conn.fetch(READ_RUN_SQL, ref.thread_id, ref.run_id, after_seq, limit)]
+def kind_pattern(kind: str) -> str:
+    """The ``LIKE`` pattern of a kind filter: exact, or a prefix when it ends with ``*`` (``stream:*``)."""
+    escaped = kind.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped[:-1] + "%" if escaped.endswith("*") else escaped
+
+
+async def read_run(
+    conn: asyncpg.Connection, ref: RunRef, after_seq: int = 0, limit: int = 10_000, *, kinds: Sequence[str] | None = None
+) -> list[Event]:
+    """Events of one run with ``seq > after_seq``, in order; only those of ``kinds`` when given (see :func:`kind_pattern`)."""
+    if kinds is None:
+        rows = await conn.fetch(READ_RUN_SQL, ref.thread_id, ref.run_id, after_seq, limit)
+    else:
+        rows = await conn.fetch(READ_RUN_KINDS_SQL, ref.thread_id, ref.run_id, after_seq, limit, [kind_pattern(k) for k in kinds])
+    return [to_event(r) for r in rows]
 
 
 async def read_runs(conn: asyncpg.Connection, cursors: Sequence[tuple[RunRef, int]], limit: int) -> list[Event]:

@@ -35,6 +35,9 @@ threads = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("metadata", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # Set by DELETE /threads/{id}: the thread takes no more runs and its state is
+    # gone, but its record (runs, events, projections) stays. Ids are not reused.
+    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 runs = sa.Table(

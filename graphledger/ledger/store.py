@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -161,9 +161,9 @@ class Ledger:
             raise RunNotFound(f"run {run_id} not found")
         return RunRef(thread_id, run_id)
 
-    async def read_run(self, ref: RunRef, after_seq: int = 0, limit: int = 10_000) -> list[Event]:
+    async def read_run(self, ref: RunRef, after_seq: int = 0, limit: int = 10_000, *, kinds: Sequence[str] | None = None) -> list[Event]:
         async with self.pool.acquire() as conn:
-            return await read.read_run(conn, ref, after_seq, limit)
+            return await read.read_run(conn, ref, after_seq, limit, kinds=kinds)
 
     async def read_thread(self, thread_id: UUID, after_position: int = 0, limit: int = 10_000) -> list[Event]:
         async with self.pool.acquire() as conn:

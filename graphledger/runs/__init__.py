@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from graphledger.runs.errors import GraphLoadError, InvalidRequest, NotCancellable, ThreadBusy, UnknownAssistant
 from graphledger.runs.graphs import GraphRegistry
-from graphledger.runs.lifecycle import Admitted, Cancelled, admit, cancel, join
+from graphledger.runs.lifecycle import Admitted, Cancelled, admit, cancel, delete_thread, join
 from graphledger.runs.recorder import Recorder, Recording
 from graphledger.runs.request import RunRequest
 from graphledger.runs.runtime import RunSettings, Runtime
@@ -28,5 +28,6 @@ __all__ = [
     "Worker",
     "admit",
     "cancel",
+    "delete_thread",
     "join",
 ]

@@ -32,6 +32,7 @@ WITH gone AS (
 DELETE FROM {SCHEMA}.checkpoint_writes w USING gone g
 WHERE w.thread_id = $1 AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id
 """
+FORGET_SQL = [f"DELETE FROM {SCHEMA}.{table} WHERE thread_id = $1" for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints")]
 COUNT_SQL = f"SELECT count(*) FROM {SCHEMA}.checkpoints WHERE thread_id = $1 AND metadata ->> 'run_id' = $2"
 
 _OPTIONS = f"-c search_path={SCHEMA}"
@@ -62,3 +63,9 @@ async def rollback(conn: asyncpg.Connection, thread_id: UUID, run_id: UUID) -> i
         count: int = await conn.fetchval(COUNT_SQL, str(thread_id), str(run_id))
         await conn.execute(ROLLBACK_SQL, str(thread_id), str(run_id))
     return count
+
+
+async def forget(conn: asyncpg.Connection, thread_id: UUID) -> None:
+    """Delete every checkpoint of a thread (its state), in the caller's transaction."""
+    for sql in FORGET_SQL:
+        await conn.execute(sql, str(thread_id))

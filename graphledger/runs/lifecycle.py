@@ -43,6 +43,7 @@ from graphledger.ledger.events import (
     RunRef,
 )
 from graphledger.ledger.read import read_run
+from graphledger.runs import checkpoint
 from graphledger.runs.errors import InvalidRequest, NotCancellable, ThreadBusy
 from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.periodic import Periodic
@@ -54,7 +55,9 @@ ENSURE_THREAD_SQL = "INSERT INTO threads (thread_id, metadata) VALUES ($1, $2::j
 # NO KEY UPDATE serialises admissions of a thread, yet lets other transactions
 # take the KEY SHARE lock that the foreign key check of an update of one of its
 # runs takes (a run row updated twice in one transaction is checked again).
-LOCK_THREAD_SQL = "SELECT thread_id FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE"
+LOCK_THREAD_SQL = "SELECT deleted_at IS NOT NULL AS deleted FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE"
+ACTIVE_SQL = "SELECT run_id, status FROM runs WHERE thread_id = $1 AND status IN ('pending', 'running') LIMIT 1"
+MARK_DELETED_SQL = "UPDATE threads SET deleted_at = now(), updated_at = now() WHERE thread_id = $1"
 LOCK_ACTIVE_SQL = """
 SELECT run_id, status FROM runs
 WHERE thread_id = $1 AND status IN ('pending', 'running')
@@ -160,8 +163,11 @@ async def admit(
             async with conn.transaction():
                 if create:
                     await conn.execute(ENSURE_THREAD_SQL, thread_id, json.dumps(dict(thread_metadata or {})))
-                if await conn.fetchval(LOCK_THREAD_SQL, thread_id) is None:
+                deleted = await conn.fetchval(LOCK_THREAD_SQL, thread_id)
+                if deleted is None:
                     raise ThreadNotFound(f"thread {thread_id} not found")
+                if deleted:
+                    raise ThreadNotFound(f"thread {thread_id} was deleted; it takes no new runs")
                 active = await conn.fetch(LOCK_ACTIVE_SQL, thread_id)
                 if active and request.multitask_strategy == "reject":
                     raise ThreadBusy(
@@ -185,6 +191,30 @@ async def admit(
     ledger.writer.seed(ref, created)
     await _commit(ledger, [*appended, created])
     return Admitted(ref, created, cancelled)
+
+
+async def delete_thread(ledger: Ledger, thread_id: UUID) -> None:
+    """Delete a thread: its state (checkpoints) goes, its record stays.
+
+    The thread is marked deleted: it takes no new runs and its id is not
+    reused, while its runs, their events and the projections remain readable,
+    exportable and verifiable. Refused with :class:`ThreadBusy` while a run of
+    the thread is pending or running (cancel it first).
+    """
+    async with ledger.pool.acquire() as conn:
+        with translate():
+            async with conn.transaction():
+                # Under the admission lock no run can join the thread; runs only leave the active set.
+                deleted = await conn.fetchval(LOCK_THREAD_SQL, thread_id)
+                if deleted is None or deleted:
+                    raise ThreadNotFound(f"thread {thread_id} not found")
+                active = await conn.fetch(ACTIVE_SQL, thread_id)
+                if active:
+                    raise ThreadBusy(
+                        f"thread {thread_id} has an active run ({active[0]['run_id']}, {active[0]['status']}); cancel it first"
+                    )
+                await conn.execute(MARK_DELETED_SQL, thread_id)
+                await checkpoint.forget(conn, thread_id)
 
 
 async def _lock_run(conn: asyncpg.Connection, ref: RunRef) -> str:

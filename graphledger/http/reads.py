@@ -1,0 +1,169 @@
+"""The ledger's own reads: messages, events, token usage and chain verification.
+
+They serve the record, so they keep answering for a deleted thread: deletion
+removes a thread's state, never its history.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from graphledger.http.common import HTTPError, iso, path_uuid, query_bool, query_int
+from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.projections import MessagePage, Projections
+from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE
+from graphledger.projections.token_usage import Totals
+
+THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
+RUN_EXISTS_SQL = "SELECT 1 FROM runs WHERE thread_id = $1 AND run_id = $2"
+MAX_EVENTS = 1000
+USAGE_GROUPS = ("model", "caller", "status")
+
+
+async def _check(request: Request, thread_id: UUID, run_id: UUID | None = None) -> None:
+    """404 unless the thread (and the run in it) exists."""
+    async with request.app.state.ledger.pool.acquire() as conn:
+        if run_id is None:
+            if await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
+                raise HTTPError(404, f"thread {thread_id} not found")
+        elif await conn.fetchval(RUN_EXISTS_SQL, thread_id, run_id) is None:
+            raise HTTPError(404, f"run {run_id} not found in thread {thread_id}")
+
+
+def _run_id(request: Request) -> UUID | None:
+    return path_uuid(request, "run_id") if "run_id" in request.path_params else None
+
+
+# -- messages -------------------------------------------------------------------------
+
+
+def page_json(page: MessagePage) -> dict[str, Any]:
+    return {
+        "messages": [
+            {
+                "id": m.message_id, "type": m.type, "run_id": str(m.run_id), "seq": m.seq,
+                "position": m.position, "part": m.part, "data": m.data,
+            }
+            for m in page.messages
+        ],
+        "has_more": page.has_more,
+        "before": page.before,
+        "after": page.after,
+    }
+
+
+async def messages(request: Request) -> JSONResponse:
+    """A page of a thread's (or a run's) messages in conversation order: ``limit``, ``before``, ``after``, ``last``."""
+    thread_id, run_id = path_uuid(request, "thread_id"), _run_id(request)
+    limit = query_int(request, "limit", DEFAULT_PAGE, low=1, high=MAX_PAGE)
+    before = request.query_params.get("before") or None
+    after = request.query_params.get("after") or None
+    last = query_bool(request, "last")
+    await _check(request, thread_id, run_id)
+    page = await Projections(request.app.state.ledger.pool).messages(
+        thread_id, run_id=run_id, limit=limit, before=before, after=after, last=last
+    )
+    return JSONResponse(page_json(page))
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "kind": event.kind,
+        "ts": iso(event.ts),
+        "data": event.value,
+        "hash": event.hash.hex(),
+        "global_position": event.global_position,
+    }
+
+
+async def events(request: Request) -> JSONResponse:
+    """A run's stored events in ``seq`` order: ``after`` (a seq), ``limit``, ``kinds`` (comma-separated; ``prefix*``)."""
+    ref = RunRef(path_uuid(request, "thread_id"), path_uuid(request, "run_id"))
+    after = query_int(request, "after", 0, low=0, high=2**31 - 1)
+    limit = query_int(request, "limit", 100, low=1, high=MAX_EVENTS)
+    kinds = [k.strip() for text in request.query_params.getlist("kinds") for k in text.split(",") if k.strip()] or None
+    await _check(request, ref.thread_id, ref.run_id)
+    ledger: Ledger = request.app.state.ledger
+    found = await ledger.read_run(ref, after, limit + 1, kinds=kinds)
+    page = found[:limit]
+    return JSONResponse(
+        {
+            "events": [event_json(e) for e in page],
+            "has_more": len(found) > limit,
+            "next_after": page[-1].seq if page else after,
+        }
+    )
+
+
+# -- token usage ------------------------------------------------------------------------
+
+
+def totals_json(totals: Totals) -> dict[str, int]:
+    return {"calls": totals.calls, "unknown_usage_calls": totals.unknown_usage_calls, **totals.tokens}
+
+
+def query_time(request: Request, name: str) -> datetime | None:
+    text = request.query_params.get(name)
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPError(422, f"{name} must be an ISO 8601 time, not {text[:50]!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+async def usage(request: Request) -> JSONResponse:
+    """Token usage of a thread (or a run): totals and breakdowns by model, caller and run status; ``since``/``until``."""
+    thread_id, run_id = path_uuid(request, "thread_id"), _run_id(request)
+    since, until = query_time(request, "since"), query_time(request, "until")
+    await _check(request, thread_id, run_id)
+    reads = Projections(request.app.state.ledger.pool)
+    window: dict[str, Any] = {"thread_id": thread_id, "run_id": run_id, "since": since, "until": until}
+    body: dict[str, Any] = {"thread_id": str(thread_id), "totals": totals_json(await reads.token_usage(**window))}
+    if run_id is not None:
+        body["run_id"] = str(run_id)
+    for group in USAGE_GROUPS:
+        by = await reads.usage_by(group, **window)  # type: ignore[arg-type]
+        body[f"by_{group}"] = [{group: key, **totals_json(totals)} for key, totals in by.items()]
+    return JSONResponse(body)
+
+
+# -- verification -------------------------------------------------------------------------
+
+
+async def verify(request: Request) -> JSONResponse:
+    """Recompute a run's hash chain from the stored events (see docs/hash-chain.md)."""
+    ref = RunRef(path_uuid(request, "thread_id"), path_uuid(request, "run_id"))
+    report = await request.app.state.ledger.verify(ref)
+    return JSONResponse(
+        {
+            "thread_id": str(ref.thread_id),
+            "run_id": str(ref.run_id),
+            "ok": report.ok,
+            "events": report.events,
+            "first_bad_seq": report.first_bad_seq,
+            "reason": report.reason,
+            "last_hash": report.last_hash.hex() if report.ok else None,
+        }
+    )
+
+
+routes = [
+    Route("/threads/{thread_id}/messages", messages, methods=["GET"]),
+    Route("/threads/{thread_id}/usage", usage, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}/messages", messages, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}/events", events, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}/usage", usage, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}/verify", verify, methods=["GET"]),
+]
