@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from graphledger.http.common import HTTPError, iso, json_body, parse_uuid, path_uuid
 from graphledger import runs
+from graphledger.ledger.events import jsonb_text
 from graphledger.projections import Projections
 
 THREAD_SQL = "SELECT thread_id, created_at, updated_at, metadata, deleted_at FROM threads WHERE thread_id = $1"
@@ -43,7 +44,7 @@ async def create_thread(request: Request) -> JSONResponse:
     if if_exists not in ("raise", "do_nothing"):
         raise HTTPError(422, f"if_exists must be raise or do_nothing, not {if_exists!r}")
     async with request.app.state.ledger.pool.acquire() as conn:
-        row = await conn.fetchrow(CREATE_SQL, thread_id, json.dumps(metadata))
+        row = await conn.fetchrow(CREATE_SQL, thread_id, jsonb_text(metadata, "metadata"))
         if row is None:
             row = await conn.fetchrow(THREAD_SQL, thread_id)
             if row["deleted_at"] is not None:

@@ -208,3 +208,25 @@ class Event:
     @property
     def is_terminal(self) -> bool:
         return self.kind in TERMINAL_KINDS
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def jsonb_text(value: Any, what: str) -> str:
+    """JSON text for a ``jsonb`` column (metadata, secrets), which cannot hold U+0000 as the log's ``json`` can.
+
+    Raises :class:`InvalidPayload` naming ``what`` when ``value`` is not
+    canonical JSON or carries U+0000 in a key or a string.
+    """
+    text = canonical_json(value)
+    if "\\u0000" in text and _has_nul(value):
+        raise InvalidPayload(f"{what} cannot contain the character U+0000")
+    return text

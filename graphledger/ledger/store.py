@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID, uuid4
@@ -13,7 +12,7 @@ import asyncpg
 from graphledger.ledger import chain, read
 from graphledger.ledger.append import Projector, Writer, append_at, insert_run, load_heads
 from graphledger.ledger.errors import InvalidEvent, RunNotFound, ThreadNotFound, translate
-from graphledger.ledger.events import RUN_CREATED, Event, NewEvent, RunRef
+from graphledger.ledger.events import RUN_CREATED, Event, NewEvent, RunRef, jsonb_text
 from graphledger.ledger.read import FeedCursor
 from graphledger.ledger.tail import Hub
 
@@ -95,7 +94,7 @@ class Ledger:
         """Create a thread (a no-op if it exists); return its id."""
         thread_id = thread_id or uuid4()
         async with self.pool.acquire() as conn:
-            await conn.execute(INSERT_THREAD_SQL, thread_id, json.dumps(dict(metadata or {})))
+            await conn.execute(INSERT_THREAD_SQL, thread_id, jsonb_text(dict(metadata or {}), "thread metadata"))
         return thread_id
 
     async def create_run(
@@ -114,7 +113,7 @@ class Ledger:
             try:
                 with translate():
                     event = await insert_run(
-                        conn, ref, created, assistant_id=assistant_id, metadata=json.dumps(dict(metadata or {})), projector=self.projector
+                        conn, ref, created, assistant_id=assistant_id, metadata=jsonb_text(dict(metadata or {}), "run metadata"), projector=self.projector
                     )
                 self.writer.seed(ref, event)
                 if self.hub is not None:

@@ -41,6 +41,7 @@ from graphledger.ledger.events import (
     Event,
     NewEvent,
     RunRef,
+    jsonb_text,
 )
 from graphledger.ledger.read import read_run
 from graphledger.runs import checkpoint
@@ -162,7 +163,7 @@ async def admit(
         with translate():
             async with conn.transaction():
                 if create:
-                    await conn.execute(ENSURE_THREAD_SQL, thread_id, json.dumps(dict(thread_metadata or {})))
+                    await conn.execute(ENSURE_THREAD_SQL, thread_id, jsonb_text(dict(thread_metadata or {}), "thread metadata"))
                 deleted = await conn.fetchval(LOCK_THREAD_SQL, thread_id)
                 if deleted is None:
                     raise ThreadNotFound(f"thread {thread_id} not found")
@@ -182,12 +183,12 @@ async def admit(
                         )
                         cancelled.append(other)
                 try:
-                    await conn.execute(INSERT_RUN_SQL, ref.thread_id, ref.run_id, request.assistant_id, json.dumps(request.metadata))
+                    await conn.execute(INSERT_RUN_SQL, ref.thread_id, ref.run_id, request.assistant_id, jsonb_text(request.metadata, "metadata"))
                 except asyncpg.UniqueViolationError:
                     raise InvalidEvent(f"run {ref.run_id} already exists") from None
                 (created,) = await append_at(conn, ref, [_event(RUN_CREATED, request.record())], 0, projector=ledger.projector)
                 if request.secrets:
-                    await conn.execute(INSERT_SECRETS_SQL, ref.thread_id, ref.run_id, json.dumps(request.secrets))
+                    await conn.execute(INSERT_SECRETS_SQL, ref.thread_id, ref.run_id, jsonb_text(request.secrets, "secret config values"))
     ledger.writer.seed(ref, created)
     await _commit(ledger, [*appended, created])
     return Admitted(ref, created, cancelled)

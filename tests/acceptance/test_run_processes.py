@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +17,8 @@ import pytest
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.projections import Projections
 from graphledger.runs import GraphRegistry, RunRequest, admit, cancel, demo, join
-from tests.acceptance.test_serve import free_port, graphledger, wait_ok
-
-LEASE, GRACE = 2.0, 1.0
+from tests.acceptance.servers import GRACE, Server
+from tests.acceptance.test_serve import free_port, graphledger
 HANG_GUARD = 60.0  # only stops a broken run from hanging the suite; never a measurement
 
 GRAPHS = GraphRegistry({"demo": demo.graph})
@@ -35,29 +33,6 @@ def slow(text: str = "a long answer") -> RunRequest:
             "stream_mode": ["messages-tuple"],
         }
     )
-
-
-class Server:
-    def __init__(self, dsn: str, workdir: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.process = graphledger(
-            "serve", "--port", str(self.port), "--database-url", dsn, "--lease", str(LEASE), "--lease-grace", str(GRACE), *flags,
-            cwd=workdir,
-        )
-        wait_ok(self.port, self.process)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.communicate(timeout=60)[0]
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.communicate()[0]
 
 
 @pytest.fixture

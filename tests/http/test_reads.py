@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -67,7 +68,7 @@ async def test_a_thread_with_an_active_run_is_not_deleted(sdk: LangGraphClient, 
 async def test_events_page_through_a_run_with_kind_filters(sdk: LangGraphClient, http: httpx.AsyncClient, dsn: str) -> None:
     tid, rid = await finished_run(sdk)
     async with await Ledger.connect(dsn, tail=False) as ledger:
-        stored = await ledger.read_run(RunRef(*map(__import__("uuid").UUID, (tid, rid))))
+        stored = await ledger.read_run(RunRef(UUID(tid), UUID(rid)))
     pages: list[dict[str, Any]] = []
     after = 0
     while True:

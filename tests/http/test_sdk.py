@@ -126,6 +126,11 @@ async def test_reject_is_a_conflict(sdk: LangGraphClient) -> None:
         ("GET", "/threads/00000000-0000-0000-0000-000000000000/runs/00000000-0000-0000-0000-000000000000", None, 404),
         ("GET", "/threads/00000000-0000-0000-0000-000000000000/runs/00000000-0000-0000-0000-000000000000/stream", None, 404),
         ("POST", "/threads", {"metadata": "x" * 70_000}, 413),
+        ("POST", "/threads", {"metadata": {"note": "a\u0000b"}}, 422),
+        ("POST", "/runs/wait", {"assistant_id": "demo", "metadata": {"a\u0000": 1}}, 422),
+        ("POST", "/runs/stream", {"assistant_id": "demo", "config": {"configurable": {"api_key": "\u0000"}}}, 422),
+        ("DELETE", "/threads/00000000-0000-0000-0000-000000000000", None, 404),
+        ("DELETE", "/threads/not-a-uuid", None, 422),
     ],
 )
 async def test_bad_input_gets_a_clear_4xx(http: httpx.AsyncClient, method: str, path: str, body: Any, status: int) -> None:

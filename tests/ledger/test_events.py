@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from graphledger.ledger.errors import InvalidEvent, InvalidPayload
-from graphledger.ledger.events import NewEvent, canonical_json, validate_kind
+from graphledger.ledger.events import NewEvent, canonical_json, jsonb_text, validate_kind
 
 
 def test_canonical_json_sorts_keys_and_drops_whitespace() -> None:
@@ -62,3 +62,11 @@ def test_new_event_validates_both() -> None:
     assert NewEvent.of("stream:custom", {"a": 1}).data == '{"a":1}'
     with pytest.raises(InvalidEvent):
         NewEvent.of("bad kind", {})
+
+
+def test_jsonb_text_refuses_nul_but_not_a_backslash_that_looks_like_one() -> None:
+    with pytest.raises(InvalidPayload, match="metadata cannot contain the character U\\+0000"):
+        jsonb_text({"note": "a\x00b"}, "metadata")
+    with pytest.raises(InvalidPayload, match="U\\+0000"):
+        jsonb_text({"a\x00": 1}, "metadata")
+    assert jsonb_text({"path": "C:\\u0000"}, "metadata") == '{"path":"C:\\\\u0000"}'

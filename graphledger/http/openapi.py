@@ -1,0 +1,344 @@
+"""``/openapi.json``: the OpenAPI 3.1 description of every route, its parameters, bodies and answers.
+
+Written out rather than derived from the handlers, so that it states the
+contract (statuses, shapes) the handlers are tested against: a test checks
+that it names exactly the app's routes, and a schemathesis run checks that
+the server keeps to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from graphledger import __version__
+from graphledger.runs.request import CANCEL_ACTIONS, IF_NOT_EXISTS, MULTITASK_STRATEGIES, ON_DISCONNECT, STREAM_MODES
+
+RUN_STATUSES = ["pending", "running", "success", "error", "timeout", "interrupted"]
+THREAD_STATUSES = ["idle", "busy", "interrupted", "error"]
+TOKEN_FIELDS = ["input_tokens", "output_tokens", "total_tokens", "cache_read", "cache_creation", "reasoning"]
+
+UUID = {"type": "string", "format": "uuid"}
+TIME = {"type": "string", "format": "date-time"}
+OBJECT = {"type": "object"}
+ANY: dict[str, Any] = {}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def obj(properties: dict[str, Any], required: list[str] | None = None, *, extra: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": extra}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+# One event of a stream (OpenAPI 3.2's itemSchema for text/event-stream); heartbeats are comments, not events.
+SSE_EVENT = obj(
+    {
+        "event": {"type": "string", "description": "metadata, error, or <mode>[|<namespace>]"},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "One line of JSON."},
+        "id": {"type": "string", "pattern": "^[1-9][0-9]*$", "description": "The event's seq: send it back as Last-Event-ID."},
+    },
+    ["event", "data", "id"],
+    extra=True,
+)
+STREAM_MODE = {"type": "string", "enum": list(STREAM_MODES)}
+TOTAL_FIELDS = ["calls", "unknown_usage_calls", *TOKEN_FIELDS]
+TOTALS = obj(dict.fromkeys(TOTAL_FIELDS, {"type": "integer", "minimum": 0}), TOTAL_FIELDS)
+
+
+
+def _group(key: str) -> dict[str, Any]:
+    """One row of a usage breakdown: the group's key (null: not recorded) and its totals."""
+    return obj({key: nullable({"type": "string"}), **TOTALS["properties"]}, [key, *TOTALS["properties"]])
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": obj({"detail": {"type": "string"}}, ["detail"]),
+    "Thread": obj(
+        {
+            "thread_id": UUID,
+            "created_at": TIME,
+            "updated_at": TIME,
+            "metadata": OBJECT,
+            "status": {"type": "string", "enum": THREAD_STATUSES},
+        },
+        ["thread_id", "created_at", "updated_at", "metadata", "status"],
+    ),
+    "ThreadCreate": obj(
+        {
+            "thread_id": nullable(UUID),
+            "metadata": nullable(OBJECT),
+            "if_exists": nullable({"type": "string", "enum": ["raise", "do_nothing"]}),
+        },
+        extra=True,
+    ),
+    "Run": obj(
+        {
+            "run_id": UUID,
+            "thread_id": UUID,
+            "assistant_id": nullable({"type": "string"}),
+            "created_at": TIME,
+            "updated_at": TIME,
+            "status": {"type": "string", "enum": RUN_STATUSES},
+            "metadata": OBJECT,
+            "multitask_strategy": nullable({"type": "string"}),
+            "kwargs": OBJECT,
+        },
+        ["run_id", "thread_id", "assistant_id", "created_at", "updated_at", "status", "metadata", "multitask_strategy", "kwargs"],
+    ),
+    "RunCreate": obj(
+        {
+            "assistant_id": {"type": "string", "minLength": 1, "description": "The name of a served graph."},
+            "input": ANY,
+            "command": nullable(obj({"resume": ANY, "update": ANY, "goto": ANY}, extra=False) | {"minProperties": 1}),
+            "config": nullable(
+                obj({"configurable": nullable(OBJECT), "recursion_limit": nullable({"type": "integer", "minimum": 1})}, extra=True)
+            ),
+            "context": nullable(OBJECT),
+            "metadata": nullable(OBJECT),
+            "stream_mode": nullable({"anyOf": [STREAM_MODE, {"type": "array", "items": STREAM_MODE, "minItems": 1}]}),
+            "stream_subgraphs": nullable({"type": "boolean"}),
+            "multitask_strategy": nullable({"type": "string", "enum": list(MULTITASK_STRATEGIES)}),
+            "on_disconnect": nullable({"type": "string", "enum": list(ON_DISCONNECT)}),
+            "if_not_exists": nullable({"type": "string", "enum": list(IF_NOT_EXISTS)}),
+            "interrupt_before": nullable({"anyOf": [{"const": "*"}, {"type": "array", "items": {"type": "string"}}]}),
+            "interrupt_after": nullable({"anyOf": [{"const": "*"}, {"type": "array", "items": {"type": "string"}}]}),
+        },
+        ["assistant_id"],
+        extra=True,
+    ),
+    "MessagePage": obj(
+        {
+            "messages": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "id": {"type": "string"},
+                        "type": {"type": "string"},
+                        "run_id": UUID,
+                        "seq": {"type": "integer"},
+                        "position": {"type": "integer"},
+                        "part": {"type": "integer"},
+                        "data": OBJECT,
+                    },
+                    ["id", "type", "run_id", "seq", "position", "part", "data"],
+                ),
+            },
+            "has_more": {"type": "boolean"},
+            "before": nullable({"type": "string"}),
+            "after": nullable({"type": "string"}),
+        },
+        ["messages", "has_more", "before", "after"],
+    ),
+    "EventPage": obj(
+        {
+            "events": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "seq": {"type": "integer", "minimum": 1},
+                        "kind": {"type": "string"},
+                        "ts": TIME,
+                        "data": ANY,
+                        "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "global_position": {"type": "integer"},
+                    },
+                    ["seq", "kind", "ts", "data", "hash", "global_position"],
+                ),
+            },
+            "has_more": {"type": "boolean"},
+            "next_after": {"type": "integer"},
+        },
+        ["events", "has_more", "next_after"],
+    ),
+    "Totals": TOTALS,
+    "Usage": obj(
+        {
+            "thread_id": UUID,
+            "run_id": UUID,
+            "totals": ref("Totals"),
+            **{f"by_{group}": {"type": "array", "items": _group(group)} for group in ("model", "caller", "status")},
+        },
+        ["thread_id", "totals", "by_model", "by_caller", "by_status"],
+    ),
+    "Verification": obj(
+        {
+            "thread_id": UUID,
+            "run_id": UUID,
+            "ok": {"type": "boolean"},
+            "events": {"type": "integer"},
+            "first_bad_seq": nullable({"type": "integer"}),
+            "reason": nullable({"type": "string"}),
+            "last_hash": nullable({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+        },
+        ["thread_id", "run_id", "ok", "events", "first_bad_seq", "reason", "last_hash"],
+    ),
+}
+
+ERRORS = {
+    404: "No such thread, run or assistant.",
+    409: "A conflict with the thread's or run's state.",
+    413: "The request body is larger than the server's limit (--max-body-bytes).",
+    422: "An invalid parameter or body.",
+    503: "The database cannot be reached.",
+}
+
+
+def answers(ok: dict[int, Any], *errors: int) -> dict[str, Any]:
+    """Responses: ``ok`` maps a status to a schema (None: no body; "sse": an event stream); then the errors."""
+    responses: dict[str, Any] = {}
+    for status, schema in ok.items():
+        if schema is None:
+            responses[str(status)] = {"description": "Done; no content."}
+        elif schema == "sse":
+            responses[str(status)] = {
+                "description": "Server-Sent Events: `event: <mode>[|ns]`, `data: <json>`, `id: <seq>`; `metadata` first.",
+                "content": {"text/event-stream": {"itemSchema": SSE_EVENT}},
+            }
+        else:
+            responses[str(status)] = {"description": "OK", "content": {"application/json": {"schema": schema}}}
+    for status in (*errors, 503):
+        responses[str(status)] = {"description": ERRORS[status], "content": {"application/json": {"schema": ref("Error")}}}
+    return responses
+
+
+def path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": UUID}
+
+
+def query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": ref(name)}}}
+
+
+def op(summary: str, responses: dict[str, Any], *parameters: dict[str, Any], request: str | None = None, optional: bool = False) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "parameters": list(parameters), "responses": responses}
+    if request is not None:
+        operation["requestBody"] = body(request) | ({"required": False} if optional else {})
+    return operation
+
+
+THREAD, RUN = path("thread_id"), path("run_id")
+LIMIT_1000 = {"type": "integer", "minimum": 1, "maximum": 1000}
+WAIT_RESULT = {"description": "The final state values, or {\"__error__\": {...}} for a failed run."}
+STREAM_QUERY = [
+    query("stream_mode", {"type": "array", "items": {"type": "string", "enum": ["", *STREAM_MODES]}}, "Only these modes."),
+    query("cancel_on_disconnect", {"type": "boolean"}),
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}, "description": "Resume after this seq."},
+]
+MESSAGE_QUERY = [
+    query("limit", LIMIT_1000),
+    query("after", {"type": "string"}, "A cursor: the page after it."),
+    query("before", {"type": "string"}, "A cursor: the page before it."),
+    query("last", {"type": "boolean"}, "The last page."),
+]
+USAGE_QUERY = [query("since", TIME), query("until", TIME)]
+
+
+def _paths() -> dict[str, Any]:
+    create = answers({200: ref("Run")}, 404, 409, 413, 422)
+    stream = answers({200: "sse"}, 404, 409, 413, 422)
+    wait = answers({200: WAIT_RESULT}, 404, 409, 413, 422)
+    return {
+        "/ok": {"get": op("Readiness", answers({200: obj({"ok": {"type": "boolean"}}, ["ok"])}))},
+        "/openapi.json": {"get": op("This description", answers({200: OBJECT}))},
+        "/threads": {"post": op("Create a thread", answers({200: ref("Thread")}, 409, 413, 422), request="ThreadCreate", optional=True)},
+        "/threads/{thread_id}": {
+            "get": op("Get a thread", answers({200: ref("Thread")}, 404, 422), THREAD),
+            "delete": op(
+                "Delete a thread's state (checkpoints); its runs, events and projections stay readable",
+                answers({204: None}, 404, 409, 422),
+                THREAD,
+            ),
+        },
+        "/threads/{thread_id}/runs": {
+            "post": op("Create a background run", create, THREAD, request="RunCreate"),
+            "get": op(
+                "List a thread's runs, newest first",
+                answers({200: {"type": "array", "items": ref("Run")}}, 404, 422),
+                THREAD,
+                query("limit", LIMIT_1000),
+                query("offset", {"type": "integer", "minimum": 0}),
+                query("status", {"type": "string", "enum": RUN_STATUSES}),
+            ),
+        },
+        "/threads/{thread_id}/runs/stream": {"post": op("Create a run and stream it", stream, THREAD, request="RunCreate")},
+        "/threads/{thread_id}/runs/wait": {"post": op("Create a run and wait for its result", wait, THREAD, request="RunCreate")},
+        "/runs/stream": {"post": op("Create a run on a new thread and stream it", stream, request="RunCreate")},
+        "/runs/wait": {"post": op("Create a run on a new thread and wait for its result", wait, request="RunCreate")},
+        "/threads/{thread_id}/runs/{run_id}": {"get": op("Get a run", answers({200: ref("Run")}, 404, 422), THREAD, RUN)},
+        "/threads/{thread_id}/runs/{run_id}/cancel": {
+            "post": op(
+                "Cancel a run (202 unless wait)",
+                answers({200: ref("Run"), 202: ref("Run")}, 404, 409, 422),
+                THREAD,
+                RUN,
+                query("wait", {"type": "boolean"}),
+                query("action", {"type": "string", "enum": list(CANCEL_ACTIONS)}),
+            )
+        },
+        "/threads/{thread_id}/runs/{run_id}/join": {"get": op("Wait for a run's result", answers({200: WAIT_RESULT}, 404, 422), THREAD, RUN)},
+        "/threads/{thread_id}/runs/{run_id}/stream": {
+            "get": op("Join a run's stream", answers({200: "sse"}, 404, 422), THREAD, RUN, *STREAM_QUERY),
+            "post": op(
+                "Cancel a run, then stream it to its end",
+                answers({200: "sse"}, 404, 409, 422),
+                THREAD,
+                RUN,
+                *STREAM_QUERY,
+                query("action", {"type": "string", "enum": list(CANCEL_ACTIONS)}),
+            ),
+        },
+        "/threads/{thread_id}/messages": {
+            "get": op("A page of a thread's messages", answers({200: ref("MessagePage")}, 404, 422), THREAD, *MESSAGE_QUERY)
+        },
+        "/threads/{thread_id}/usage": {
+            "get": op("A thread's token usage", answers({200: ref("Usage")}, 404, 422), THREAD, *USAGE_QUERY)
+        },
+        "/threads/{thread_id}/runs/{run_id}/messages": {
+            "get": op("A page of the messages a run recorded", answers({200: ref("MessagePage")}, 404, 422), THREAD, RUN, *MESSAGE_QUERY)
+        },
+        "/threads/{thread_id}/runs/{run_id}/events": {
+            "get": op(
+                "A run's stored events in seq order",
+                answers({200: ref("EventPage")}, 404, 422),
+                THREAD,
+                RUN,
+                query("after", {"type": "integer", "minimum": 0}),
+                query("limit", LIMIT_1000),
+                query("kinds", {"type": "string"}, "Comma-separated kinds; a trailing * matches a prefix."),
+            )
+        },
+        "/threads/{thread_id}/runs/{run_id}/usage": {
+            "get": op("A run's token usage", answers({200: ref("Usage")}, 404, 422), THREAD, RUN, *USAGE_QUERY)
+        },
+        "/threads/{thread_id}/runs/{run_id}/verify": {
+            "get": op("Recompute a run's hash chain", answers({200: ref("Verification")}, 404, 422), THREAD, RUN)
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "graphledger", "version": __version__, "description": "LangGraph runs on an event-sourced ledger."},
+        "paths": _paths(),
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(document())
