@@ -35,6 +35,7 @@ from graphledger.runs.serialize import to_jsonable
 _log = logging.getLogger("graphledger.http")
 
 HEARTBEAT_SECONDS = 5.0
+MAX_FRAMES_PER_WRITE = 256
 _background: set[asyncio.Task[None]] = set()  # cancels of abandoned streams, kept referenced until done
 ERROR_KIND = STREAM_PREFIX + "error"
 RUN_COLUMNS = """
@@ -137,26 +138,43 @@ async def sse_stream(
         while True:
             # A heartbeat after ``heartbeat`` seconds without a byte sent, even while
             # events the stream does not carry (other modes, usage) keep arriving.
-            try:
-                event = await asyncio.wait_for(queue.get(), max(0.0, last_sent + heartbeat - loop.time()))
-            except TimeoutError:
-                yield b": heartbeat\n\n"
-                last_sent = loop.time()
-                continue
-            if event is None:
-                await asyncio.wait({pump})
-                if not pump.cancelled() and pump.exception() is not None:
-                    raise pump.exception()  # type: ignore[misc]
-                finished = True
-                return
-            data = frame(event, modes)
-            if data is not None:
-                yield data
+            if queue.empty():
+                try:
+                    event = await asyncio.wait_for(queue.get(), max(0.0, last_sent + heartbeat - loop.time()))
+                except TimeoutError:
+                    yield b": heartbeat\n\n"
+                    last_sent = loop.time()
+                    continue
+            else:
+                event = queue.get_nowait()
+            # This event and everything already queued behind it go out as one write.
+            frames: list[bytes] = []
+            end = False
+            failure: BaseException | None = None
+            while True:
+                if event is None:  # the tail ended: normally after the terminal event, else on an error
+                    await asyncio.wait({pump})
+                    failure = None if pump.cancelled() else pump.exception()
+                    end = True
+                    break
+                data = frame(event, modes)
+                if data is not None:
+                    frames.append(data)
+                if event.is_terminal:
+                    end = True
+                    break
+                if queue.empty() or len(frames) >= MAX_FRAMES_PER_WRITE:
+                    break
+                event = queue.get_nowait()
+            if frames:
+                yield b"".join(frames)
                 last_sent = loop.time()
             elif loop.time() - last_sent >= heartbeat:
                 yield b": heartbeat\n\n"
                 last_sent = loop.time()
-            if event.is_terminal:
+            if failure is not None:
+                raise failure
+            if end:
                 finished = True
                 return
     finally:

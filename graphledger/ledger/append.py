@@ -329,6 +329,7 @@ class Writer:
         max_attempts: int = 5,
         max_inflight: int = 2,
         on_commit: Callable[[list[Event]], None] | None = None,
+        on_flight: Callable[[list[Event], bool], None] | None = None,
         projector: Projector | None = None,
     ) -> None:
         self._connect = connect  # makes the writer's own connections (one per flush in flight), anew after any failure
@@ -337,6 +338,7 @@ class Writer:
         self.max_attempts = max_attempts
         self.max_inflight = max_inflight
         self._on_commit = on_commit
+        self._on_flight = on_flight  # (events, True) as a flush is sent, (events, False) once it has answered
         self._projector = projector
         self._projected_sql = append_sql(projector.ctes) if projector is not None else APPEND_SQL
         self._runs: dict[RunRef, _RunQueue] = {}
@@ -559,6 +561,8 @@ class Writer:
             extra = self._projector.args(flushed)
             if extra is not None:
                 sql, args = self._projected_sql, [*args, *extra]
+        if self._on_flight is not None:
+            self._on_flight(flushed, True)
         try:
             rows = await self._execute(conn, sql, args)
         except RETRYABLE:
@@ -577,6 +581,9 @@ class Writer:
                     self._fail(queue, LedgerError(f"append failed: {exc}"))
             self._committed(committed)
             raise
+        finally:
+            if self._on_flight is not None:
+                self._on_flight(flushed, False)
         self.flushes += 1
         accepted = {row["run_id"] for row in rows}
         for queue, n, after in planned:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+import orjson
 
 from graphledger.ledger.errors import InvalidEvent, InvalidPayload
 
@@ -93,28 +96,60 @@ def _explain(value: Any, path: str) -> str | None:
     return None
 
 
-def _keys_are_strings(value: Any) -> bool:
-    # json.dumps silently turns int/float/bool/None keys into strings, which
-    # would let two different payloads store alike; only this is checked here,
-    # json.dumps itself refuses NaN and unknown types.
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is JSON as it is: string keys, finite numbers, JSON types (the fast path)."""
     kind = type(value)
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
                 return False
-            if type(item) in _CONTAINERS and not _keys_are_strings(item):
+            item_kind = type(item)
+            if item_kind is str or item_kind is int or item_kind is bool or item is None:
+                continue
+            if item_kind is float:
+                if item - item != 0.0:  # NaN and infinities
+                    return False
+            elif not _plain(item):
                 return False
-    elif kind is list or kind is tuple:
+        return True
+    if kind is list or kind is tuple:
         for item in value:
-            if type(item) in _CONTAINERS and not _keys_are_strings(item):
+            item_kind = type(item)
+            if item_kind is str or item_kind is int or item_kind is bool or item is None:
+                continue
+            if item_kind is float:
+                if item - item != 0.0:
+                    return False
+            elif not _plain(item):
                 return False
-    elif isinstance(value, (dict, list, tuple)):
-        return _explain(value, "") is None
-    return True
+        return True
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return bool(value - value == 0.0)
+    return _explain(value, "") is None  # subclasses of JSON types are JSON too
 
 
-_CONTAINERS = (dict, list, tuple)
+_ORJSON = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_json(value: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """Canonical JSON text of ``value``, unchecked (:func:`canonical_json` checks first).
+
+    Sorted keys, no insignificant whitespace, UTF-8 text. ``default`` turns an
+    object JSON has no type for into JSON data. Raises ``TypeError`` or
+    ``ValueError`` for what cannot be encoded.
+    """
+    try:
+        return orjson.dumps(value, default=default, option=_ORJSON).decode()
+    except orjson.JSONEncodeError:
+        if default is not None:
+            raise
+        # Integers beyond 64 bits, subclasses orjson does not take, very deep nesting.
+        text = _encode(value)
+        text.encode("utf-8")
+        return text
 
 
 def canonical_json(value: Any) -> str:
@@ -123,16 +158,14 @@ def canonical_json(value: Any) -> str:
     Raises :class:`InvalidPayload` for NaN or infinities, non-string keys, lone
     surrogates and objects JSON cannot represent; nothing is written then.
     """
+    if not _plain(value):
+        raise InvalidPayload(_explain(value, "") or "payload is not valid JSON")
     try:
-        if not _keys_are_strings(value):
-            raise ValueError
-        text = _encode(value)
-        text.encode("utf-8")
+        return encode_json(value)
     except UnicodeEncodeError as exc:
         raise InvalidPayload(f"payload is not valid UTF-8 text: {exc.reason}") from None
     except (TypeError, ValueError, RecursionError):
         raise InvalidPayload(_explain(value, "") or "payload is not valid JSON") from None
-    return text
 
 
 class RunRef:

@@ -12,7 +12,7 @@ import asyncpg
 from graphledger.ledger import chain, read
 from graphledger.ledger.append import Projector, Writer, append_at, insert_run, load_heads
 from graphledger.ledger.errors import InvalidEvent, RunNotFound, ThreadNotFound, translate
-from graphledger.ledger.events import RUN_CREATED, Event, NewEvent, RunRef, jsonb_text
+from graphledger.ledger.events import RUN_CREATED, Event, NewEvent, RunRef, jsonb_text, validate_kind
 from graphledger.ledger.read import FeedCursor
 from graphledger.ledger.tail import Hub
 
@@ -63,6 +63,7 @@ class Ledger:
             max_batch=max_batch,
             max_delay=max_delay,
             on_commit=hub.publish if hub else None,
+            on_flight=hub.in_flight if hub else None,
             projector=projector,
         )
         ledger = cls(dsn, pool, writer, hub, projector)
@@ -150,6 +151,10 @@ class Ledger:
     def feed(self, ref: RunRef, kind: str, payload: Any) -> None:
         """Queue a stream chunk without waiting; it is durable once a later awaited event of the run is."""
         self.writer.feed(ref, NewEvent.of(kind, payload))
+
+    def feed_encoded(self, ref: RunRef, kind: str, data: str) -> None:
+        """:meth:`feed` a payload already encoded as canonical JSON text (by :func:`~graphledger.ledger.events.encode_json`)."""
+        self.writer.feed(ref, NewEvent(validate_kind(kind), data))
 
     # -- reading ---------------------------------------------------------------------
 

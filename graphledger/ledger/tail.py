@@ -63,8 +63,8 @@ class Subscription:
 
     def offer(self, event: Event) -> bool:
         """Queue ``event`` if it is the next one; False when a gap shows a read is needed."""
-        if self.done or event.seq <= self.cursor:
-            return True
+        if self.done or self.stalled or event.seq <= self.cursor:
+            return True  # a stalled subscription reads on by itself once drained
         if event.seq != self.cursor + 1:
             return False
         if self.queue.qsize() >= self.queue_size:
@@ -117,6 +117,7 @@ class Hub:
         self._subs: dict[RunRef, set[Subscription]] = {}
         self._refs: dict[UUID, RunRef] = {}  # run_id -> ref, for notifications
         self._dirty: set[RunRef] = set()
+        self._sending: dict[UUID, int] = {}  # run_id -> last seq of this process's flush in flight
         self._wake = asyncio.Event()
         self._reader: asyncpg.Connection | None = None
         self._reader_lock = asyncio.Lock()
@@ -179,6 +180,7 @@ class Hub:
             if not subs:
                 del self._subs[sub.ref]
                 self._refs.pop(sub.ref.run_id, None)
+                self._sending.pop(sub.ref.run_id, None)
                 self._dirty.discard(sub.ref)
 
     async def follow(self, ref: RunRef, after_seq: int = 0) -> AsyncIterator[Event]:
@@ -210,6 +212,20 @@ class Hub:
                 if not sub.offer(event):
                     self.poke(sub.ref)
 
+    def in_flight(self, events: list[Event], sending: bool) -> None:
+        """The writer of this process is committing ``events`` (``sending``), or has had its answer.
+
+        While a flush is in flight, its own notification is no reason to read:
+        :meth:`publish` hands its events over right after the commit.
+        """
+        if sending:
+            for event in events:
+                if event.run_id in self._refs:
+                    self._sending[event.run_id] = event.seq  # events of a run come in seq order
+        elif self._sending:
+            for event in events:
+                self._sending.pop(event.run_id, None)
+
     async def on_hint(self, channel: str, callback: Callable[[], None]) -> None:
         """Call ``callback`` on every notification on ``channel``, and after each reconnect of the listener.
 
@@ -237,6 +253,8 @@ class Hub:
             except ValueError:
                 continue
             ref = self._refs.get(run_id)
+            if self._sending.get(run_id, 0) >= last_seq:
+                continue  # committed by this process: publish() delivers it
             if ref is not None and any(s.wants_more and s.cursor < last_seq for s in self._subs[ref]):
                 self.poke(ref)
 

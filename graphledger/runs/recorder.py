@@ -45,7 +45,7 @@ from graphledger.ledger.events import (
 )
 from graphledger.runs import lifecycle
 from graphledger.runs.request import STREAM_MODES, RunRequest, stream_modes, with_message_ids
-from graphledger.runs.serialize import to_jsonable
+from graphledger.runs.serialize import encode, to_jsonable
 
 _log = logging.getLogger("graphledger.runs")
 
@@ -84,6 +84,8 @@ class UsageHandler(AsyncCallbackHandler):
     out), is recorded too, with whatever usage its stream reported so far and
     ``"incomplete": true``: tokens a provider reported are never dropped.
     """
+
+    run_inline = True  # awaited in place: no task per streamed token (its methods never wait)
 
     def __init__(self, recording: Recording) -> None:
         self.recording = recording
@@ -222,7 +224,7 @@ class Recording:
                 value = chunk[INTERRUPT_KEY]
                 self.interrupts.extend(value if isinstance(value, (list, tuple)) else [value])
         self.chunks += 1
-        self.feed(stream_kind(mode, namespace), to_jsonable(chunk))
+        self.ledger.feed_encoded(self.ref, stream_kind(mode, namespace), encode(chunk))
 
     async def stream(
         self, graph: Any, input: Any = None, config: Mapping[str, Any] | None = None

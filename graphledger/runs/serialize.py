@@ -23,32 +23,26 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from graphledger.ledger.events import canonical_json, encode_json
+
 _MAX_DEPTH = 200
 
 
-def to_jsonable(value: Any, _depth: int = 0) -> Any:
-    """``value`` as JSON-encodable data (dicts with string keys, lists, str, int, float, bool, None)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if _depth > _MAX_DEPTH:
-        return str(value)
-    depth = _depth + 1
-    if isinstance(value, Mapping):
-        return {_key(k): to_jsonable(v, depth) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v, depth) for v in value]
+def _convert(value: Any) -> Any:
+    """One object JSON has no type for, as JSON-like data one level down (containers not walked)."""
     if isinstance(value, BaseModel):
         try:
-            dumped = value.model_dump(mode="json")
+            return value.model_dump(mode="json")
         except Exception:  # a model holding something pydantic cannot dump
-            dumped = value.model_dump()
-        return to_jsonable(dumped, depth)
+            return value.model_dump()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name), depth) for f in dataclasses.fields(value)}
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return list(value)
     if isinstance(value, enum.Enum):
-        return to_jsonable(value.value, depth)
+        return value.value
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     if isinstance(value, timedelta):
@@ -60,10 +54,36 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     to_json = getattr(value, "to_json", None)  # LangChain's Serializable
     if callable(to_json):
         try:
-            return to_jsonable(to_json(), depth)
+            return to_json()
         except Exception:
             pass
     return str(value)
+
+
+def to_jsonable(value: Any, _depth: int = 0) -> Any:
+    """``value`` as JSON-encodable data (dicts with string keys, lists, str, int, float, bool, None)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if _depth > _MAX_DEPTH:
+        return str(value)
+    depth = _depth + 1
+    if isinstance(value, dict):
+        return {_key(k): to_jsonable(v, depth) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, depth) for v in value]
+    return to_jsonable(_convert(value), depth)
+
+
+def encode(value: Any) -> str:
+    """The canonical JSON text of ``to_jsonable(value)``, made in one pass when it can be (the hot path)."""
+    try:
+        return encode_json(value, _convert)
+    except (TypeError, ValueError):
+        # Keys that are not strings, integers beyond 64 bits, deep nesting,
+        # text that is not UTF-8: the slow path says what is wrong, if anything.
+        return canonical_json(to_jsonable(value))
 
 
 def _key(key: Any) -> str:

@@ -114,14 +114,39 @@ async def test_a_slow_subscriber_holds_a_bounded_queue_and_misses_nothing(ledger
     ledger.hub.queue_size = 50
     ref = await new_run(appender)
     sub = ledger.hub.subscribe(ref, 0)
+    fast = asyncio.create_task(collect(ledger, ref))  # keeps up, beside the slow one
     try:
-        await stream(appender, ref, 500, jitter=False)
-        await asyncio.sleep(0.3)
+        for i in range(500):
+            await appender.submit(ref, "stream:messages", {"i": i})  # one flush each, as at token pace
+            if i == 100:
+                while not sub.stalled:
+                    await asyncio.sleep(0.01)
+                before = ledger.hub.reads
+        await appender.append(ref, "run.succeeded", {"n": 500})
+        assert_complete(await asyncio.wait_for(fast, 30), 500)
         assert sub.queue.qsize() <= 50
+        if appender is ledger:  # events this process commits need no read, even beside a stalled subscriber
+            assert ledger.hub.reads - before <= 2
         events = [e async for e in sub]
     finally:
         ledger.hub.unsubscribe(sub)
     assert_complete(events, 500)
+
+
+async def test_events_this_process_commits_reach_its_subscribers_without_a_read(ledger: Ledger) -> None:
+    """The writer's own notifications are no reason to read: publish() hands the events over."""
+    assert ledger.hub is not None
+    ref = await new_run(ledger)
+    tail = asyncio.create_task(collect(ledger, ref))
+    while ledger.hub.subscribers < 1:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the subscription's first read is done
+    before = ledger.hub.reads
+    for i in range(100):
+        await ledger.submit(ref, "stream:messages", {"i": i})  # one flush, one notification each
+    await ledger.append(ref, "run.succeeded", {})
+    assert_complete(await asyncio.wait_for(tail, 30), 100)
+    assert ledger.hub.reads - before <= 2  # at most the slow poll's, never one per flush
 
 
 async def test_unknown_run(ledger: Ledger) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
+from pydantic import BaseModel
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_stream_writer
+from langgraph.graph import START, StateGraph
 from langgraph.types import Command
 
 from graphledger.ledger import Ledger, RunRef
@@ -78,7 +82,8 @@ async def test_a_failure_is_recorded_and_raised(ledger: Ledger) -> None:
 
 async def test_stopping_early_ends_the_run_interrupted(ledger: Ledger) -> None:
     thread = UUID(int=78)
-    stream = Recorder(ledger).astream(demo.graph, INPUT, {"configurable": {"thread_id": str(thread)}}, stream_mode="messages")
+    slow = {"thread_id": str(thread), "token_delay": 0.01}  # the model call is still streaming when the caller stops
+    stream = Recorder(ledger).astream(demo.graph, INPUT, {"configurable": slow}, stream_mode="messages")
     async for _ in stream:
         break
     await stream.aclose()
@@ -102,3 +107,24 @@ async def test_commands_and_interrupts_are_recorded(ledger: Ledger) -> None:
     resumed = await latest_run(ledger, UUID(int=79))
     events = await ledger.read_run(resumed)
     assert events[0].value["command"] == {"resume": "ok"} and events[-1].kind == "run.succeeded"
+
+
+
+async def test_a_model_field_holding_nan_is_recorded_as_null(ledger: Ledger) -> None:
+    class Scored(BaseModel):
+        name: str
+        score: float
+
+    def judge(state: dict[str, Any]) -> dict[str, Any]:
+        get_stream_writer()({"verdict": Scored(name="judge", score=float("nan"))})
+        return {"n": 1}
+
+    builder = StateGraph(dict)  # type: ignore[type-var]
+    builder.add_node("judge", judge)
+    builder.add_edge(START, "judge")
+    graph = builder.compile()
+    thread = uuid4()
+    parts = [p async for p in Recorder(ledger).astream(graph, {"n": 0}, {"configurable": {"thread_id": str(thread)}}, stream_mode="custom")]
+    assert len(parts) == 1 and math.isnan(parts[0]["verdict"].score)  # the caller gets what the graph wrote
+    events = await ledger.read_run(await latest_run(ledger, thread))
+    assert [e.value for e in events if e.kind == "stream:custom"] == [{"verdict": {"name": "judge", "score": None}}]

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import enum
+from datetime import datetime, timedelta, timezone
+from pathlib import PurePosixPath
 from typing import Any
+from uuid import UUID
 
 import pytest
+from langchain_core.messages import AIMessageChunk
+from langgraph.types import Interrupt, Send
+from pydantic import BaseModel
 
+from graphledger.ledger.events import canonical_json
 from graphledger.runs import InvalidRequest, RunRequest
 from graphledger.runs.request import is_secret_key, merge_secrets, split_secrets
-from graphledger.runs.serialize import to_jsonable
+from graphledger.runs.serialize import encode, to_jsonable
 
 
 def parse(**body: Any) -> RunRequest:
@@ -102,8 +110,6 @@ def test_the_record_round_trips() -> None:
 
 def test_chunks_become_json() -> None:
     from dataclasses import dataclass
-    from datetime import datetime, timezone
-    from uuid import UUID
 
     from langchain_core.messages import AIMessage
 
@@ -125,3 +131,29 @@ def test_chunks_become_json() -> None:
     assert out["t"] == [1, 2] and out["p"] == {"x": None}
     assert out["when"] == "2026-01-01T00:00:00+00:00" and out["id"] == str(UUID(int=1))
     assert out["3"] == "AA==" and out["other"].startswith("<class")
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Scored(BaseModel):
+    name: str
+    score: float
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        (AIMessageChunk("tok", id="run-1"), {"langgraph_node": "agent", "langgraph_step": 1, "tags": ("a", "b")}),
+        {"verdict": Scored(name="judge", score=float("nan")), "at": datetime(2026, 1, 1, 12, 30, tzinfo=timezone.utc)},
+        {"interrupt": Interrupt(value={"question": "ok?"}, id="i-1"), "send": Send("tools", {"x": 1})},
+        {"set": frozenset({3}), "bytes": b"\x01\x02", "id": UUID(int=7), "color": Color.RED, "delta": timedelta(seconds=1.5)},
+        {"nan": float("nan"), "inf": [float("-inf")], "big": 2**80, "path": PurePosixPath("/tmp/x")},
+        {1: "int key", "nested": {None: True}},
+        {"deep": [[[[["x"]]]]], "text": "é\u2028\x1f"},
+    ],
+    ids=["message-tuple", "model-nan", "interrupt-send", "odd-types", "numbers", "keys", "text"],
+)
+def test_the_one_pass_encoding_equals_the_walk_then_encode(value: object) -> None:
+    assert encode(value) == canonical_json(to_jsonable(value))
