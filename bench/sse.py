@@ -1,9 +1,9 @@
 """SSE fan-out of one server process, and the server's overhead per streamed chunk.
 
-    python bench/sse.py [--runs 100] [--per-run 10] [--chunks 200] [--rate 20] [--graph-chunks 2000] [--rounds 5]
+    python bench/sse.py [--runs 100] [--per-run 10] [--chunks 200] [--rate 20] [--graph-chunks 2000] [--rounds 9]
 
 Uses DATABASE_URL when set, else a fresh embedded PostgreSQL (default, durable
-settings), removed afterwards. Two measurements:
+settings), removed afterwards. Two measurements (the second one first):
 
 1. fan-out: one ``graphledger serve --workers 0`` process (HTTP only). This
    process writes ``--runs`` running runs through its own ledger, each
@@ -252,6 +252,7 @@ async def overhead(dsn: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 async def run(dsn: str, args: argparse.Namespace) -> None:
+    cost = await overhead(dsn, args)  # first, before the fan-out's writes leave the database busy
     spread = await fan_out(dsn, args)
     print(
         f"fan-out: {spread['subscribers']} subscribers of {args.runs} runs x {args.chunks} chunks at {args.rate}/s: "
@@ -262,7 +263,6 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         f"append-to-receipt lag p50 {spread['lag_p50_ms']:.1f} ms, p99 {spread['lag_p99_ms']:.1f} ms",
         flush=True,
     )
-    cost = await overhead(dsn, args)
     print(
         f"overhead: demo graph, {cost['chunks']} chunks, median of {args.rounds}: plain astream {cost['plain_s'] * 1000:.0f} ms, "
         f"through serve + SDK {cost['server_s'] * 1000:.0f} ms -> {cost['overhead_us_per_chunk']:.0f} us/chunk; "
@@ -283,7 +283,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=200, help="chunks per run in the fan-out")
     parser.add_argument("--rate", type=float, default=20.0, help="chunks/s per run in the fan-out")
     parser.add_argument("--graph-chunks", type=int, default=2000, help="tokens the demo graph streams in the overhead run")
-    parser.add_argument("--rounds", type=int, default=5, help="runs of each path in the overhead measurement")
+    parser.add_argument("--rounds", type=int, default=9, help="runs of each path in the overhead measurement")
     args = parser.parse_args()
     run_on_database(lambda dsn: run(dsn, args))
 

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
+from uuid import UUID
 
 from graphledger import __version__
 from graphledger.embedded import DEFAULT_DIR, EmbeddedError, EmbeddedPostgres
 from graphledger.ledger.errors import LedgerError
 
 if TYPE_CHECKING:
+    from graphledger.ledger import Ledger
     from graphledger.projections.rebuild import RebuildReport
 
 _log = logging.getLogger("graphledger")
@@ -178,6 +183,139 @@ def _count(text: str) -> int:
     return value
 
 
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-01 or 2026-11-01T08:00:00Z)") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number (1 is the original pace)")
+    return value
+
+
+@contextlib.contextmanager
+def _ledger(args: argparse.Namespace) -> Iterator[tuple[asyncio.AbstractEventLoop, Ledger]]:
+    """A ledger on the command's database (no tail, no projections written), and the loop to use it on."""
+    import asyncpg
+
+    from graphledger.ledger import Ledger
+
+    with database(args) as dsn:
+        loop = asyncio.new_event_loop()
+        try:
+            ledger = loop.run_until_complete(Ledger.connect(dsn, tail=False, pool_size=2))
+            try:
+                yield loop, ledger
+            except asyncpg.UndefinedTableError:
+                raise CommandError("the database holds no ledger yet (run graphledger migrate or graphledger serve first)") from None
+            finally:
+                loop.run_until_complete(ledger.close())
+        finally:
+            loop.close()
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from graphledger import audit
+    from graphledger.ledger.export import Selection
+
+    if not (args.run or args.thread or args.since or args.until):
+        raise CommandError("say what to export: --run ID, --thread ID, or --since/--until")
+    selection = Selection(run_id=args.run, thread_id=args.thread, since=args.since, until=args.until)
+    target = Path(args.out) if args.out else None
+    partial = target.with_name(target.name + ".partial") if target else None
+    with _ledger(args) as (loop, ledger):
+        if partial is None:
+            loop.run_until_complete(audit.export_to(ledger, selection, sys.stdout.buffer))
+            return
+        try:
+            with open(partial, "wb") as out:
+                progress = audit.Progress(sys.stderr, "events exported")
+                loop.run_until_complete(audit.export_to(ledger, selection, out, progress))
+            partial.replace(target)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+    print(f"exported to {args.out}", file=sys.stderr)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from graphledger import audit
+    from graphledger.ledger.export import verify_file
+
+    if sum(bool(x) for x in (args.file, args.run, args.all)) != 1:
+        raise CommandError("verify one of: FILE (an export), --run ID, or --all")
+    if args.file:
+        try:
+            report = verify_file(args.file)
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+        if not report.ok:
+            raise CommandError(f"{args.file}: line {report.line}: {report.reason}")
+        print(f"{args.file}: ok: {report.runs} runs, {report.events} events, every hash chain intact")
+        return
+    with _ledger(args) as (loop, ledger):
+        if args.run:
+            refs = [loop.run_until_complete(ledger.run_ref(args.run))]
+            result = loop.run_until_complete(audit.verify_runs(ledger, refs))
+        else:
+            result = loop.run_until_complete(audit.verify_runs(ledger, None, audit.Progress(sys.stderr, "runs verified")))
+    for ref, seq, reason in result.bad:
+        print(f"run {ref.run_id} (thread {ref.thread_id}): seq {seq}: {reason}")
+    if result.bad:
+        raise CommandError(f"{len(result.bad)} of {result.runs} runs failed verification")
+    print(f"ok: {result.runs} runs, {result.events} events, every hash chain intact")
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from graphledger import audit
+
+    with _ledger(args) as (loop, ledger):
+        loop.run_until_complete(audit.replay(ledger, args.run_id, sys.stdout.buffer, sse=args.sse, speed=args.speed))
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from graphledger import audit
+
+    with _ledger(args) as (loop, ledger):
+        runs = loop.run_until_complete(
+            audit.list_runs(
+                ledger, thread_id=args.thread, status=args.status, assistant=args.assistant, since=args.since, until=args.until,
+                limit=args.limit,
+            )
+        )
+    if args.json:
+        print(json.dumps(runs, indent=2))
+    else:
+        audit.print_runs(runs)
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from graphledger import audit
+
+    with _ledger(args) as (loop, ledger):
+        run = loop.run_until_complete(audit.show_run(ledger, args.run_id))
+    if args.json:
+        print(json.dumps(run, indent=2))
+    else:
+        audit.print_run(run)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -269,6 +407,90 @@ def parser() -> argparse.ArgumentParser:
         "--only", action="append", choices=["run_status", "token_usage", "messages"], help="a projection to rebuild (repeatable)"
     )
     rebuild.set_defaults(func=cmd_rebuild)
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="export runs' events as NDJSON, for audits",
+        description=(
+            "Write the complete record of a run, of a thread's runs, or of the runs created in a time window: "
+            "a header line, one line per event (payload exactly as stored, with its chain hash), and a trailer. "
+            "See docs/export.md for the format."
+        ),
+        epilog=(
+            "examples:\n  graphledger export --run 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --out run.ndjson\n"
+            "  graphledger export --thread 6f1c... > thread.ndjson\n"
+            "  graphledger export --since 2026-11-01 --until 2026-12-01 --out november.ndjson"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("--run", type=_uuid, help="one run")
+    export.add_argument("--thread", type=_uuid, help="every run of a thread")
+    export.add_argument("--since", type=_time, help="runs created at or after this time (ISO 8601; UTC unless given)")
+    export.add_argument("--until", type=_time, help="runs created before this time")
+    export.add_argument("--out", help="the file to write (default: standard output)")
+    export.set_defaults(func=cmd_export)
+
+    verify = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="check hash chains: of an export file (no database needed), of a run, or of every run",
+        description=(
+            "Check an export file offline (chains intact, seq contiguous from 1, one terminal event per run, header and "
+            "trailer consistent; the first bad line is named), or recompute runs' chains in the database."
+        ),
+        epilog="examples:\n  graphledger verify run.ndjson\n  graphledger verify --run 1b4e28ba-...\n  graphledger verify --all",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("file", nargs="?", help="an export file")
+    verify.add_argument("--run", type=_uuid, help="one run in the database")
+    verify.add_argument("--all", action="store_true", help="every run in the database")
+    verify.set_defaults(func=cmd_verify)
+
+    replay = commands.add_parser(
+        "replay",
+        parents=[common],
+        help="print a run's events as they happened",
+        description="Print a run's events: a readable timeline, or with --sse the exact Server-Sent Events of its stream.",
+        epilog=(
+            "examples:\n  graphledger replay 1b4e28ba-...\n  graphledger replay 1b4e28ba-... --speed 1      # at the original pace\n"
+            "  graphledger replay 1b4e28ba-... --sse > stream.txt"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("run_id", type=_uuid)
+    replay.add_argument("--sse", action="store_true", help="the raw SSE bytes the stream sent")
+    replay.add_argument("--speed", type=_speed, default=None, help="pace the events: 1 is as they happened, 10 ten times faster (default: at once)")
+    replay.set_defaults(func=cmd_replay)
+
+    runs = commands.add_parser(
+        "runs",
+        parents=[common],
+        help="list runs with status, tokens and duration",
+        description="List runs, newest first.",
+        epilog="examples:\n  graphledger runs\n  graphledger runs --status error --since 2026-11-01\n  graphledger runs --thread 6f1c... --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    runs.add_argument("--thread", type=_uuid)
+    runs.add_argument("--status", choices=["pending", "running", "success", "error", "timeout", "interrupted"])
+    runs.add_argument("--assistant")
+    runs.add_argument("--since", type=_time)
+    runs.add_argument("--until", type=_time)
+    runs.add_argument("--limit", type=_count, default=50)
+    runs.add_argument("--json", action="store_true", help="JSON for scripts")
+    runs.set_defaults(func=cmd_runs)
+
+    show = commands.add_parser(
+        "show",
+        parents=[common],
+        help="one run: summary, token breakdown, messages",
+        description="Show one run: its summary, token usage by model, and its messages.",
+        epilog="examples:\n  graphledger show 1b4e28ba-...\n  graphledger show 1b4e28ba-... --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("run_id", type=_uuid)
+    show.add_argument("--json", action="store_true", help="JSON for scripts")
+    show.set_defaults(func=cmd_show)
     return top
 
 
@@ -284,6 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Stopped:
         return 0
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
     return 0

@@ -18,6 +18,7 @@ from graphledger.ledger.errors import (
     InvalidPayload,
     LedgerError,
     RunFinished,
+    RunNotEnded,
     RunNotFound,
     ThreadNotFound,
 )
@@ -34,6 +35,7 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
     (NotCancellable, 409),
     (Conflict, 409),
     (RunFinished, 409),
+    (RunNotEnded, 409),
     (InvalidRequest, 422),
     (InvalidEvent, 422),
     (InvalidPayload, 422),

@@ -200,6 +200,11 @@ def answers(ok: dict[int, Any], *errors: int) -> dict[str, Any]:
     for status, schema in ok.items():
         if schema is None:
             responses[str(status)] = {"description": "Done; no content."}
+        elif schema == "ndjson":
+            responses[str(status)] = {
+                "description": "An export: a header line, one line per event, a trailer line.",
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            }
         elif schema == "sse":
             responses[str(status)] = {
                 "description": "Server-Sent Events: `event: <mode>[|ns]`, `data: <json>`, `id: <seq>`; `metadata` first.",
@@ -324,6 +329,12 @@ def _paths() -> dict[str, Any]:
         },
         "/threads/{thread_id}/runs/{run_id}/usage": {
             "get": op("A run's token usage", answers({200: ref("Usage")}, 404, 422), THREAD, RUN, *USAGE_QUERY)
+        },
+        "/threads/{thread_id}/export": {
+            "get": op("Download the NDJSON export of a thread's runs (docs/export.md)", answers({200: "ndjson"}, 404, 422), THREAD)
+        },
+        "/threads/{thread_id}/runs/{run_id}/export": {
+            "get": op("Download the NDJSON export of one run (docs/export.md)", answers({200: "ndjson"}, 404, 422), THREAD, RUN)
         },
         "/threads/{thread_id}/runs/{run_id}/verify": {
             "get": op("Recompute a run's hash chain", answers({200: ref("Verification")}, 404, 422), THREAD, RUN)

@@ -11,11 +11,12 @@ from typing import Any
 from uuid import UUID
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from graphledger.http.common import HTTPError, iso, path_uuid, query_bool, query_int
 from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
 from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE
 from graphledger.projections.token_usage import Totals
@@ -159,6 +160,24 @@ async def verify(request: Request) -> JSONResponse:
     )
 
 
+# -- export -------------------------------------------------------------------------------
+
+
+async def export_download(request: Request) -> StreamingResponse:
+    """The NDJSON export of a thread's runs (or of one run), streamed (see docs/export.md)."""
+    thread_id, run_id = path_uuid(request, "thread_id"), _run_id(request)
+    await _check(request, thread_id, run_id)
+    selection = Selection(run_id=run_id) if run_id is not None else Selection(thread_id=thread_id)
+    async with request.app.state.ledger.pool.acquire() as conn:
+        await selection.runs(conn)  # refusals (a run that has not ended: 409) come before the first byte
+    name = f"run-{run_id}" if run_id is not None else f"thread-{thread_id}"
+    return StreamingResponse(
+        export(request.app.state.ledger.pool, selection),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{name}.ndjson"', "Cache-Control": "no-store"},
+    )
+
+
 routes = [
     Route("/threads/{thread_id}/messages", messages, methods=["GET"]),
     Route("/threads/{thread_id}/usage", usage, methods=["GET"]),
@@ -166,4 +185,6 @@ routes = [
     Route("/threads/{thread_id}/runs/{run_id}/events", events, methods=["GET"]),
     Route("/threads/{thread_id}/runs/{run_id}/usage", usage, methods=["GET"]),
     Route("/threads/{thread_id}/runs/{run_id}/verify", verify, methods=["GET"]),
+    Route("/threads/{thread_id}/export", export_download, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}/export", export_download, methods=["GET"]),
 ]

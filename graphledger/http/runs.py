@@ -36,6 +36,7 @@ _log = logging.getLogger("graphledger.http")
 
 HEARTBEAT_SECONDS = 5.0
 MAX_FRAMES_PER_WRITE = 256
+_HEARTBEAT = object()  # queued by a stream's idle timer
 _background: set[asyncio.Task[None]] = set()  # cancels of abandoned streams, kept referenced until done
 ERROR_KIND = STREAM_PREFIX + "error"
 RUN_COLUMNS = """
@@ -126,27 +127,35 @@ async def sse_stream(
 ) -> AsyncIterator[bytes]:
     """The frames of a run's events after ``after_seq``, heartbeats while idle, until the terminal event."""
     finished = False
-    queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=1000)
-    pump = asyncio.get_running_loop().create_task(_pump(ledger, ref, after_seq, queue))
+    queue: asyncio.Queue[Event | None | object] = asyncio.Queue(maxsize=1000)
+    loop = asyncio.get_running_loop()
+    pump = loop.create_task(_pump(ledger, ref, after_seq, queue))  # type: ignore[arg-type]
+    last_sent = loop.time()
+
+    def beat() -> None:
+        # One timer per idle period (no task per wait): a heartbeat after
+        # ``heartbeat`` seconds without a byte sent, even while events the
+        # stream does not carry (other modes, usage) keep arriving.
+        nonlocal timer
+        remaining = last_sent + heartbeat - loop.time()
+        if remaining <= 0 and queue.empty():
+            queue.put_nowait(_HEARTBEAT)
+            remaining = heartbeat
+        timer = loop.call_later(max(remaining, heartbeat / 10), beat)
+
+    timer = loop.call_later(heartbeat, beat)
     try:
         if metadata_first is not None:
             first = frame(metadata_first, modes)
             if first:
                 yield first
-        loop = asyncio.get_running_loop()
-        last_sent = loop.time()
+                last_sent = loop.time()
         while True:
-            # A heartbeat after ``heartbeat`` seconds without a byte sent, even while
-            # events the stream does not carry (other modes, usage) keep arriving.
-            if queue.empty():
-                try:
-                    event = await asyncio.wait_for(queue.get(), max(0.0, last_sent + heartbeat - loop.time()))
-                except TimeoutError:
-                    yield b": heartbeat\n\n"
-                    last_sent = loop.time()
-                    continue
-            else:
-                event = queue.get_nowait()
+            event = await queue.get()
+            if event is _HEARTBEAT:
+                yield b": heartbeat\n\n"
+                last_sent = loop.time()
+                continue
             # This event and everything already queued behind it go out as one write.
             frames: list[bytes] = []
             end = False
@@ -157,20 +166,19 @@ async def sse_stream(
                     failure = None if pump.cancelled() else pump.exception()
                     end = True
                     break
-                data = frame(event, modes)
-                if data is not None:
-                    frames.append(data)
-                if event.is_terminal:
-                    end = True
-                    break
+                if event is not _HEARTBEAT:
+                    assert isinstance(event, Event)
+                    data = frame(event, modes)
+                    if data is not None:
+                        frames.append(data)
+                    if event.is_terminal:
+                        end = True
+                        break
                 if queue.empty() or len(frames) >= MAX_FRAMES_PER_WRITE:
                     break
                 event = queue.get_nowait()
             if frames:
                 yield b"".join(frames)
-                last_sent = loop.time()
-            elif loop.time() - last_sent >= heartbeat:
-                yield b": heartbeat\n\n"
                 last_sent = loop.time()
             if failure is not None:
                 raise failure
@@ -178,6 +186,7 @@ async def sse_stream(
                 finished = True
                 return
     finally:
+        timer.cancel()
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError, LedgerError):
             await pump

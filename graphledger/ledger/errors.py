@@ -71,3 +71,7 @@ def translate() -> Iterator[None]:
         raise InvalidPayload(f"payload rejected by the database: {exc}") from exc
     except asyncpg.InvalidTextRepresentationError as exc:
         raise InvalidPayload(f"payload rejected by the database: {exc}") from exc
+
+
+class RunNotEnded(LedgerError):
+    """The run has not ended, so its record is not complete yet (an export of it is refused)."""

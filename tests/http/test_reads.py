@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 from uuid import UUID
 
@@ -176,3 +178,43 @@ async def test_bad_read_requests_get_a_clear_4xx(
     answer = await http.get(path.format(tid=thread["thread_id"], rid=run["run_id"]), params=params)
     assert answer.status_code == status, answer.text
     assert words in answer.json()["detail"]
+
+
+async def test_replay_and_the_join_stream_of_a_finished_run_equal_the_bytes_first_streamed(
+    http: httpx.AsyncClient, sdk: LangGraphClient, dsn: str
+) -> None:
+    from graphledger import audit
+
+    thread = await sdk.threads.create()
+    body = {"assistant_id": "demo", "input": INPUT, "stream_mode": ["messages-tuple", "values", "updates"]}
+    async with http.stream("POST", f"/threads/{thread['thread_id']}/runs/stream", json=body) as live:
+        sent = b"".join([chunk async for chunk in live.aiter_bytes()])
+    frames = sent.replace(b": heartbeat\n\n", b"")
+    run_id = json.loads(frames.split(b"\n")[1][6:])["run_id"]
+    async with http.stream("GET", f"/threads/{thread['thread_id']}/runs/{run_id}/stream", headers={"Last-Event-ID": "0"}) as again:
+        joined = b"".join([chunk async for chunk in again.aiter_bytes()]).replace(b": heartbeat\n\n", b"")
+    assert joined == frames
+    out = io.BytesIO()
+    async with await Ledger.connect(dsn, tail=False) as ledger:
+        await audit.replay(ledger, UUID(run_id), out, sse=True)
+    assert out.getvalue() == frames
+
+
+async def test_the_export_downloads_and_verifies(sdk: LangGraphClient, http: httpx.AsyncClient) -> None:
+    from graphledger.ledger.export import verify_lines
+
+    tid, rid = await finished_run(sdk)
+    second = await sdk.runs.create(tid, "demo", input=INPUT)
+    await sdk.runs.join(tid, second["run_id"])
+    whole = await http.get(f"/threads/{tid}/export")
+    assert whole.status_code == 200 and whole.headers["content-type"] == "application/x-ndjson"
+    assert whole.headers["content-disposition"] == f'attachment; filename="thread-{tid}.ndjson"'
+    report = verify_lines(whole.content.splitlines(keepends=True))
+    assert report.ok and report.runs == 2
+    one = await http.get(f"/threads/{tid}/runs/{rid}/export")
+    assert verify_lines(one.content.splitlines(keepends=True)).runs == 1
+    assert (await http.get(f"/threads/{tid}/runs/{MISSING}/export")).status_code == 404
+    slow = await sdk.runs.create(tid, "demo", input=INPUT, config={"configurable": {"tokens": 2000, "token_delay": 0.01}})
+    busy = await http.get(f"/threads/{tid}/runs/{slow['run_id']}/export")
+    assert busy.status_code == 409 and "has not ended" in busy.json()["detail"]
+    await sdk.runs.cancel(tid, slow["run_id"], wait=True)

@@ -1,0 +1,273 @@
+"""What the audit and inspection commands do: export, verify, replay, runs, show.
+
+Each takes an open ledger (or a file) and writes to a text stream, so the CLI
+only parses arguments and the tests call the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO, TextIO
+from uuid import UUID
+
+from graphledger.http.runs import frame, sse_modes
+from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.ledger.events import RUN_CREATED, STREAM_PREFIX
+from graphledger.ledger.export import Selection, export
+from graphledger.projections import Projections
+from graphledger.projections.read import MAX_PAGE
+
+PAGE = 5_000
+
+RUNS_SQL = """
+SELECT s.run_id, s.thread_id, s.assistant_id, s.status, s.created_at, s.started_at, s.finished_at,
+       u.calls, u.total_tokens
+FROM run_status s
+LEFT JOIN LATERAL (
+    SELECT count(*) AS calls, coalesce(sum(l.total_tokens), 0)::bigint AS total_tokens
+    FROM llm_calls l WHERE l.thread_id = s.thread_id AND l.run_id = s.run_id
+) u ON true
+WHERE ($1::uuid IS NULL OR s.thread_id = $1)
+  AND ($2::text IS NULL OR s.status = $2)
+  AND ($3::text IS NULL OR s.assistant_id = $3)
+  AND s.created_at >= coalesce($4, '-infinity'::timestamptz) AND s.created_at < coalesce($5, 'infinity'::timestamptz)
+ORDER BY s.created_at DESC, s.run_id
+LIMIT $6
+"""
+ALL_RUNS_SQL = "SELECT thread_id, run_id FROM runs ORDER BY queue_position"
+
+
+class Progress:
+    """A count that rewrites one line of a terminal (and stays silent when the stream is not one)."""
+
+    def __init__(self, stream: TextIO, what: str, total: int | None = None) -> None:
+        self.stream, self.what, self.total = stream, what, total
+        self.shown = stream.isatty()
+
+    def __call__(self, done: int) -> None:
+        if self.shown:
+            of = f" of {self.total:,}" if self.total else ""
+            self.stream.write(f"\r{self.what}: {done:,}{of}")
+            self.stream.flush()
+
+    def end(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- export and verify --------------------------------------------------------------
+
+
+async def export_to(ledger: Ledger, selection: Selection, out: BinaryIO, progress: Progress | None = None) -> None:
+    """Write the export of ``selection`` to ``out`` (see :mod:`graphledger.ledger.export`)."""
+    async for chunk in export(ledger.pool, selection, progress=progress):
+        out.write(chunk)
+    out.flush()
+    if progress is not None:
+        progress.end()
+
+
+@dataclass(slots=True)
+class Verified:
+    runs: int
+    events: int
+    bad: list[tuple[RunRef, int | None, str]]
+
+
+async def verify_runs(ledger: Ledger, refs: Sequence[RunRef] | None = None, progress: Progress | None = None) -> Verified:
+    """Recompute the chain of each run (every run when ``refs`` is None) against the database."""
+    if refs is None:
+        async with ledger.pool.acquire() as conn:
+            refs = [RunRef(r["thread_id"], r["run_id"]) for r in await conn.fetch(ALL_RUNS_SQL)]
+        if progress is not None:
+            progress.total = len(refs)
+    bad: list[tuple[RunRef, int | None, str]] = []
+    events = 0
+    for done, ref in enumerate(refs, start=1):
+        report = await ledger.verify(ref)
+        events += report.events
+        if not report.ok:
+            bad.append((ref, report.first_bad_seq, report.reason or "chain broken"))
+        if progress is not None:
+            progress(done)
+    if progress is not None:
+        progress.end()
+    return Verified(len(refs), events, bad)
+
+
+# -- replay -------------------------------------------------------------------------
+
+
+async def run_events(ledger: Ledger, ref: RunRef) -> AsyncIterator[Event]:
+    after = 0
+    while True:
+        page = await ledger.read_run(ref, after, PAGE)
+        for event in page:
+            yield event
+        if len(page) < PAGE:
+            return
+        after = page[-1].seq
+
+
+def describe(event: Event) -> str:
+    """One readable line about an event's payload."""
+    value = event.value
+    if event.kind == "stream:messages" and isinstance(value, list) and value and isinstance(value[0], dict):
+        text = value[0].get("content")
+        return repr(text) if isinstance(text, str) else json.dumps(value[0], separators=(",", ":"))
+    if event.kind == "llm.usage" and isinstance(value, dict):
+        usage = value.get("usage") or {}
+        extra = " (incomplete)" if value.get("incomplete") else ""
+        return f"{value.get('model')}: {usage.get('input_tokens', '?')} in, {usage.get('output_tokens', '?')} out{extra}"
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def replay(ledger: Ledger, run_id: UUID, out: BinaryIO, *, sse: bool = False, speed: float | None = None, width: int = 100) -> int:
+    """Print a run's events as they happened: a timeline, or (``sse``) the exact SSE bytes of its stream.
+
+    With ``speed``, the gaps between events are slept, divided by ``speed``
+    (1 is the original pacing); without it everything is printed at once.
+    Returns the number of events.
+    """
+    ref = await ledger.run_ref(run_id)
+    modes: set[str] = set()
+    start: datetime | None = None
+    previous: datetime | None = None
+    count = 0
+    async for event in run_events(ledger, ref):
+        count += 1
+        if speed and previous is not None:
+            await asyncio.sleep(max(0.0, (event.ts - previous).total_seconds() / speed))
+        previous = event.ts
+        if event.kind == RUN_CREATED:
+            modes = sse_modes((event.value or {}).get("stream_mode") or ["values"])
+        if sse:
+            data = frame(event, modes)
+            if data is not None:
+                out.write(data)
+                out.flush()
+            continue
+        start = start or event.ts
+        offset = (event.ts - start).total_seconds()
+        name = event.kind[len(STREAM_PREFIX):] if event.kind.startswith(STREAM_PREFIX) else event.kind
+        line = f"{offset:+10.3f}s  #{event.seq:<6} {name:<22} {describe(event)}"
+        out.write(((line if len(line) <= width else line[: width - 1] + "…") + "\n").encode())
+        out.flush()
+    return count
+
+
+# -- runs and show ------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _duration(started: datetime | None, finished: datetime | None) -> float | None:
+    return (finished - started).total_seconds() if started and finished else None
+
+
+async def list_runs(
+    ledger: Ledger,
+    *,
+    thread_id: UUID | None = None,
+    status: str | None = None,
+    assistant: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Runs newest first, with status, tokens and duration."""
+    async with ledger.pool.acquire() as conn:
+        rows = await conn.fetch(RUNS_SQL, thread_id, status, assistant, since, until, limit)
+    return [
+        {
+            "run_id": str(r["run_id"]),
+            "thread_id": str(r["thread_id"]),
+            "assistant_id": r["assistant_id"],
+            "status": r["status"],
+            "created_at": _iso(r["created_at"]),
+            "duration_s": _duration(r["started_at"], r["finished_at"]),
+            "llm_calls": r["calls"],
+            "total_tokens": r["total_tokens"],
+        }
+        for r in rows
+    ]
+
+
+async def show_run(ledger: Ledger, run_id: UUID) -> dict[str, Any]:
+    """One run: summary, token breakdown by model and caller, and its messages."""
+    ref = await ledger.run_ref(run_id)
+    reads = Projections(ledger.pool)
+    status = await reads.run_status(ref)
+    scope = {"thread_id": ref.thread_id, "run_id": ref.run_id}
+    totals = await reads.token_usage(**scope)
+    by_model = await reads.usage_by("model", **scope)
+    by_caller = await reads.usage_by("caller", **scope)
+    page = await reads.messages(ref.thread_id, run_id=ref.run_id, limit=MAX_PAGE)
+    chain = await ledger.verify(ref)
+    return {
+        "run_id": str(ref.run_id),
+        "thread_id": str(ref.thread_id),
+        "assistant_id": status.assistant_id,
+        "status": status.status,
+        "error": {"type": status.error_type, "message": status.error_message} if status.error_type else None,
+        "created_at": _iso(status.created_at),
+        "started_at": _iso(status.started_at),
+        "finished_at": _iso(status.finished_at),
+        "duration_s": _duration(status.started_at, status.finished_at),
+        "events": chain.events,
+        "chain_ok": chain.ok,
+        "tokens": {"calls": totals.calls, "unknown_usage_calls": totals.unknown_usage_calls, **totals.tokens},
+        "by_model": {str(k): {"calls": v.calls, **v.tokens} for k, v in by_model.items()},
+        "by_caller": {str(k): {"calls": v.calls, **v.tokens} for k, v in by_caller.items()},
+        "messages": [{"id": m.message_id, "type": m.type, "content": m.data.get("content")} for m in page.messages],
+        "more_messages": page.has_more,
+    }
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """Rows as aligned text columns."""
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def print_runs(runs: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    rows = [
+        (
+            r["run_id"], r["thread_id"], r["assistant_id"], r["status"], f"{r['total_tokens']:,}",
+            f"{r['duration_s']:.2f}s" if r["duration_s"] is not None else "-", (r["created_at"] or "")[:19],
+        )
+        for r in runs
+    ]
+    out.write(table(rows, ["RUN", "THREAD", "ASSISTANT", "STATUS", "TOKENS", "DURATION", "CREATED"]) + "\n")
+
+
+def print_run(run: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    duration = f"{run['duration_s']:.2f} s" if run["duration_s"] is not None else "-"
+    summary = [
+        ("run", run["run_id"]), ("thread", run["thread_id"]), ("assistant", run["assistant_id"]), ("status", run["status"]),
+        ("created", run["created_at"]), ("duration", duration), ("events", run["events"]),
+        ("hash chain", "intact" if run["chain_ok"] else "BROKEN"),
+    ]
+    if run["error"]:
+        summary.append(("error", f"{run['error']['type']}: {run['error']['message']}"))
+    out.write(table(summary, ["", ""]).split("\n", 1)[1] + "\n\n")
+    tokens = run["tokens"]
+    out.write(f"tokens: {tokens['total_tokens']:,} total in {tokens['calls']} LLM calls\n")
+    fields = ["input_tokens", "output_tokens", "cache_read", "cache_creation", "reasoning", "total_tokens"]
+    rows = [(model, usage["calls"], *(f"{usage[f]:,}" for f in fields)) for model, usage in run["by_model"].items()]
+    out.write(table(rows, ["MODEL", "CALLS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "REASONING", "TOTAL"]) + "\n\n")
+    out.write(f"messages ({len(run['messages'])}{'+' if run['more_messages'] else ''}):\n")
+    for message in run["messages"]:
+        content = message["content"] if isinstance(message["content"], str) else json.dumps(message["content"])
+        out.write(f"  [{message['type']}] {content[:200]}\n")

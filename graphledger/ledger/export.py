@@ -1,0 +1,331 @@
+"""Exports of the log as NDJSON, and their verification with no database.
+
+An export is one UTF-8 file, one JSON object per line (see docs/export.md):
+
+1. a **header**: ``{"type": "header", "format": "graphledger-export",
+   "version": 1, "exported_at", "server_version", "filters", "runs",
+   "not_ended", "sha256"}``; runs that have not ended are left out (their
+   record is not complete yet) and listed in ``not_ended``;
+2. one **event** line per event, runs one after another, each run's events in
+   ``seq`` order: ``{"type": "event", "thread_id", "run_id", "seq", "kind",
+   "ts", "data", "hash"}``, where ``ts`` is the writer's timestamp in the
+   chain's text form and ``data`` is a JSON string holding the payload's
+   stored text exactly;
+3. a **trailer**: ``{"type": "trailer", "events", "runs": [{"thread_id",
+   "run_id", "events", "first_hash", "last_hash", "terminal"}], "sha256"}``.
+
+The header's and trailer's ``sha256`` is the SHA-256 (hex) of the line's
+canonical JSON without that key, so a changed byte in either is found on its
+own line; event lines are covered by the hash chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from graphledger import __version__
+from graphledger.ledger.chain import GENESIS, format_ts, link_with, run_prefix
+from graphledger.ledger.errors import InvalidEvent, RunNotEnded, RunNotFound, ThreadNotFound
+from graphledger.ledger.events import TERMINAL_KINDS, TERMINAL_STATUSES, canonical_json
+
+FORMAT = "graphledger-export"
+VERSION = 1
+BATCH = 2_000  # event lines per chunk yielded (and rows per cursor fetch)
+
+RUN_SQL = "SELECT thread_id, run_id, status FROM runs WHERE run_id = $1"
+THREAD_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
+THREAD_RUNS_SQL = "SELECT thread_id, run_id, status FROM runs WHERE thread_id = $1 ORDER BY queue_position"
+WINDOW_RUNS_SQL = """
+SELECT thread_id, run_id, status FROM runs
+WHERE created_at >= coalesce($1, '-infinity'::timestamptz) AND created_at < coalesce($2, 'infinity'::timestamptz)
+ORDER BY created_at, queue_position
+"""
+EVENTS_SQL = "SELECT seq, kind, data, ts, hash FROM events WHERE thread_id = $1 AND run_id = $2 ORDER BY seq"
+
+
+def sealed(record: dict[str, Any]) -> str:
+    """A header or trailer line: its canonical JSON plus ``sha256`` of that JSON."""
+    body = canonical_json(record)
+    return body[:-1] + f',"sha256":"{hashlib.sha256(body.encode()).hexdigest()}"}}'
+
+
+@dataclass(slots=True)
+class RunSummary:
+    thread_id: UUID
+    run_id: UUID
+    events: int = 0
+    first_hash: str | None = None
+    last_hash: str | None = None
+    terminal: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "thread_id": str(self.thread_id), "run_id": str(self.run_id), "events": self.events,
+            "first_hash": self.first_hash, "last_hash": self.last_hash, "terminal": self.terminal,
+        }
+
+
+@dataclass(slots=True)
+class Selection:
+    """Which runs an export holds: one run, one thread's runs, or the runs created in ``[since, until)``."""
+
+    run_id: UUID | None = None
+    thread_id: UUID | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.run_id is not None and self.thread_id is not None:
+            raise InvalidEvent("export either a run or a thread, not both")
+        if (self.run_id or self.thread_id) and (self.since or self.until):
+            raise InvalidEvent("--since/--until select runs by time; they do not combine with a run or a thread")
+        if self.since and self.until and self.since >= self.until:
+            raise InvalidEvent("since must be before until")
+
+    def filters(self) -> dict[str, Any]:
+        found = {"run_id": self.run_id, "thread_id": self.thread_id, "since": self.since, "until": self.until}
+        return {k: (v.isoformat() if isinstance(v, datetime) else str(v)) for k, v in found.items() if v is not None}
+
+    async def runs(self, conn: asyncpg.Connection) -> tuple[list[tuple[UUID, UUID]], list[UUID]]:
+        """The ended runs selected, in order, and the runs left out because they have not ended yet."""
+        if self.run_id is not None:
+            rows = await conn.fetch(RUN_SQL, self.run_id)
+            if not rows:
+                raise RunNotFound(f"run {self.run_id} not found")
+            if rows[0]["status"] not in TERMINAL_STATUSES:
+                raise RunNotEnded(f"run {self.run_id} has not ended yet ({rows[0]['status']}): its record is not complete")
+        elif self.thread_id is not None:
+            if await conn.fetchval(THREAD_SQL, self.thread_id) is None:
+                raise ThreadNotFound(f"thread {self.thread_id} not found")
+            rows = await conn.fetch(THREAD_RUNS_SQL, self.thread_id)
+        else:
+            rows = await conn.fetch(WINDOW_RUNS_SQL, self.since, self.until)
+        ended = [(row["thread_id"], row["run_id"]) for row in rows if row["status"] in TERMINAL_STATUSES]
+        return ended, [row["run_id"] for row in rows if row["status"] not in TERMINAL_STATUSES]
+
+
+def _event_line(thread: str, run: str, seq: int, kind: str, ts: datetime, data: str, digest: bytes) -> bytes:
+    return b"".join((
+        b'{"type":"event","thread_id":"', thread.encode(), b'","run_id":"', run.encode(), b'","seq":', str(seq).encode(),
+        b',"kind":', orjson.dumps(kind), b',"ts":"', format_ts(ts).encode(), b'","data":', orjson.dumps(data),
+        b',"hash":"', digest.hex().encode(), b'"}\n',
+    ))
+
+
+async def export(pool: asyncpg.Pool, selection: Selection, *, progress: Any = None) -> AsyncIterator[bytes]:
+    """The export of ``selection`` as chunks of lines, read from one consistent snapshot with constant memory.
+
+    ``progress``, when given, is called with the number of events written so far.
+    """
+    async with pool.acquire() as conn:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            runs, active = await selection.runs(conn)
+            header = {
+                "type": "header", "format": FORMAT, "version": VERSION, "server_version": __version__,
+                "exported_at": datetime.now(timezone.utc).isoformat(), "filters": selection.filters(), "runs": len(runs),
+                "not_ended": [str(run_id) for run_id in active],
+            }
+            yield (sealed(header) + "\n").encode()
+            summaries: list[RunSummary] = []
+            total = 0
+            chunk: list[bytes] = []
+            for thread_id, run_id in runs:
+                summary = RunSummary(thread_id, run_id)
+                summaries.append(summary)
+                thread, run = str(thread_id), str(run_id)
+                async for row in conn.cursor(EVENTS_SQL, thread_id, run_id, prefetch=BATCH):
+                    digest = bytes(row["hash"])
+                    chunk.append(_event_line(thread, run, row["seq"], row["kind"], row["ts"], row["data"], digest))
+                    summary.events += 1
+                    summary.first_hash = summary.first_hash or digest.hex()
+                    summary.last_hash = digest.hex()
+                    if row["kind"] in TERMINAL_KINDS:
+                        summary.terminal = row["kind"]
+                    if len(chunk) >= BATCH:
+                        total += len(chunk)
+                        yield b"".join(chunk)
+                        chunk = []
+                        if progress is not None:
+                            progress(total)
+            total += len(chunk)
+            trailer = {"type": "trailer", "events": total, "runs": [s.as_json() for s in summaries]}
+            yield b"".join(chunk) + (sealed(trailer) + "\n").encode()
+            if progress is not None:
+                progress(total)
+
+
+# -- offline verification -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FileReport:
+    """The outcome of checking an export: ``line`` is the first bad line (1-based), if any."""
+
+    ok: bool
+    runs: int = 0
+    events: int = 0
+    line: int | None = None
+    reason: str | None = None
+
+
+class _Bad(Exception):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+        self.reason = reason
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key appears twice")
+    return found
+
+
+def _parse(number: int, text: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
+        raise _Bad(number, f"not a JSON object: {exc}") from None
+    if not isinstance(record, dict):
+        raise _Bad(number, "not a JSON object")
+    return record
+
+
+def _check_seal(number: int, record: dict[str, Any], what: str) -> None:
+    claimed = record.pop("sha256", None)
+    try:
+        body = canonical_json(record)
+    except Exception:
+        raise _Bad(number, f"the {what} is not canonical JSON") from None
+    if claimed != hashlib.sha256(body.encode()).hexdigest():
+        raise _Bad(number, f"the {what} was altered: its sha256 does not match its content")
+
+
+EVENT_KEYS = {"type", "thread_id", "run_id", "seq", "kind", "ts", "data", "hash"}
+
+
+@dataclass(slots=True)
+class _Run:
+    thread_id: str
+    prefix: bytes
+    seq: int = 0
+    hash: bytes = GENESIS
+    first_hash: str | None = None
+    terminal: str | None = None
+
+
+def verify_file(path: str | os.PathLike[str]) -> FileReport:
+    """Check an export file with no database; see :func:`verify_lines`."""
+    with open(path, "rb") as lines:
+        return verify_lines(lines)
+
+
+def verify_lines(lines: Iterable[bytes]) -> FileReport:
+    """Check an export's lines (see the module docstring): chains, seq, terminal events, header and trailer."""
+    runs: dict[str, _Run] = {}
+    current: str | None = None
+    events = 0
+    trailer_seen = False
+    number = 0
+    try:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.endswith(b"\n"):
+                raise _Bad(number, "the last line has no line end (cut short?)")
+            try:
+                text = raw[:-1].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Bad(number, "the line is not UTF-8 text") from None
+            if trailer_seen:
+                raise _Bad(number, "a line after the trailer")
+            record = _parse(number, text)
+            kind = record.get("type")
+            if number == 1:
+                if kind != "header":
+                    raise _Bad(1, "the first line is not the export header")
+                _check_seal(1, record, "header")
+                if record.get("format") != FORMAT or record.get("version") != VERSION:
+                    raise _Bad(1, f"not a {FORMAT} version {VERSION} file")
+                continue
+            if kind == "event":
+                current = _check_event(number, record, runs, current)
+                events += 1
+            elif kind == "trailer":
+                _check_seal(number, record, "trailer")
+                _check_trailer(number, record, runs, events)
+                trailer_seen = True
+            else:
+                raise _Bad(number, f"unknown line type {kind!r}")
+        if number == 0:
+            raise _Bad(1, "the file is empty")
+        if not trailer_seen:
+            raise _Bad(number + 1, "the file ends without a trailer (cut short?)")
+    except _Bad as bad:
+        return FileReport(False, len(runs), events, bad.line, bad.reason)
+    return FileReport(True, len(runs), events)
+
+
+def _check_event(number: int, record: dict[str, Any], runs: dict[str, _Run], current: str | None) -> str:
+    if set(record) != EVENT_KEYS:
+        raise _Bad(number, f"an event line needs exactly the keys {', '.join(sorted(EVENT_KEYS))}")
+    thread, run, seq, kind, ts, data, claimed = (record[k] for k in ("thread_id", "run_id", "seq", "kind", "ts", "data", "hash"))
+    if not all(isinstance(v, str) for v in (thread, run, kind, ts, data, claimed)) or type(seq) is not int:
+        raise _Bad(number, "an event line has a field of the wrong type")
+    state = runs.get(run)
+    if state is None:
+        if current is not None and runs[current].terminal is None:
+            raise _Bad(number, f"run {current} ends without a terminal event (a line missing?)")
+        try:
+            prefix = run_prefix(UUID(thread), UUID(run))
+        except ValueError:
+            raise _Bad(number, "thread_id or run_id is not a UUID") from None
+        if prefix != f"{thread}\n{run}\n".encode():
+            raise _Bad(number, "thread_id or run_id is not a lower-case hyphenated UUID")
+        state = runs[run] = _Run(thread, prefix)
+    elif run != current:
+        raise _Bad(number, f"run {run} appears again after other runs' events (lines out of order)")
+    if thread != state.thread_id:
+        raise _Bad(number, f"run {run} changes thread")
+    if state.terminal is not None:
+        raise _Bad(number, f"an event after run {run}'s terminal event ({state.terminal})")
+    if seq != state.seq + 1:
+        raise _Bad(number, f"seq {seq} of run {run} where {state.seq + 1} was expected (a line missing or out of order)")
+    digest = link_with(state.hash, state.prefix, seq, kind, ts, data)
+    if digest.hex() != claimed:
+        raise _Bad(number, f"hash of run {run} seq {seq} does not match the recomputed chain (the line was altered)")
+    state.seq, state.hash = seq, digest
+    state.first_hash = state.first_hash or claimed
+    if kind in TERMINAL_KINDS:
+        state.terminal = kind
+    return run
+
+
+def _check_trailer(number: int, record: dict[str, Any], runs: dict[str, _Run], events: int) -> None:
+    for run, state in runs.items():
+        if state.terminal is None:
+            raise _Bad(number, f"run {run} ends without a terminal event (a line missing?)")
+    if record.get("events") != events:
+        raise _Bad(number, f"the trailer counts {record.get('events')} events, the file holds {events}")
+    listed = record.get("runs")
+    if not isinstance(listed, list) or len(listed) != len(runs):
+        raise _Bad(number, f"the trailer lists {len(listed) if isinstance(listed, list) else 'no'} runs, the file holds {len(runs)}")
+    for entry in listed:
+        state = runs.get(entry.get("run_id")) if isinstance(entry, dict) else None
+        if state is None:
+            raise _Bad(number, f"the trailer lists run {entry.get('run_id') if isinstance(entry, dict) else entry!r}, which has no events here")
+        expected = {
+            "thread_id": state.thread_id, "run_id": entry["run_id"], "events": state.seq, "first_hash": state.first_hash,
+            "last_hash": state.hash.hex(), "terminal": state.terminal,
+        }
+        if entry != expected:
+            raise _Bad(number, f"the trailer's entry for run {entry['run_id']} does not match its events")
