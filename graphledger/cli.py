@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from uuid import UUID
 
 from graphledger import __version__
@@ -347,9 +347,14 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"graphledger {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser(
+    def command(name: str, **options: Any) -> argparse.ArgumentParser:
+        """A subcommand with the common options, run by ``cmd_<name>``."""
+        sub = commands.add_parser(name, parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+        sub.set_defaults(func=globals()[f"cmd_{name}"])
+        return sub
+
+    serve = command(
         "serve",
-        parents=[common],
         help="serve the HTTP API (migrates the database first)",
         description="Serve the HTTP API. Without DATABASE_URL a private PostgreSQL is started under --data-dir.",
         epilog=(
@@ -358,7 +363,6 @@ def parser() -> argparse.ArgumentParser:
             "  graphledger serve --graph agent=./agent.py:graph\n"
             "  graphledger serve --workers 0        # HTTP only: another process executes the runs"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8123)
@@ -380,37 +384,29 @@ def parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=_count, default=10 * 1024 * 1024, help="larger request bodies are refused with 413 (default 10 MiB)"
     )
     serve.add_argument("--drain", type=_seconds, default=10.0, help="on shutdown, seconds running runs may finish before they are interrupted")
-    serve.set_defaults(func=cmd_serve)
 
-    migrate = commands.add_parser(
+    command(
         "migrate",
-        parents=[common],
         help="apply the database migrations",
         description="Bring the database schema to the latest revision (safe to run concurrently).",
         epilog="examples:\n  graphledger migrate\n  graphledger migrate --database-url postgresql://u:p@db/ledger",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    migrate.set_defaults(func=cmd_migrate)
 
-    rebuild = commands.add_parser(
+    rebuild = command(
         "rebuild",
-        parents=[common],
         help="rebuild the projections from the event log",
         description=(
             "Rebuild run status, token usage and messages (or only some) from the event log alone. "
             "Safe while servers append: the new tables are built aside and swapped in under a short lock."
         ),
         epilog="examples:\n  graphledger rebuild\n  graphledger rebuild --only messages --only token_usage",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rebuild.add_argument(
         "--only", action="append", choices=["run_status", "token_usage", "messages"], help="a projection to rebuild (repeatable)"
     )
-    rebuild.set_defaults(func=cmd_rebuild)
 
-    export = commands.add_parser(
+    export = command(
         "export",
-        parents=[common],
         help="export runs' events as NDJSON, for audits",
         description=(
             "Write the complete record of a run, of a thread's runs, or of the runs created in a time window: "
@@ -422,54 +418,44 @@ def parser() -> argparse.ArgumentParser:
             "  graphledger export --thread 6f1c... > thread.ndjson\n"
             "  graphledger export --since 2026-11-01 --until 2026-12-01 --out november.ndjson"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("--run", type=_uuid, help="one run")
     export.add_argument("--thread", type=_uuid, help="every run of a thread")
     export.add_argument("--since", type=_time, help="runs created at or after this time (ISO 8601; UTC unless given)")
     export.add_argument("--until", type=_time, help="runs created before this time")
     export.add_argument("--out", help="the file to write (default: standard output)")
-    export.set_defaults(func=cmd_export)
 
-    verify = commands.add_parser(
+    verify = command(
         "verify",
-        parents=[common],
         help="check hash chains: of an export file (no database needed), of a run, or of every run",
         description=(
             "Check an export file offline (chains intact, seq contiguous from 1, one terminal event per run, header and "
             "trailer consistent; the first bad line is named), or recompute runs' chains in the database."
         ),
         epilog="examples:\n  graphledger verify run.ndjson\n  graphledger verify --run 1b4e28ba-...\n  graphledger verify --all",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verify.add_argument("file", nargs="?", help="an export file")
     verify.add_argument("--run", type=_uuid, help="one run in the database")
     verify.add_argument("--all", action="store_true", help="every run in the database")
-    verify.set_defaults(func=cmd_verify)
 
-    replay = commands.add_parser(
+    replay = command(
         "replay",
-        parents=[common],
         help="print a run's events as they happened",
         description="Print a run's events: a readable timeline, or with --sse the exact Server-Sent Events of its stream.",
         epilog=(
             "examples:\n  graphledger replay 1b4e28ba-...\n  graphledger replay 1b4e28ba-... --speed 1      # at the original pace\n"
             "  graphledger replay 1b4e28ba-... --sse > stream.txt"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     replay.add_argument("run_id", type=_uuid)
     replay.add_argument("--sse", action="store_true", help="the raw SSE bytes the stream sent")
     replay.add_argument("--speed", type=_speed, default=None, help="pace the events: 1 is as they happened, 10 ten times faster (default: at once)")
-    replay.set_defaults(func=cmd_replay)
 
-    runs = commands.add_parser(
+    runs = command(
         "runs",
-        parents=[common],
         help="list runs with status, tokens and duration",
         description="List runs, newest first.",
         epilog="examples:\n  graphledger runs\n  graphledger runs --status error --since 2026-11-01\n  graphledger runs --thread 6f1c... --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     runs.add_argument("--thread", type=_uuid)
     runs.add_argument("--status", choices=["pending", "running", "success", "error", "timeout", "interrupted"])
@@ -478,19 +464,15 @@ def parser() -> argparse.ArgumentParser:
     runs.add_argument("--until", type=_time)
     runs.add_argument("--limit", type=_count, default=50)
     runs.add_argument("--json", action="store_true", help="JSON for scripts")
-    runs.set_defaults(func=cmd_runs)
 
-    show = commands.add_parser(
+    show = command(
         "show",
-        parents=[common],
         help="one run: summary, token breakdown, messages",
         description="Show one run: its summary, token usage by model, and its messages.",
         epilog="examples:\n  graphledger show 1b4e28ba-...\n  graphledger show 1b4e28ba-... --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     show.add_argument("run_id", type=_uuid)
     show.add_argument("--json", action="store_true", help="JSON for scripts")
-    show.set_defaults(func=cmd_show)
     return top
 
 
