@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from graphledger.http.common import HTTPError, iso, json_body, parse_uuid, path_uuid
 from graphledger import runs
+from graphledger.http.common import HTTPError, iso, json_body, parse_uuid, path_uuid
 from graphledger.ledger.events import jsonb_text
 from graphledger.projections import Projections
 
