@@ -238,13 +238,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     selection = Selection(run_id=args.run, thread_id=args.thread, since=args.since, until=args.until)
     target = Path(args.out) if args.out else None
     partial = target.with_name(target.name + ".partial") if target else None
+    progress = audit.Progress(sys.stderr, "events exported")  # shown only when stderr is a terminal
     with _ledger(args) as (loop, ledger):
         if partial is None:
-            loop.run_until_complete(audit.export_to(ledger, selection, sys.stdout.buffer))
+            loop.run_until_complete(audit.export_to(ledger, selection, sys.stdout.buffer, progress))
             return
         try:
             with open(partial, "wb") as out:
-                progress = audit.Progress(sys.stderr, "events exported")
                 loop.run_until_complete(audit.export_to(ledger, selection, out, progress))
             partial.replace(target)  # type: ignore[arg-type]
         except OSError as exc:

@@ -65,11 +65,13 @@ def _reap_abandoned_servers() -> None:
     from graphledger.embedded import EmbeddedPostgres
 
     for root in Path(tempfile.gettempdir()).glob(f"{TEST_DIR_PREFIX}*"):
+        state = root / "pg" / "server.json"
+        if not state.exists():
+            continue  # not a session's server (a test's own directory), or one still starting: not ours to judge
         try:
             EmbeddedPostgres(root / "pg").stop()  # stops only if no live process uses it
         except Exception:
             continue
-        state = root / "pg" / "server.json"
         if not state.exists() or not json.loads(state.read_text()).get("clients"):
             shutil.rmtree(root, ignore_errors=True)
 

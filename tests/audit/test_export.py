@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import re
 from datetime import datetime, timezone
 from typing import Any
 from uuid import uuid4
@@ -146,3 +148,21 @@ async def test_bad_selections_are_refused_before_any_byte(ledger: Ledger, select
     with pytest.raises(LedgerError) as caught:
         await export_bytes(ledger, selection())
     assert type(caught.value).__name__ == error
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_progress_is_shown_on_a_terminal_and_nowhere_else(ledger: Ledger, recorded: Recorded) -> None:
+    from graphledger import audit
+
+    shown, silent = Terminal(), io.StringIO()
+    for stream in (shown, silent):
+        await audit.export_to(ledger, Selection(thread_id=recorded.thread_id), io.BytesIO(), audit.Progress(stream, "events exported"))
+    total = len(lines_of(await export_bytes(ledger, Selection(thread_id=recorded.thread_id)))) - 2
+    assert shown.getvalue().endswith(f"\revents exported: {total:,}\n") and silent.getvalue() == ""
+    checked = Terminal()
+    await audit.verify_runs(ledger, None, audit.Progress(checked, "runs verified"))
+    assert re.search(r"\rruns verified: (\d+) of \1\n$", checked.getvalue())
