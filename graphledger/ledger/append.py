@@ -431,7 +431,8 @@ class Writer:
             while True:
                 if self.max_delay and not running and not self._urgent.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._urgent.wait(), self.max_delay)
+                        async with asyncio.timeout(self.max_delay):
+                            await self._urgent.wait()
                 self._urgent.clear()
                 self._wake.clear()
                 queues = self._select() if idle else []

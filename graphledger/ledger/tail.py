@@ -125,6 +125,7 @@ class Hub:
         self._hints: dict[str, list[Callable[[], None]]] = {}  # other channels: callbacks
         self._listener: asyncpg.Connection | None = None
         self.listening = asyncio.Event()
+        self._closed = False
         self.reads = 0
         self.reconnects = 0
         self.listener_pid: int | None = None
@@ -137,9 +138,15 @@ class Hub:
             loop.create_task(self._read_loop(), name="graphledger-tail-reader"),
             loop.create_task(self._poll(), name="graphledger-tail-poll"),
         ]
-        await asyncio.wait_for(self.listening.wait(), timeout=30)
+        async with asyncio.timeout(30):
+            await self.listening.wait()
 
     async def close(self) -> None:
+        # The flag as well as the cancel: on Python 3.11 a cancellation that
+        # meets a finishing wait_for (asyncpg.connect uses one) can be lost,
+        # and the listener must still stop at its next turn.
+        self._closed = True
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -260,10 +267,12 @@ class Hub:
 
     async def _listen(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._closed:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await self._connect()
+                if self._closed:
+                    return
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())  # this connection's own event
                 await conn.add_listener(CHANNEL, self._on_notify)
@@ -279,11 +288,15 @@ class Hub:
                         callback()
                 self.listening.set()
                 backoff = 0.05
-                while not lost.is_set():
+                while not lost.is_set() and not self._closed:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                    # the cancellation that close() sends, and this loop would run on.
                     try:
-                        await asyncio.wait_for(lost.wait(), self.ping_interval)
+                        async with asyncio.timeout(self.ping_interval):
+                            await lost.wait()
                     except TimeoutError:
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), self.ping_interval)
+                        async with asyncio.timeout(self.ping_interval):
+                            await conn.fetchval("SELECT 1")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 _log.warning("tail listener lost its connection (%s); reconnecting", exc)
             finally:
@@ -304,15 +317,17 @@ class Hub:
         return self._reader
 
     async def _poll(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.poll_interval)
             if self._subs:
                 self._dirty.update(self._subs)
                 self._wake.set()
 
     async def _read_loop(self) -> None:
-        while True:
+        while not self._closed:
             await self._wake.wait()
+            if self._closed:
+                return
             self._wake.clear()
             refs, self._dirty = self._dirty, set()
             cursors = []

@@ -128,7 +128,8 @@ class Worker:
             if claimed and len(claimed) == free:
                 continue  # there may be more
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
 
     async def _execute(self, claimed: lifecycle.Claimed) -> None:
         ref, request = claimed.ref, claimed.request
