@@ -23,7 +23,7 @@ from graphledger.ledger.errors import (
     ThreadNotFound,
 )
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
-from graphledger.runs.errors import InvalidRequest, NotCancellable, ThreadBusy, UnknownAssistant
+from graphledger.runs.errors import InvalidRequest, NotCancellable, NotPending, ThreadBusy, UnknownAssistant
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -33,6 +33,7 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
     (UnknownAssistant, 404),
     (ThreadBusy, 409),
     (NotCancellable, 409),
+    (NotPending, 409),
     (Conflict, 409),
     (RunFinished, 409),
     (RunNotEnded, 409),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphledger.runs.errors import GraphLoadError, InvalidRequest, NotCancellable, ThreadBusy, UnknownAssistant
+from graphledger.runs.errors import GraphLoadError, InvalidRequest, NotCancellable, NotPending, ThreadBusy, UnknownAssistant
 from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.lifecycle import Admitted, Cancelled, admit, cancel, delete_thread, join
 from graphledger.runs.recorder import Recorder, Recording
@@ -17,6 +17,7 @@ __all__ = [
     "GraphRegistry",
     "InvalidRequest",
     "NotCancellable",
+    "NotPending",
     "Reaper",
     "Recorder",
     "Recording",

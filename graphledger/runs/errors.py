@@ -21,5 +21,9 @@ class NotCancellable(LedgerError):
     """The run already ended (other than interrupted): there is nothing to cancel."""
 
 
+class NotPending(LedgerError):
+    """The run is no longer pending (another worker started it, or it ended): it cannot be started."""
+
+
 class GraphLoadError(LedgerError):
     """A graph named in ``langgraph.json`` or ``--graph`` cannot be loaded."""

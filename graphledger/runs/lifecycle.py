@@ -45,7 +45,7 @@ from graphledger.ledger.events import (
 )
 from graphledger.ledger.read import read_run
 from graphledger.runs import checkpoint
-from graphledger.runs.errors import InvalidRequest, NotCancellable, ThreadBusy
+from graphledger.runs.errors import InvalidRequest, NotCancellable, NotPending, ThreadBusy
 from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.periodic import Periodic
 from graphledger.runs.request import CANCEL_ACTIONS, RunRequest
@@ -307,7 +307,7 @@ async def start(ledger: Ledger, ref: RunRef, owner: str, *, lease_seconds: float
             async with conn.transaction():
                 status = await _lock_run(conn, ref)
                 if status != "pending":
-                    raise NotCancellable(f"run {ref.run_id} is {status}, not pending: it cannot be started")
+                    raise NotPending(f"run {ref.run_id} is {status}, not pending: it cannot be started")
                 event = await _start_locked(conn, ledger, ref, owner, lease_seconds)
     ledger.writer.seed(ref, event, "running")
     await _commit(ledger, [event])

@@ -66,7 +66,7 @@ async def follow(ledger: Ledger, ref: RunRef, seen: list[Event]) -> None:
 async def test_a_run_executed_by_one_process_is_followed_and_cancelled_from_another(
     dsn: str, tmp_path: Path, servers: list[Server], client: Ledger
 ) -> None:
-    a = Server(dsn, tmp_path, "--workers", "2")
+    a = await asyncio.to_thread(Server, dsn, tmp_path, "--workers", "2")
     servers.append(a)
     ref = (await admit(client, slow(), graphs=GRAPHS)).ref
     started = await asyncio.wait_for(until(client, ref, "run.started"), HANG_GUARD)
@@ -80,15 +80,15 @@ async def test_a_run_executed_by_one_process_is_followed_and_cancelled_from_anot
     assert seen[-1].kind == "run.interrupted" and seen[-1].value == {"reason": "cancel", "action": "interrupt"}
     assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
     assert (await join(client, ref)).seq == seen[-1].seq
-    output = a.stop()
+    output = await asyncio.to_thread(a.stop)
     assert a.process.returncode == 0, output
 
 
 async def test_a_killed_worker_s_run_is_failed_by_another_process_and_its_tail_ends(
     dsn: str, tmp_path: Path, servers: list[Server], client: Ledger
 ) -> None:
-    a = Server(dsn, tmp_path, "--workers", "2")
-    b = Server(dsn, tmp_path, "--workers", "0")  # executes nothing, but reaps
+    a = await asyncio.to_thread(Server, dsn, tmp_path, "--workers", "2")
+    b = await asyncio.to_thread(Server, dsn, tmp_path, "--workers", "0")  # executes nothing, but reaps
     servers.extend([a, b])
     ref = (await admit(client, slow(), graphs=GRAPHS)).ref
     await asyncio.wait_for(until(client, ref, "stream:messages"), HANG_GUARD)
@@ -108,7 +108,7 @@ async def test_a_killed_worker_s_run_is_failed_by_another_process_and_its_tail_e
     assert status is not None and status.status == "error"
     assert (await client.verify(ref)).ok
     # the next run of the thread is executed by a live worker
-    c = Server(dsn, tmp_path, "--workers", "1")
+    c = await asyncio.to_thread(Server, dsn, tmp_path, "--workers", "1")
     servers.append(c)
     quick = RunRequest.parse({"assistant_id": "demo", "input": {"messages": [{"role": "user", "content": "after the crash"}]}})
     again = (await admit(client, quick, thread_id=ref.thread_id, graphs=GRAPHS)).ref
@@ -128,11 +128,11 @@ def test_bad_graph_specs_stop_serve_with_one_line(tmp_path: Path) -> None:
 
 
 async def test_sigterm_drains_then_interrupts_what_is_left(dsn: str, tmp_path: Path, servers: list[Server], client: Ledger) -> None:
-    a = Server(dsn, tmp_path, "--workers", "2", "--drain", "0.5")
+    a = await asyncio.to_thread(Server, dsn, tmp_path, "--workers", "2", "--drain", "0.5")
     servers.append(a)
     ref = (await admit(client, slow(), graphs=GRAPHS)).ref
     await asyncio.wait_for(until(client, ref, "stream:messages"), HANG_GUARD)
-    output = a.stop()
+    output = await asyncio.to_thread(a.stop)
     assert a.process.returncode == 0, output
     end = await asyncio.wait_for(join(client, ref), HANG_GUARD)
     assert end.kind == "run.interrupted" and end.value == {"reason": "shutdown"}

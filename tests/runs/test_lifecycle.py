@@ -10,7 +10,7 @@ import pytest
 from graphledger.ledger import Ledger, RunRef, ThreadNotFound
 from graphledger.ledger.errors import InvalidEvent
 from graphledger.projections import Projections
-from graphledger.runs import GraphRegistry, UnknownAssistant, admit, cancel, lifecycle
+from graphledger.runs import GraphRegistry, NotPending, UnknownAssistant, admit, cancel, lifecycle
 from graphledger.runs.worker import Reaper
 
 from tests.runs.conftest import ask
@@ -185,3 +185,13 @@ async def test_a_periodic_task_outlives_a_failing_tick() -> None:
     finally:
         await flaky.close()
     assert flaky.ticks >= 3
+
+
+async def test_a_run_is_started_once(ledger: Ledger, graphs: GraphRegistry) -> None:
+    ref = (await admit(ledger, ask("start me"), graphs=graphs)).ref
+    started = await lifecycle.start(ledger, ref, "recorder-a", lease_seconds=30)
+    assert started.kind == "run.started" and started.value["worker"] == "recorder-a"
+    with pytest.raises(NotPending, match="is running, not pending"):
+        await lifecycle.start(ledger, ref, "recorder-b", lease_seconds=30)
+    assert [e.kind for e in await ledger.read_run(ref)] == ["run.created", "run.started"]  # nothing written by the refusal
+    await drain(ledger)
