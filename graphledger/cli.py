@@ -20,6 +20,7 @@ from uuid import UUID
 from graphledger import __version__
 from graphledger.embedded import DEFAULT_DIR, EmbeddedError, EmbeddedPostgres
 from graphledger.ledger.errors import LedgerError
+from graphledger.ledger.events import RUN_STATUSES
 
 if TYPE_CHECKING:
     from graphledger.ledger import Ledger
@@ -458,7 +459,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="examples:\n  graphledger runs\n  graphledger runs --status error --since 2026-11-01\n  graphledger runs --thread 6f1c... --json",
     )
     runs.add_argument("--thread", type=_uuid)
-    runs.add_argument("--status", choices=["pending", "running", "success", "error", "timeout", "interrupted"])
+    runs.add_argument("--status", choices=RUN_STATUSES)
     runs.add_argument("--assistant")
     runs.add_argument("--since", type=_time)
     runs.add_argument("--until", type=_time)

@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from graphledger import __version__
+from graphledger.ledger.events import RUN_STATUSES
+from graphledger.projections.run_status import THREAD_STATUSES
+from graphledger.projections.token_usage import TOKEN_FIELDS
 from graphledger.runs.request import CANCEL_ACTIONS, IF_NOT_EXISTS, MULTITASK_STRATEGIES, ON_DISCONNECT, STREAM_MODES
 
-RUN_STATUSES = ["pending", "running", "success", "error", "timeout", "interrupted"]
-THREAD_STATUSES = ["idle", "busy", "interrupted", "error"]
-TOKEN_FIELDS = ["input_tokens", "output_tokens", "total_tokens", "cache_read", "cache_creation", "reasoning"]
 
 UUID = {"type": "string", "format": "uuid"}
 TIME = {"type": "string", "format": "date-time"}
@@ -70,7 +70,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": TIME,
             "updated_at": TIME,
             "metadata": OBJECT,
-            "status": {"type": "string", "enum": THREAD_STATUSES},
+            "status": {"type": "string", "enum": list(THREAD_STATUSES)},
         },
         ["thread_id", "created_at", "updated_at", "metadata", "status"],
     ),
@@ -89,7 +89,7 @@ SCHEMAS: dict[str, Any] = {
             "assistant_id": nullable({"type": "string"}),
             "created_at": TIME,
             "updated_at": TIME,
-            "status": {"type": "string", "enum": RUN_STATUSES},
+            "status": {"type": "string", "enum": list(RUN_STATUSES)},
             "metadata": OBJECT,
             "multitask_strategy": nullable({"type": "string"}),
             "kwargs": OBJECT,
@@ -277,7 +277,7 @@ def _paths() -> dict[str, Any]:
                 THREAD,
                 query("limit", LIMIT_1000),
                 query("offset", {"type": "integer", "minimum": 0}),
-                query("status", {"type": "string", "enum": RUN_STATUSES}),
+                query("status", {"type": "string", "enum": list(RUN_STATUSES)}),
             ),
         },
         "/threads/{thread_id}/runs/stream": {"post": op("Create a run and stream it", stream, THREAD, request="RunCreate")},

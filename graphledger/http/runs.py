@@ -27,7 +27,7 @@ from graphledger.http.common import HTTPError, iso, json_body, path_uuid, query_
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.append import load_heads
 from graphledger.ledger.errors import LedgerError
-from graphledger.ledger.events import RUN_CREATED, STREAM_PREFIX
+from graphledger.ledger.events import RUN_CREATED, RUN_STATUSES, STREAM_PREFIX
 from graphledger.runs import RunRequest, admit, cancel, join
 from graphledger.runs.request import CANCEL_ACTIONS, STREAM_MODES, stream_modes
 from graphledger.runs.serialize import to_jsonable
@@ -50,7 +50,6 @@ LAST_VALUES_SQL = """
 SELECT data FROM events WHERE thread_id = $1 AND run_id = $2 AND kind = 'stream:values' ORDER BY seq DESC LIMIT 1
 """
 THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
-RUN_STATUSES = ("pending", "running", "success", "error", "timeout", "interrupted")
 
 
 def run_json(row: Any) -> dict[str, Any]:

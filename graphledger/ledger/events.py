@@ -41,6 +41,8 @@ STATUS_AFTER: dict[str, str] = {
 """The run status each lifecycle kind leads to (kinds not listed leave it as it is)."""
 
 TERMINAL_STATUSES = frozenset({"success", "error", "timeout", "interrupted"})
+RUN_STATUSES = tuple(dict.fromkeys(STATUS_AFTER.values()))
+"""Every run status, in lifecycle order: pending, running, success, error, timeout, interrupted."""
 
 MAX_KIND_LENGTH = 256
 _DOTTED_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")

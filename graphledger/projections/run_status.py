@@ -156,6 +156,9 @@ def replay(events: Iterable[Event]) -> RunStatus | None:
     return state
 
 
+THREAD_STATUSES = ("idle", "busy", "interrupted", "error")
+
+
 def thread_status(runs: Iterable[RunStatus]) -> str:
     """A thread's status from its runs: busy while one is active, else what its latest finished run ended as."""
     latest: RunStatus | None = None
