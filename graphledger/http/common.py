@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -64,6 +65,19 @@ def status_of(error: LedgerError) -> int:
 
 def error_response(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
+
+
+THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
+RUN_EXISTS_SQL = "SELECT 1 FROM runs WHERE thread_id = $1 AND run_id = $2"
+
+
+async def require(conn: asyncpg.Connection, thread_id: UUID, run_id: UUID | None = None) -> None:
+    """404 unless the thread (and the run in it) exists; a deleted thread still does."""
+    if run_id is None:
+        if await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
+            raise HTTPError(404, f"thread {thread_id} not found")
+    elif await conn.fetchval(RUN_EXISTS_SQL, thread_id, run_id) is None:
+        raise HTTPError(404, f"run {run_id} not found in thread {thread_id}")
 
 
 def path_uuid(request: Request, name: str) -> UUID:

@@ -6,6 +6,7 @@ removes a thread's state, never its history.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
@@ -14,15 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from graphledger.http.common import HTTPError, iso, path_uuid, query_bool, query_int
+from graphledger.http.common import HTTPError, iso, path_uuid, query_bool, query_int, require
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
 from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE
 from graphledger.projections.token_usage import Totals
 
-THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
-RUN_EXISTS_SQL = "SELECT 1 FROM runs WHERE thread_id = $1 AND run_id = $2"
 MAX_EVENTS = 1000
 USAGE_GROUPS = ("model", "caller", "status")
 
@@ -30,11 +29,7 @@ USAGE_GROUPS = ("model", "caller", "status")
 async def _check(request: Request, thread_id: UUID, run_id: UUID | None = None) -> None:
     """404 unless the thread (and the run in it) exists."""
     async with request.app.state.ledger.pool.acquire() as conn:
-        if run_id is None:
-            if await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
-                raise HTTPError(404, f"thread {thread_id} not found")
-        elif await conn.fetchval(RUN_EXISTS_SQL, thread_id, run_id) is None:
-            raise HTTPError(404, f"run {run_id} not found in thread {thread_id}")
+        await require(conn, thread_id, run_id)
 
 
 def _run_id(request: Request) -> UUID | None:
@@ -168,11 +163,24 @@ async def export_download(request: Request) -> StreamingResponse:
     thread_id, run_id = path_uuid(request, "thread_id"), _run_id(request)
     await _check(request, thread_id, run_id)
     selection = Selection(run_id=run_id) if run_id is not None else Selection(thread_id=thread_id)
-    async with request.app.state.ledger.pool.acquire() as conn:
-        await selection.runs(conn)  # refusals (a run that has not ended: 409) come before the first byte
+    chunks = export(request.app.state.ledger.pool, selection)
+    try:
+        header = await anext(chunks)  # refusals (a run that has not ended: 409) come before the first byte
+    except BaseException:
+        await chunks.aclose()
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield header
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # a client gone mid-download gives its snapshot's connection back now
+
     name = f"run-{run_id}" if run_id is not None else f"thread-{thread_id}"
     return StreamingResponse(
-        export(request.app.state.ledger.pool, selection),
+        body(),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{name}.ndjson"', "Cache-Control": "no-store"},
     )

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from graphledger.http.common import HTTPError, iso, json_body, path_uuid, query_bool, query_int
+from graphledger.http.common import HTTPError, iso, json_body, path_uuid, query_bool, query_int, require
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.append import load_heads
 from graphledger.ledger.errors import LedgerError
@@ -49,7 +49,6 @@ ORDER BY r.queue_position DESC LIMIT $3 OFFSET $4"""
 LAST_VALUES_SQL = """
 SELECT data FROM events WHERE thread_id = $1 AND run_id = $2 AND kind = 'stream:values' ORDER BY seq DESC LIMIT 1
 """
-THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
 
 
 def run_json(row: Any) -> dict[str, Any]:
@@ -307,8 +306,7 @@ async def list_runs(request: Request) -> JSONResponse:
     if status is not None and status not in RUN_STATUSES:
         raise HTTPError(422, f"status must be one of {', '.join(RUN_STATUSES)}")
     async with request.app.state.ledger.pool.acquire() as conn:
-        if await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
-            raise HTTPError(404, f"thread {thread_id} not found")
+        await require(conn, thread_id)
         rows = await conn.fetch(LIST_SQL, thread_id, status, limit, offset)
     return JSONResponse([run_json(row) for row in rows])
 
