@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO, TextIO
@@ -22,7 +22,6 @@ from graphledger.ledger.export import Selection, export
 from graphledger.projections import Projections
 from graphledger.projections.read import MAX_PAGE
 
-PAGE = 5_000
 
 RUNS_SQL = """
 SELECT s.run_id, s.thread_id, s.assistant_id, s.status, s.created_at, s.started_at, s.finished_at,
@@ -104,17 +103,6 @@ async def verify_runs(ledger: Ledger, refs: Sequence[RunRef] | None = None, prog
 # -- replay -------------------------------------------------------------------------
 
 
-async def run_events(ledger: Ledger, ref: RunRef) -> AsyncIterator[Event]:
-    after = 0
-    while True:
-        page = await ledger.read_run(ref, after, PAGE)
-        for event in page:
-            yield event
-        if len(page) < PAGE:
-            return
-        after = page[-1].seq
-
-
 def describe(event: Event) -> str:
     """One readable line about an event's payload."""
     value = event.value
@@ -140,7 +128,7 @@ async def replay(ledger: Ledger, run_id: UUID, out: BinaryIO, *, sse: bool = Fal
     start: datetime | None = None
     previous: datetime | None = None
     count = 0
-    async for event in run_events(ledger, ref):
+    async for event in ledger.iter_run(ref):
         count += 1
         if speed and previous is not None:
             await asyncio.sleep(max(0.0, (event.ts - previous).total_seconds() / speed))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -77,6 +77,17 @@ async def read_run(
     else:
         rows = await conn.fetch(READ_RUN_KINDS_SQL, ref.thread_id, ref.run_id, after_seq, limit, [kind_pattern(k) for k in kinds])
     return [to_event(r) for r in rows]
+
+
+async def iter_run(conn: asyncpg.Connection, ref: RunRef, after_seq: int = 0, page: int = 5_000) -> AsyncIterator[Event]:
+    """Every event of a run after ``after_seq``, in order, read ``page`` at a time (a run of any length)."""
+    while True:
+        batch = await read_run(conn, ref, after_seq, page)
+        for event in batch:
+            yield event
+        if len(batch) < page:
+            return
+        after_seq = batch[-1].seq
 
 
 async def read_runs(conn: asyncpg.Connection, cursors: Sequence[tuple[RunRef, int]], limit: int) -> list[Event]:

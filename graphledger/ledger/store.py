@@ -22,7 +22,6 @@ ON CONFLICT (thread_id) DO NOTHING
 RETURNING thread_id
 """
 
-VERIFY_BATCH = 5_000
 APPLICATION_NAME = "graphledger"
 
 
@@ -169,6 +168,12 @@ class Ledger:
         async with self.pool.acquire() as conn:
             return await read.read_run(conn, ref, after_seq, limit, kinds=kinds)
 
+    async def iter_run(self, ref: RunRef, after_seq: int = 0) -> AsyncIterator[Event]:
+        """Every stored event of a run after ``after_seq``, in order, in pages: for runs of any length."""
+        async with self.pool.acquire() as conn:
+            async for event in read.iter_run(conn, ref, after_seq):
+                yield event
+
     async def read_thread(self, thread_id: UUID, after_position: int = 0, limit: int = 10_000) -> list[Event]:
         async with self.pool.acquire() as conn:
             return await read.read_thread(conn, thread_id, after_position, limit)
@@ -197,16 +202,6 @@ class Ledger:
             if head is None:
                 raise RunNotFound(f"run {ref.run_id} not found")
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                events = [e async for e in _stream_run(conn, ref)]
+                events = [e async for e in read.iter_run(conn, ref)]
         return chain.check(ref.run_id, events, head_hash=head.hash)
 
-
-async def _stream_run(conn: asyncpg.Connection, ref: RunRef) -> AsyncIterator[Event]:
-    after = 0
-    while True:
-        batch = await read.read_run(conn, ref, after, VERIFY_BATCH)
-        for event in batch:
-            yield event
-        if len(batch) < VERIFY_BATCH:
-            return
-        after = batch[-1].seq

@@ -28,6 +28,18 @@ async def test_read_run_from_any_seq(ledger: Ledger) -> None:
     assert await ledger.read_run(ref, after_seq=11) == []
 
 
+async def test_iterating_a_run_reads_page_after_page(ledger: Ledger) -> None:
+    from graphledger.ledger.read import iter_run
+
+    ref = await new_run(ledger)
+    await asyncio.gather(*(ledger.submit(ref, "stream:values", {"i": i}) for i in range(10)))
+    async with ledger.pool.acquire() as conn:
+        for page in (1, 3, 11, 12):  # pages that end exactly at the last event, or before it
+            assert [e.seq async for e in iter_run(conn, ref, page=page)] == list(range(1, 12))
+        assert [e.seq async for e in iter_run(conn, ref, 4, page=3)] == list(range(5, 12))
+    assert [e.seq async for e in ledger.iter_run(ref, 9)] == [10, 11]
+
+
 async def test_read_thread_in_log_order(ledger: Ledger) -> None:
     thread = await ledger.create_thread()
     first, second = await new_run(ledger, thread), await new_run(ledger, thread)
