@@ -157,11 +157,8 @@ async def dsn(server_dsn: str, template_db: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def ledger(dsn: str) -> AsyncIterator[Ledger]:
-    led = await Ledger.connect(dsn, poll_interval=0.5)
-    try:
+    async with await Ledger.connect(dsn, poll_interval=0.5) as led:
         yield led
-    finally:
-        await led.close()
 
 
 @pytest.fixture
@@ -169,11 +166,8 @@ async def projected(dsn: str) -> AsyncIterator[Ledger]:
     """A ledger whose appends keep the projections current, as the server opens it."""
     from graphledger import projections
 
-    led = await projections.connect(dsn, poll_interval=0.5)
-    try:
+    async with await projections.connect(dsn, poll_interval=0.5) as led:
         yield led
-    finally:
-        await led.close()
 
 
 @pytest.fixture
