@@ -121,3 +121,19 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit(dsn: str, args: list[str], 
 def test_every_command_explains_itself_with_examples(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0 and b"examples:" in result.stdout
+
+
+async def test_a_reader_that_goes_away_stops_the_command_quietly(dsn: str, recorded: Recorded) -> None:
+    def run() -> tuple[int, bytes]:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "graphledger.cli", "replay", str(recorded.runs[0].run_id), "--database-url", dsn],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stderr is not None
+        child.stdout.close()  # like `| head` that has read enough: nobody reads what follows
+        with child.stderr:
+            error = child.stderr.read()
+        return child.wait(timeout=120), error
+
+    code, error = await asyncio.to_thread(run)
+    assert code == 141 and b"Traceback" not in error and b"BrokenPipe" not in error, error
