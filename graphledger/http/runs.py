@@ -186,6 +186,8 @@ async def sse_stream(
     finally:
         timer.cancel()
         pump.cancel()
+        # Not cancel_and_wait: a stream is stopped inside an anyio cancel scope,
+        # which cancels every await again; the cancel below must still be sent.
         with contextlib.suppress(asyncio.CancelledError, LedgerError):
             await pump
         if not finished and on_disconnect == "cancel":

@@ -34,6 +34,7 @@ from graphledger.ledger import read
 from graphledger.ledger.append import CHANNEL
 from graphledger.ledger.errors import RunNotFound
 from graphledger.ledger.events import TERMINAL_KINDS, Event, RunRef
+from graphledger.ledger.tasks import cancel_and_wait
 
 _log = logging.getLogger("graphledger.tail")
 
@@ -147,12 +148,8 @@ class Hub:
         # and the listener must still stop at its next turn.
         self._closed = True
         self._wake.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
         for subs in self._subs.values():
             for sub in subs:
                 sub.close()

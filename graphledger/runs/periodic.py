@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+
+from graphledger.ledger.tasks import cancel_and_wait
 
 _log = logging.getLogger("graphledger.runs")
 
@@ -30,11 +31,8 @@ class Periodic:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"graphledger {self.name}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         if self.delay_first:

@@ -25,6 +25,7 @@ from graphledger.ledger import Ledger
 from graphledger.ledger.append import RUNS_CHANNEL
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.events import RUN_CANCEL_REQUESTED, RunRef
+from graphledger.ledger.tasks import cancel_and_wait
 from graphledger.runs import checkpoint, lifecycle
 from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.periodic import Periodic
@@ -92,10 +93,7 @@ class Worker:
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Stop claiming; wait up to ``drain_seconds`` for running runs, then interrupt the rest."""
         self._closing = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await cancel_and_wait(self._loop_task)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=drain_seconds)
         for stop in list(self.running.values()):
@@ -156,9 +154,7 @@ class Worker:
         except LedgerError as exc:
             _log.error("run %s could not be ended: %s", ref.run_id, exc)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
             self.leases.release(ref)
             self.running.pop(ref, None)
             self.executed += 1

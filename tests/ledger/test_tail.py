@@ -170,3 +170,31 @@ async def test_the_slow_poll_delivers_when_notifications_are_lost(dsn: str, monk
         await writer.close()
         await deaf.close()
     assert_complete(events, 60)
+
+
+async def test_close_returns_even_when_the_listener_loses_its_cancellation(dsn: str, conn: asyncpg.Connection) -> None:
+    """Python 3.11's wait_for (inside asyncpg.connect) can lose a cancellation; the hub must stop all the same."""
+    ledger = await Ledger.connect(dsn, poll_interval=0.5)
+    hub = ledger.hub
+    assert hub is not None
+    connecting = asyncio.Event()
+    real = hub._connect
+
+    async def connect_losing_the_cancel() -> asyncpg.Connection:
+        connecting.set()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            pass  # lost, as the race does
+        return await real()
+
+    hub._connect = connect_losing_the_cancel  # type: ignore[method-assign]
+    hub.ping_interval = 3600  # no ping timeout will come to stop a listener that runs on
+    await conn.execute("SELECT pg_terminate_backend($1)", hub.listener_pid)  # the listener reconnects
+    await asyncio.wait_for(connecting.wait(), 30)
+    tasks = list(hub._tasks)
+    try:
+        await asyncio.wait_for(ledger.close(), 60)  # a hang guard, not a measurement
+    finally:
+        for task in tasks:  # should this fail, leave no listener running (and holding the database)
+            task.cancel()
