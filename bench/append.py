@@ -43,8 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _database import run_on_database  # noqa: E402
 
 from graphledger import projections  # noqa: E402
-from graphledger.ledger import Ledger, RunRef  # noqa: E402
-from graphledger.ledger import chain  # noqa: E402
+from graphledger.ledger import (  # noqa: E402
+    Ledger,
+    RunRef,
+    chain,  # noqa: E402
+)
 from graphledger.ledger.events import canonical_json  # noqa: E402
 
 FILLER = "x" * 160

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _database import run_on_database  # noqa: E402
 
-from graphledger.ledger import RunRef, chain  # noqa: E402
+from graphledger.ledger import Ledger, RunRef, chain  # noqa: E402
 from graphledger.ledger.events import canonical_json  # noqa: E402
 from graphledger.projections import Projections, rebuild  # noqa: E402
 
@@ -161,8 +161,8 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         f"{report.events_per_second:,.0f} events/s -> {counts['messages']:,} messages, {counts['calls']:,} calls, {counts['runs']:,} runs"
     )
 
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    views = Projections(pool)
+    reader = await Ledger.connect(dsn, pool_size=2, tail=False)
+    views = Projections(reader)
     threads = sorted({r.thread_id for r in refs})
     try:
         middles = {}
@@ -184,7 +184,7 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         by_model = await timed(5, lambda i: views.usage_by("model", since=since))
         grouped = await views.usage_by("model", since=since)
     finally:
-        await pool.close()
+        await reader.close()
     show("message page", pages)
     show("thread usage", usage)
     show("run status", status)

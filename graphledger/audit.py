@@ -15,30 +15,12 @@ from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 from uuid import UUID
 
-from graphledger.http.runs import frame, sse_modes
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.events import RUN_CREATED, STREAM_PREFIX
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import Projections
 from graphledger.projections.read import MAX_PAGE
-
-
-RUNS_SQL = """
-SELECT s.run_id, s.thread_id, s.assistant_id, s.status, s.created_at, s.started_at, s.finished_at,
-       u.calls, u.total_tokens
-FROM run_status s
-LEFT JOIN LATERAL (
-    SELECT count(*) AS calls, coalesce(sum(l.total_tokens), 0)::bigint AS total_tokens
-    FROM llm_calls l WHERE l.thread_id = s.thread_id AND l.run_id = s.run_id
-) u ON true
-WHERE ($1::uuid IS NULL OR s.thread_id = $1)
-  AND ($2::text IS NULL OR s.status = $2)
-  AND ($3::text IS NULL OR s.assistant_id = $3)
-  AND s.created_at >= coalesce($4, '-infinity'::timestamptz) AND s.created_at < coalesce($5, 'infinity'::timestamptz)
-ORDER BY s.created_at DESC, s.run_id
-LIMIT $6
-"""
-ALL_RUNS_SQL = "SELECT thread_id, run_id FROM runs ORDER BY queue_position"
+from graphledger.runs.sse import frame, sse_modes
 
 
 class Progress:
@@ -65,7 +47,7 @@ class Progress:
 
 async def export_to(ledger: Ledger, selection: Selection, out: BinaryIO, progress: Progress | None = None) -> None:
     """Write the export of ``selection`` to ``out`` (see :mod:`graphledger.ledger.export`)."""
-    async for chunk in export(ledger.pool, selection, progress=progress):
+    async for chunk in export(ledger, selection, progress=progress):
         out.write(chunk)
     out.flush()
     if progress is not None:
@@ -82,8 +64,8 @@ class Verified:
 async def verify_runs(ledger: Ledger, refs: Sequence[RunRef] | None = None, progress: Progress | None = None) -> Verified:
     """Recompute the chain of each run (every run when ``refs`` is None) against the database."""
     if refs is None:
-        async with ledger.pool.acquire() as conn:
-            refs = [RunRef(r["thread_id"], r["run_id"]) for r in await conn.fetch(ALL_RUNS_SQL)]
+        async with ledger.session() as session:
+            refs = await session.heads.all()
         if progress is not None:
             progress.total = len(refs)
     bad: list[tuple[RunRef, int | None, str]] = []
@@ -172,27 +154,28 @@ async def list_runs(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Runs newest first, with status, tokens and duration."""
-    async with ledger.pool.acquire() as conn:
-        rows = await conn.fetch(RUNS_SQL, thread_id, status, assistant, since, until, limit)
+    found = await Projections(ledger).runs(
+        thread_id=thread_id, status=status, assistant_id=assistant, since=since, until=until, limit=limit
+    )
     return [
         {
-            "run_id": str(r["run_id"]),
-            "thread_id": str(r["thread_id"]),
-            "assistant_id": r["assistant_id"],
-            "status": r["status"],
-            "created_at": _iso(r["created_at"]),
-            "duration_s": _duration(r["started_at"], r["finished_at"]),
-            "llm_calls": r["calls"],
-            "total_tokens": r["total_tokens"],
+            "run_id": str(r.status.run_id),
+            "thread_id": str(r.status.thread_id),
+            "assistant_id": r.status.assistant_id,
+            "status": r.status.status,
+            "created_at": _iso(r.status.created_at),
+            "duration_s": _duration(r.status.started_at, r.status.finished_at),
+            "llm_calls": r.calls,
+            "total_tokens": r.total_tokens,
         }
-        for r in rows
+        for r in found
     ]
 
 
 async def show_run(ledger: Ledger, run_id: UUID) -> dict[str, Any]:
     """One run: summary, token breakdown by model and caller, and its messages."""
     ref = await ledger.run_ref(run_id)
-    reads = Projections(ledger.pool)
+    reads = Projections(ledger)
     status = await reads.run_status(ref)
     scope = {"thread_id": ref.thread_id, "run_id": ref.run_id}
     totals = await reads.token_usage(**scope)

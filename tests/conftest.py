@@ -12,8 +12,8 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import signal
 import shutil
+import signal
 import socket
 import tempfile
 import uuid

@@ -15,8 +15,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import openapi, reads, runs, threads
-from graphledger.http.common import DEFAULT_MAX_BODY_BYTES, HTTPError, error_response, status_of
+from graphledger.http import openapi, reads, runs, sse, threads
+from graphledger.http.common import (
+    DEFAULT_MAX_BODY_BYTES,
+    HTTPError,
+    error_response,
+    status_of,
+)
 from graphledger.ledger import Ledger
 from graphledger.ledger.errors import LedgerError
 from graphledger.runs import GraphRegistry, RunSettings, Runtime
@@ -84,7 +89,7 @@ def create_app(
     graphs: GraphRegistry | None = None,
     settings: RunSettings | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    heartbeat_seconds: float = runs.HEARTBEAT_SECONDS,
+    heartbeat_seconds: float = sse.HEARTBEAT_SECONDS,
 ) -> Any:
     """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``."""
     graphs = graphs or GraphRegistry.configure()

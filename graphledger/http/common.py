@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from graphledger.ledger import Ledger, RunRef
 from graphledger.ledger.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -24,7 +24,13 @@ from graphledger.ledger.errors import (
     ThreadNotFound,
 )
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
-from graphledger.runs.errors import InvalidRequest, NotCancellable, NotPending, ThreadBusy, UnknownAssistant
+from graphledger.runs.errors import (
+    InvalidRequest,
+    NotCancellable,
+    NotPending,
+    ThreadBusy,
+    UnknownAssistant,
+)
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -67,17 +73,14 @@ def error_response(status: int, detail: str, headers: Mapping[str, str] | None =
     return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
 
 
-THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
-RUN_EXISTS_SQL = "SELECT 1 FROM runs WHERE thread_id = $1 AND run_id = $2"
-
-
-async def require(conn: asyncpg.Connection, thread_id: UUID, run_id: UUID | None = None) -> None:
+async def require(ledger: Ledger, thread_id: UUID, run_id: UUID | None = None) -> None:
     """404 unless the thread (and the run in it) exists; a deleted thread still does."""
-    if run_id is None:
-        if await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
-            raise HTTPError(404, f"thread {thread_id} not found")
-    elif await conn.fetchval(RUN_EXISTS_SQL, thread_id, run_id) is None:
-        raise HTTPError(404, f"run {run_id} not found in thread {thread_id}")
+    async with ledger.session() as session:
+        if run_id is None:
+            if not await session.threads.exists(thread_id):
+                raise HTTPError(404, f"thread {thread_id} not found")
+        elif not await session.heads.exists(RunRef(thread_id, run_id)):
+            raise HTTPError(404, f"run {run_id} not found in thread {thread_id}")
 
 
 def path_uuid(request: Request, name: str) -> UUID:

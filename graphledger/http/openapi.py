@@ -17,8 +17,13 @@ from graphledger import __version__
 from graphledger.ledger.events import RUN_STATUSES
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.projections.token_usage import TOKEN_FIELDS
-from graphledger.runs.request import CANCEL_ACTIONS, IF_NOT_EXISTS, MULTITASK_STRATEGIES, ON_DISCONNECT, STREAM_MODES
-
+from graphledger.runs.request import (
+    CANCEL_ACTIONS,
+    IF_NOT_EXISTS,
+    MULTITASK_STRATEGIES,
+    ON_DISCONNECT,
+    STREAM_MODES,
+)
 
 UUID = {"type": "string", "format": "uuid"}
 TIME = {"type": "string", "format": "date-time"}

@@ -15,7 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from graphledger.http.common import HTTPError, iso, path_uuid, query_bool, query_int, require
+from graphledger.http.common import (
+    HTTPError,
+    iso,
+    path_uuid,
+    query_bool,
+    query_int,
+    require,
+)
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
@@ -28,8 +35,7 @@ USAGE_GROUPS = ("model", "caller", "status")
 
 async def _check(request: Request, thread_id: UUID, run_id: UUID | None = None) -> None:
     """404 unless the thread (and the run in it) exists."""
-    async with request.app.state.ledger.pool.acquire() as conn:
-        await require(conn, thread_id, run_id)
+    await require(request.app.state.ledger, thread_id, run_id)
 
 
 def _run_id(request: Request) -> UUID | None:
@@ -62,7 +68,7 @@ async def messages(request: Request) -> JSONResponse:
     after = request.query_params.get("after") or None
     last = query_bool(request, "last")
     await _check(request, thread_id, run_id)
-    page = await Projections(request.app.state.ledger.pool).messages(
+    page = await Projections(request.app.state.ledger).messages(
         thread_id, run_id=run_id, limit=limit, before=before, after=after, last=last
     )
     return JSONResponse(page_json(page))
@@ -124,7 +130,7 @@ async def usage(request: Request) -> JSONResponse:
     thread_id, run_id = path_uuid(request, "thread_id"), _run_id(request)
     since, until = query_time(request, "since"), query_time(request, "until")
     await _check(request, thread_id, run_id)
-    reads = Projections(request.app.state.ledger.pool)
+    reads = Projections(request.app.state.ledger)
     window: dict[str, Any] = {"thread_id": thread_id, "run_id": run_id, "since": since, "until": until}
     body: dict[str, Any] = {"thread_id": str(thread_id), "totals": totals_json(await reads.token_usage(**window))}
     if run_id is not None:
@@ -163,7 +169,7 @@ async def export_download(request: Request) -> StreamingResponse:
     thread_id, run_id = path_uuid(request, "thread_id"), _run_id(request)
     await _check(request, thread_id, run_id)
     selection = Selection(run_id=run_id) if run_id is not None else Selection(thread_id=thread_id)
-    chunks = export(request.app.state.ledger.pool, selection)
+    chunks = export(request.app.state.ledger, selection)
     try:
         header = await anext(chunks)  # refusals (a run that has not ended: 409) come before the first byte
     except BaseException:

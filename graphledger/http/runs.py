@@ -11,11 +11,6 @@ a join without it sends ``metadata`` and then follows live events.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -23,204 +18,60 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from graphledger.http.common import HTTPError, iso, json_body, path_uuid, query_bool, query_int, require
+from graphledger.http.common import (
+    HTTPError,
+    iso,
+    json_body,
+    path_uuid,
+    query_bool,
+    query_int,
+    require,
+)
+from graphledger.http.sse import last_event_id, sse_response, sse_stream
 from graphledger.ledger import Event, Ledger, RunRef
-from graphledger.ledger.append import load_heads
-from graphledger.ledger.errors import LedgerError
-from graphledger.ledger.events import RUN_CREATED, RUN_STATUSES, STREAM_PREFIX
+from graphledger.ledger.events import FAILURE_KINDS, RUN_STATUSES
+from graphledger.projections import Projections
+from graphledger.projections.run_status import RunStatus
 from graphledger.runs import RunRequest, admit, cancel, join
-from graphledger.runs.request import CANCEL_ACTIONS, STREAM_MODES, stream_modes
+from graphledger.runs.recorder import stream_kind
+from graphledger.runs.request import CANCEL_ACTIONS, stream_modes
 from graphledger.runs.serialize import to_jsonable
+from graphledger.runs.sse import sse_modes
 
-_log = logging.getLogger("graphledger.http")
-
-HEARTBEAT_SECONDS = 5.0
-MAX_FRAMES_PER_WRITE = 256
-_HEARTBEAT = object()  # queued by a stream's idle timer
-_background: set[asyncio.Task[None]] = set()  # cancels of abandoned streams, kept referenced until done
-ERROR_KIND = STREAM_PREFIX + "error"
-RUN_COLUMNS = """
-SELECT r.thread_id, r.run_id, r.assistant_id, r.created_at, r.updated_at, r.status, r.metadata, e.data AS request
-FROM runs r JOIN events e ON e.thread_id = r.thread_id AND e.run_id = r.run_id AND e.seq = 1
-"""
-RUN_SQL = RUN_COLUMNS + "WHERE r.thread_id = $1 AND r.run_id = $2"
-LIST_SQL = RUN_COLUMNS + """WHERE r.thread_id = $1 AND ($2::text IS NULL OR r.status = $2)
-ORDER BY r.queue_position DESC LIMIT $3 OFFSET $4"""
-LAST_VALUES_SQL = """
-SELECT data FROM events WHERE thread_id = $1 AND run_id = $2 AND kind = 'stream:values' ORDER BY seq DESC LIMIT 1
-"""
+NOT_KWARGS = ("assistant_id", "metadata", "multitask_strategy", "executor")
+"""Fields of ``run.created`` that a run's JSON shows on their own, not under ``kwargs``."""
 
 
-def run_json(row: Any) -> dict[str, Any]:
-    request = json.loads(row["request"])
-    metadata = row["metadata"]
+def run_json(status: RunStatus, created: Event) -> dict[str, Any]:
+    """A run as the LangGraph API shows it: its status from the run status projection, its request from ``run.created``."""
+    request = created.value
     return {
-        "run_id": str(row["run_id"]),
-        "thread_id": str(row["thread_id"]),
-        "assistant_id": row["assistant_id"],
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-        "status": row["status"],
-        "metadata": json.loads(metadata) if isinstance(metadata, str) else metadata,
+        "run_id": str(status.run_id),
+        "thread_id": str(status.thread_id),
+        "assistant_id": status.assistant_id,
+        "created_at": iso(status.created_at),
+        "updated_at": iso(status.finished_at or status.started_at or status.created_at),
+        "status": status.status,
+        "metadata": request.get("metadata") or {},
         "multitask_strategy": request.get("multitask_strategy"),
-        "kwargs": {k: v for k, v in request.items() if k not in ("assistant_id", "metadata", "multitask_strategy")},
+        "kwargs": {k: v for k, v in request.items() if k not in NOT_KWARGS},
     }
 
 
+async def _runs_json(ledger: Ledger, statuses: list[RunStatus]) -> list[dict[str, Any]]:
+    refs = [RunRef(s.thread_id, s.run_id) for s in statuses]
+    async with ledger.session() as session:
+        created = await session.first_events(refs)
+    return [run_json(status, created[ref]) for status, ref in zip(statuses, refs, strict=True)]
+
+
 async def fetch_run(ledger: Ledger, ref: RunRef) -> dict[str, Any]:
-    async with ledger.pool.acquire() as conn:
-        row = await conn.fetchrow(RUN_SQL, ref.thread_id, ref.run_id)
-    if row is None:
-        raise HTTPError(404, f"run {ref.run_id} not found in thread {ref.thread_id}")
-    return run_json(row)
+    (found,) = await _runs_json(ledger, [await Projections(ledger).run_status(ref)])
+    return found
 
 
 def _ref(request: Request) -> RunRef:
     return RunRef(path_uuid(request, "thread_id"), path_uuid(request, "run_id"))
-
-
-# -- SSE ------------------------------------------------------------------------
-
-
-def sse_modes(requested: list[str]) -> set[str]:
-    """The stored stream modes a run's SSE stream sends."""
-    return {STREAM_MODES[m] for m in requested}
-
-
-def frame(event: Event, modes: set[str]) -> bytes | None:
-    """The SSE frame of a stored event, or None when the stream does not carry it."""
-    if event.kind == RUN_CREATED:
-        name, data = "metadata", json.dumps({"run_id": str(event.run_id), "attempt": 1}, separators=(",", ":"))
-    elif event.kind == ERROR_KIND:
-        name, data = "error", event.data
-    elif event.kind.startswith(STREAM_PREFIX):
-        name = event.kind[len(STREAM_PREFIX):]
-        if name.partition("|")[0] not in modes:
-            return None
-        data = event.data
-    else:
-        return None
-    return f"event: {name}\ndata: {data}\nid: {event.seq}\n\n".encode()
-
-
-async def _pump(ledger: Ledger, ref: RunRef, after_seq: int, queue: asyncio.Queue[Event | None]) -> None:
-    try:
-        async for event in ledger.tail(ref, after_seq):
-            await queue.put(event)
-    finally:
-        # The end marker; when cancelled with a full queue, no one reads it anyway.
-        with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(None)
-
-
-async def sse_stream(
-    ledger: Ledger,
-    ref: RunRef,
-    *,
-    after_seq: int,
-    modes: set[str],
-    metadata_first: Event | None = None,
-    on_disconnect: str = "continue",
-    heartbeat: float = HEARTBEAT_SECONDS,
-) -> AsyncIterator[bytes]:
-    """The frames of a run's events after ``after_seq``, heartbeats while idle, until the terminal event."""
-    finished = False
-    queue: asyncio.Queue[Event | None | object] = asyncio.Queue(maxsize=1000)
-    loop = asyncio.get_running_loop()
-    pump = loop.create_task(_pump(ledger, ref, after_seq, queue))  # type: ignore[arg-type]
-    last_sent = loop.time()
-
-    def beat() -> None:
-        # One timer per idle period (no task per wait): a heartbeat after
-        # ``heartbeat`` seconds without a byte sent, even while events the
-        # stream does not carry (other modes, usage) keep arriving.
-        nonlocal timer
-        remaining = last_sent + heartbeat - loop.time()
-        if remaining <= 0 and queue.empty():
-            queue.put_nowait(_HEARTBEAT)
-            remaining = heartbeat
-        timer = loop.call_later(max(remaining, heartbeat / 10), beat)
-
-    timer = loop.call_later(heartbeat, beat)
-    try:
-        if metadata_first is not None:
-            first = frame(metadata_first, modes)
-            if first:
-                yield first
-                last_sent = loop.time()
-        while True:
-            event = await queue.get()
-            if event is _HEARTBEAT:
-                yield b": heartbeat\n\n"
-                last_sent = loop.time()
-                continue
-            # This event and everything already queued behind it go out as one write.
-            frames: list[bytes] = []
-            end = False
-            failure: BaseException | None = None
-            while True:
-                if event is None:  # the tail ended: normally after the terminal event, else on an error
-                    await asyncio.wait({pump})
-                    failure = None if pump.cancelled() else pump.exception()
-                    end = True
-                    break
-                if event is not _HEARTBEAT:
-                    assert isinstance(event, Event)
-                    data = frame(event, modes)
-                    if data is not None:
-                        frames.append(data)
-                    if event.is_terminal:
-                        end = True
-                        break
-                if queue.empty() or len(frames) >= MAX_FRAMES_PER_WRITE:
-                    break
-                event = queue.get_nowait()
-            if frames:
-                yield b"".join(frames)
-                last_sent = loop.time()
-            if failure is not None:
-                raise failure
-            if end:
-                finished = True
-                return
-    finally:
-        timer.cancel()
-        pump.cancel()
-        # Not cancel_and_wait: a stream is stopped inside an anyio cancel scope,
-        # which cancels every await again; the cancel below must still be sent.
-        with contextlib.suppress(asyncio.CancelledError, LedgerError):
-            await pump
-        if not finished and on_disconnect == "cancel":
-            # The client went away mid-run: cancel it, outliving this cancelled generator.
-            task = asyncio.get_running_loop().create_task(_cancel_quietly(ledger, ref))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-
-
-async def _cancel_quietly(ledger: Ledger, ref: RunRef) -> None:
-    with contextlib.suppress(LedgerError):
-        await cancel(ledger, ref, reason="client disconnected")
-
-
-def sse_response(frames: AsyncIterator[bytes], ref: RunRef, *, created: bool = False) -> StreamingResponse:
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    if created:
-        headers["Location"] = f"/threads/{ref.thread_id}/runs/{ref.run_id}/stream"
-        headers["Content-Location"] = f"/threads/{ref.thread_id}/runs/{ref.run_id}"
-    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
-
-
-def last_event_id(request: Request) -> int | None:
-    text = request.headers.get("last-event-id")
-    if text is None or text.strip() == "":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise HTTPError(422, f"Last-Event-ID must be an event id (a seq), not {text[:50]!r}") from None
-    if value < -1:
-        raise HTTPError(422, "Last-Event-ID must be -1 or more")
-    return max(value, 0)
 
 
 # -- creating runs ------------------------------------------------------------------
@@ -267,14 +118,14 @@ async def final_output(request: Request, ref: RunRef, end: Event) -> Any:
     answers with its thread's current state from the checkpointer.
     """
     ledger: Ledger = request.app.state.ledger
-    if end.kind in ("run.failed", "run.timed_out"):
+    if end.kind in FAILURE_KINDS:
         error = end.value.get("error") if isinstance(end.value, dict) else None
         error = error if isinstance(error, dict) else {}
         return {"__error__": {"error": error.get("type", "Error"), "message": error.get("message", "")}}
-    async with ledger.pool.acquire() as conn:
-        data = await conn.fetchval(LAST_VALUES_SQL, ref.thread_id, ref.run_id)
-    if data is not None:
-        return json.loads(data)
+    async with ledger.session() as session:
+        values = await session.last_of_kind(ref, stream_kind("values"))
+    if values is not None:
+        return values.value
     checkpointer = request.app.state.runtime.checkpointer
     state = await checkpointer.aget_tuple({"configurable": {"thread_id": str(ref.thread_id)}}) if checkpointer else None
     return to_jsonable(state.checkpoint["channel_values"]) if state is not None else None
@@ -307,10 +158,10 @@ async def list_runs(request: Request) -> JSONResponse:
     status = request.query_params.get("status") or None
     if status is not None and status not in RUN_STATUSES:
         raise HTTPError(422, f"status must be one of {', '.join(RUN_STATUSES)}")
-    async with request.app.state.ledger.pool.acquire() as conn:
-        await require(conn, thread_id)
-        rows = await conn.fetch(LIST_SQL, thread_id, status, limit, offset)
-    return JSONResponse([run_json(row) for row in rows])
+    ledger: Ledger = request.app.state.ledger
+    await require(ledger, thread_id)
+    found = await Projections(ledger).runs(thread_id=thread_id, status=status, limit=limit, offset=offset)
+    return JSONResponse(await _runs_json(ledger, [r.status for r in found]))
 
 
 async def get_run(request: Request) -> JSONResponse:
@@ -357,9 +208,9 @@ async def join_stream(request: Request) -> StreamingResponse:
     metadata_first = None
     if after is None:
         # No Last-Event-ID: the metadata event, then what happens from now on.
-        metadata_first = (await ledger.read_run(ref, 0, 1))[0]
-        async with ledger.pool.acquire() as conn:
-            after = (await load_heads(conn, [ref]))[ref].seq
+        async with ledger.session() as session:
+            metadata_first = (await session.read_run(ref, 0, 1))[0]
+            after = (await session.heads.require(ref)).seq
     frames = sse_stream(
         ledger, ref, after_seq=after, modes=modes, metadata_first=metadata_first,
         on_disconnect="cancel" if cancel_on_disconnect else "continue", heartbeat=request.app.state.heartbeat,

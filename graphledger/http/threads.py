@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -12,24 +11,20 @@ from starlette.routing import Route
 
 from graphledger import runs
 from graphledger.http.common import HTTPError, iso, json_body, parse_uuid, path_uuid
-from graphledger.ledger.events import jsonb_text
+from graphledger.ledger import Ledger
+from graphledger.ledger.threads import Thread
 from graphledger.projections import Projections
 
-THREAD_SQL = "SELECT thread_id, created_at, updated_at, metadata, deleted_at FROM threads WHERE thread_id = $1"
-CREATE_SQL = """
-INSERT INTO threads (thread_id, metadata) VALUES ($1, $2::jsonb)
-ON CONFLICT (thread_id) DO NOTHING
-RETURNING thread_id, created_at, updated_at, metadata, deleted_at
-"""
+IF_EXISTS = ("raise", "do_nothing")
 
 
-async def thread_json(request: Request, row: Any) -> dict[str, Any]:
-    status = await Projections(request.app.state.ledger.pool).thread_status(row["thread_id"])
+async def thread_json(ledger: Ledger, thread: Thread) -> dict[str, Any]:
+    status = await Projections(ledger).thread_status(thread.thread_id)
     return {
-        "thread_id": str(row["thread_id"]),
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-        "metadata": json.loads(row["metadata"]) if isinstance(row["metadata"], str) else row["metadata"],
+        "thread_id": str(thread.thread_id),
+        "created_at": iso(thread.created_at),
+        "updated_at": iso(thread.updated_at),
+        "metadata": thread.metadata,
         "status": status,
     }
 
@@ -41,26 +36,29 @@ async def create_thread(request: Request) -> JSONResponse:
     if not isinstance(metadata, dict):
         raise HTTPError(422, "metadata must be an object")
     if_exists = body.get("if_exists") or "raise"
-    if if_exists not in ("raise", "do_nothing"):
+    if if_exists not in IF_EXISTS:
         raise HTTPError(422, f"if_exists must be raise or do_nothing, not {if_exists!r}")
-    async with request.app.state.ledger.pool.acquire() as conn:
-        row = await conn.fetchrow(CREATE_SQL, thread_id, jsonb_text(metadata, "metadata"))
-        if row is None:
-            row = await conn.fetchrow(THREAD_SQL, thread_id)
-            if row["deleted_at"] is not None:
+    ledger: Ledger = request.app.state.ledger
+    async with ledger.session() as session:
+        thread = await session.threads.insert(thread_id, metadata)
+        if thread is None:
+            thread = await session.threads.get(thread_id)
+            assert thread is not None  # threads are never removed
+            if thread.deleted:
                 raise HTTPError(409, f"thread {thread_id} was deleted; the ids of deleted threads are not reused")
             if if_exists == "raise":
                 raise HTTPError(409, f"thread {thread_id} already exists")
-    return JSONResponse(await thread_json(request, row))
+    return JSONResponse(await thread_json(ledger, thread))
 
 
 async def get_thread(request: Request) -> JSONResponse:
     thread_id = path_uuid(request, "thread_id")
-    async with request.app.state.ledger.pool.acquire() as conn:
-        row = await conn.fetchrow(THREAD_SQL, thread_id)
-    if row is None or row["deleted_at"] is not None:
+    ledger: Ledger = request.app.state.ledger
+    async with ledger.session() as session:
+        thread = await session.threads.get(thread_id)
+    if thread is None or thread.deleted:
         raise HTTPError(404, f"thread {thread_id} not found")
-    return JSONResponse(await thread_json(request, row))
+    return JSONResponse(await thread_json(ledger, thread))
 
 
 async def delete_thread(request: Request) -> Response:

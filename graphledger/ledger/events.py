@@ -27,8 +27,12 @@ LLM_USAGE = "llm.usage"
 STREAM_PREFIX = "stream:"
 """A stream chunk's kind is ``stream:<mode>[|<namespace>]``: the SSE event name after the prefix."""
 
+STREAM_ERROR = STREAM_PREFIX + "error"
+"""A run's error as its stream tells it (sent as the SSE ``error`` event), appended before ``run.failed``/``run.timed_out``."""
+
 TERMINAL_KINDS = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_TIMED_OUT, RUN_INTERRUPTED})
-LIFECYCLE_KINDS = frozenset({RUN_CREATED, RUN_STARTED, RUN_CANCEL_REQUESTED}) | TERMINAL_KINDS
+FAILURE_KINDS = frozenset({RUN_FAILED, RUN_TIMED_OUT})
+"""Terminal kinds whose payload carries ``{"error": {"type", "message"}}``."""
 
 STATUS_AFTER: dict[str, str] = {
     RUN_CREATED: "pending",
@@ -41,8 +45,15 @@ STATUS_AFTER: dict[str, str] = {
 """The run status each lifecycle kind leads to (kinds not listed leave it as it is)."""
 
 TERMINAL_STATUSES = frozenset({"success", "error", "timeout", "interrupted"})
+ACTIVE_STATUSES = ("pending", "running")
 RUN_STATUSES = tuple(dict.fromkeys(STATUS_AFTER.values()))
 """Every run status, in lifecycle order: pending, running, success, error, timeout, interrupted."""
+
+EXECUTOR_SERVER = "server"
+EXECUTOR_CALLER = "caller"
+"""Who executes a run, as its ``run.created`` payload's ``executor`` says: a ``graphledger serve``
+worker claims only ``server`` runs; a ``caller`` run (created by a program through
+``Ledger.create_run`` or the recorder) is executed by that program and never claimed."""
 
 MAX_KIND_LENGTH = 256
 _DOTTED_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")

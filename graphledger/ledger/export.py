@@ -27,30 +27,34 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import asyncpg
 import orjson
 
 from graphledger import __version__
 from graphledger.ledger.chain import GENESIS, format_ts, link_with, run_prefix
-from graphledger.ledger.errors import InvalidEvent, RunNotEnded, RunNotFound, ThreadNotFound
-from graphledger.ledger.events import TERMINAL_KINDS, TERMINAL_STATUSES, canonical_json
+from graphledger.ledger.errors import (
+    InvalidEvent,
+    RunNotEnded,
+    RunNotFound,
+    ThreadNotFound,
+)
+from graphledger.ledger.events import (
+    TERMINAL_KINDS,
+    TERMINAL_STATUSES,
+    RunRef,
+    canonical_json,
+)
+from graphledger.ledger.session import Session
+
+if TYPE_CHECKING:
+    from graphledger.ledger.store import Ledger
 
 FORMAT = "graphledger-export"
 VERSION = 1
 BATCH = 2_000  # event lines per chunk yielded (and rows per cursor fetch)
 
-RUN_SQL = "SELECT thread_id, run_id, status FROM runs WHERE run_id = $1"
-THREAD_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
-THREAD_RUNS_SQL = "SELECT thread_id, run_id, status FROM runs WHERE thread_id = $1 ORDER BY queue_position"
-WINDOW_RUNS_SQL = """
-SELECT thread_id, run_id, status FROM runs
-WHERE created_at >= coalesce($1, '-infinity'::timestamptz) AND created_at < coalesce($2, 'infinity'::timestamptz)
-ORDER BY created_at, queue_position
-"""
-EVENTS_SQL = "SELECT seq, kind, data, ts, hash FROM events WHERE thread_id = $1 AND run_id = $2 ORDER BY seq"
 
 
 def sealed(record: dict[str, Any]) -> str:
@@ -96,22 +100,18 @@ class Selection:
         found = {"run_id": self.run_id, "thread_id": self.thread_id, "since": self.since, "until": self.until}
         return {k: (v.isoformat() if isinstance(v, datetime) else str(v)) for k, v in found.items() if v is not None}
 
-    async def runs(self, conn: asyncpg.Connection) -> tuple[list[tuple[UUID, UUID]], list[UUID]]:
+    async def runs(self, session: Session) -> tuple[list[tuple[UUID, UUID]], list[UUID]]:
         """The ended runs selected, in order, and the runs left out because they have not ended yet."""
+        if self.thread_id is not None and not await session.threads.exists(self.thread_id):
+            raise ThreadNotFound(f"thread {self.thread_id} not found")
+        rows = await session.heads.statuses(run_id=self.run_id, thread_id=self.thread_id, since=self.since, until=self.until)
         if self.run_id is not None:
-            rows = await conn.fetch(RUN_SQL, self.run_id)
             if not rows:
                 raise RunNotFound(f"run {self.run_id} not found")
-            if rows[0]["status"] not in TERMINAL_STATUSES:
-                raise RunNotEnded(f"run {self.run_id} has not ended yet ({rows[0]['status']}): its record is not complete")
-        elif self.thread_id is not None:
-            if await conn.fetchval(THREAD_SQL, self.thread_id) is None:
-                raise ThreadNotFound(f"thread {self.thread_id} not found")
-            rows = await conn.fetch(THREAD_RUNS_SQL, self.thread_id)
-        else:
-            rows = await conn.fetch(WINDOW_RUNS_SQL, self.since, self.until)
-        ended = [(row["thread_id"], row["run_id"]) for row in rows if row["status"] in TERMINAL_STATUSES]
-        return ended, [row["run_id"] for row in rows if row["status"] not in TERMINAL_STATUSES]
+            if rows[0][1] not in TERMINAL_STATUSES:
+                raise RunNotEnded(f"run {self.run_id} has not ended yet ({rows[0][1]}): its record is not complete")
+        ended = [(ref.thread_id, ref.run_id) for ref, status in rows if status in TERMINAL_STATUSES]
+        return ended, [ref.run_id for ref, status in rows if status not in TERMINAL_STATUSES]
 
 
 def _event_line(thread: str, run: str, seq: int, kind: str, ts: datetime, data: str, digest: bytes) -> bytes:
@@ -122,46 +122,45 @@ def _event_line(thread: str, run: str, seq: int, kind: str, ts: datetime, data: 
     ))
 
 
-async def export(pool: asyncpg.Pool, selection: Selection, *, progress: Any = None) -> AsyncIterator[bytes]:
+async def export(ledger: Ledger, selection: Selection, *, progress: Any = None) -> AsyncIterator[bytes]:
     """The export of ``selection`` as chunks of lines, read from one consistent snapshot with constant memory.
 
     ``progress``, when given, is called with the number of events written so far.
     """
-    async with pool.acquire() as conn:
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            runs, active = await selection.runs(conn)
-            header = {
-                "type": "header", "format": FORMAT, "version": VERSION, "server_version": __version__,
-                "exported_at": datetime.now(timezone.utc).isoformat(), "filters": selection.filters(), "runs": len(runs),
-                "not_ended": [str(run_id) for run_id in active],
-            }
-            yield (sealed(header) + "\n").encode()
-            summaries: list[RunSummary] = []
-            total = 0
-            chunk: list[bytes] = []
-            for thread_id, run_id in runs:
-                summary = RunSummary(thread_id, run_id)
-                summaries.append(summary)
-                thread, run = str(thread_id), str(run_id)
-                async for row in conn.cursor(EVENTS_SQL, thread_id, run_id, prefetch=BATCH):
-                    digest = bytes(row["hash"])
-                    chunk.append(_event_line(thread, run, row["seq"], row["kind"], row["ts"], row["data"], digest))
-                    summary.events += 1
-                    summary.first_hash = summary.first_hash or digest.hex()
-                    summary.last_hash = digest.hex()
-                    if row["kind"] in TERMINAL_KINDS:
-                        summary.terminal = row["kind"]
-                    if len(chunk) >= BATCH:
-                        total += len(chunk)
-                        yield b"".join(chunk)
-                        chunk = []
-                        if progress is not None:
-                            progress(total)
-            total += len(chunk)
-            trailer = {"type": "trailer", "events": total, "runs": [s.as_json() for s in summaries]}
-            yield b"".join(chunk) + (sealed(trailer) + "\n").encode()
-            if progress is not None:
-                progress(total)
+    async with ledger.transaction(isolation="repeatable_read", readonly=True) as tx:
+        runs, active = await selection.runs(tx)
+        header = {
+            "type": "header", "format": FORMAT, "version": VERSION, "server_version": __version__,
+            "exported_at": datetime.now(timezone.utc).isoformat(), "filters": selection.filters(), "runs": len(runs),
+            "not_ended": [str(run_id) for run_id in active],
+        }
+        yield (sealed(header) + "\n").encode()
+        summaries: list[RunSummary] = []
+        total = 0
+        chunk: list[bytes] = []
+        for thread_id, run_id in runs:
+            summary = RunSummary(thread_id, run_id)
+            summaries.append(summary)
+            thread, run = str(thread_id), str(run_id)
+            async for row in tx.run_rows(RunRef(thread_id, run_id), prefetch=BATCH):
+                digest = bytes(row["hash"])
+                chunk.append(_event_line(thread, run, row["seq"], row["kind"], row["ts"], row["data"], digest))
+                summary.events += 1
+                summary.first_hash = summary.first_hash or digest.hex()
+                summary.last_hash = digest.hex()
+                if row["kind"] in TERMINAL_KINDS:
+                    summary.terminal = row["kind"]
+                if len(chunk) >= BATCH:
+                    total += len(chunk)
+                    yield b"".join(chunk)
+                    chunk = []
+                    if progress is not None:
+                        progress(total)
+        total += len(chunk)
+        trailer = {"type": "trailer", "events": total, "runs": [s.as_json() for s in summaries]}
+        yield b"".join(chunk) + (sealed(trailer) + "\n").encode()
+        if progress is not None:
+            progress(total)
 
 
 # -- offline verification -------------------------------------------------------------------

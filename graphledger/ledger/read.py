@@ -52,7 +52,11 @@ WHERE (tx, global_position) > ($1::text::xid8, $2)
 ORDER BY tx, global_position LIMIT $3
 """
 
-RUN_THREAD_SQL = "SELECT thread_id FROM runs WHERE run_id = $1"
+RUN_ROWS_SQL = "SELECT seq, kind, data, ts, hash FROM events WHERE thread_id = $1 AND run_id = $2 ORDER BY seq"
+
+LAST_OF_KIND_SQL = f"""
+SELECT {_COLUMNS} FROM events WHERE thread_id = $1 AND run_id = $2 AND kind = $3 ORDER BY seq DESC LIMIT 1
+"""
 
 
 def to_event(row: asyncpg.Record) -> Event:
@@ -137,5 +141,12 @@ async def read_feed(conn: asyncpg.Connection, after: FeedCursor = FeedCursor(), 
     return events, cursor
 
 
-async def thread_of(conn: asyncpg.Connection, run_id: UUID) -> UUID | None:
-    return await conn.fetchval(RUN_THREAD_SQL, run_id)
+async def last_of_kind(conn: asyncpg.Connection, ref: RunRef, kind: str) -> Event | None:
+    """The run's last event of ``kind``, if any."""
+    row = await conn.fetchrow(LAST_OF_KIND_SQL, ref.thread_id, ref.run_id, kind)
+    return to_event(row) if row is not None else None
+
+
+def run_rows(conn: asyncpg.Connection, ref: RunRef, prefetch: int) -> AsyncIterator[asyncpg.Record]:
+    """A cursor over a run's stored rows (``seq, kind, data, ts, hash``) in order; needs a transaction."""
+    return conn.cursor(RUN_ROWS_SQL, ref.thread_id, ref.run_id, prefetch=prefetch)  # type: ignore[no-any-return]

@@ -47,7 +47,7 @@ runs = sa.Table(
     sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
     sa.Column("assistant_id", sa.Text, nullable=True),
     sa.Column("status", sa.Text, nullable=False, server_default="pending"),
-    # The stream head: every append is conditional on it (see ledger/append.py).
+    # The stream head: every append is conditional on it (see ledger/statement.py).
     sa.Column("last_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_hash", sa.LargeBinary, nullable=False, server_default=sa.text("'\\x" + "00" * 32 + "'::bytea")),
     sa.Column("last_kind", sa.Text, nullable=True),
@@ -56,6 +56,9 @@ runs = sa.Table(
     sa.Column("metadata", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     # Admission order: a thread's pending runs start in this order (multitask "enqueue").
     sa.Column("queue_position", sa.BigInteger, sa.Identity(always=False), nullable=False),
+    # Whether a worker may claim it: the run.created payload's "executor" is "server"
+    # (a run its creator executes itself is never claimed).
+    sa.Column("claimable", sa.Boolean, nullable=False, server_default=sa.false()),
     # The worker executing the run, and until when it holds the run unless it renews.
     sa.Column("lease_owner", sa.Text, nullable=True),
     sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
@@ -64,7 +67,7 @@ runs = sa.Table(
     sa.CheckConstraint("last_seq >= 0", name="runs_last_seq_check"),
     sa.Index("runs_run_id_idx", "run_id"),
     sa.Index("runs_thread_created_idx", "thread_id", "created_at"),
-    sa.Index("runs_pending_idx", "queue_position", postgresql_where=sa.text("status = 'pending'")),
+    sa.Index("runs_pending_idx", "queue_position", postgresql_where=sa.text("status = 'pending' AND claimable")),
     sa.Index("runs_active_idx", "thread_id", "queue_position", postgresql_where=sa.text("status IN ('pending', 'running')")),
     sa.Index("runs_lease_idx", "lease_expires_at", postgresql_where=sa.text("status = 'running'")),
 )

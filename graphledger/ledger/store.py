@@ -4,36 +4,44 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from graphledger.ledger import chain, read
-from graphledger.ledger.append import Projector, Writer, append_at, insert_run, load_heads
-from graphledger.ledger.errors import InvalidEvent, RunNotFound, ThreadNotFound, translate
-from graphledger.ledger.events import RUN_CREATED, Event, NewEvent, RunRef, jsonb_text, validate_kind
+from graphledger.ledger.errors import RunNotFound, translate
+from graphledger.ledger.events import (
+    EXECUTOR_CALLER,
+    Event,
+    NewEvent,
+    RunRef,
+    validate_kind,
+)
 from graphledger.ledger.read import FeedCursor
+from graphledger.ledger.session import Session, Transaction
+from graphledger.ledger.statement import Projector, Statement
 from graphledger.ledger.tail import Hub
-
-INSERT_THREAD_SQL = """
-INSERT INTO threads (thread_id, metadata) VALUES ($1, $2::jsonb)
-ON CONFLICT (thread_id) DO NOTHING
-RETURNING thread_id
-"""
+from graphledger.ledger.writer import Writer
 
 APPLICATION_NAME = "graphledger"
 
 
 class Ledger:
-    """Append to, read, tail and verify the event log of one database."""
+    """Append to, read, tail and verify the event log of one database.
 
-    def __init__(self, dsn: str, pool: asyncpg.Pool, writer: Writer, hub: Hub | None, projector: Projector | None = None) -> None:
+    Code above the ledger reaches the database only through :meth:`session`
+    and :meth:`transaction` and the methods below; the pool, the writer and
+    the hub are the ledger's own.
+    """
+
+    def __init__(self, dsn: str, pool: asyncpg.Pool, writer: Writer, hub: Hub | None, statement: Statement) -> None:
         self.dsn = dsn
-        self.pool = pool
-        self.writer = writer
-        self.hub = hub
-        self.projector = projector
+        self._pool = pool
+        self._writer = writer
+        self._hub = hub
+        self._statement = statement
 
     @classmethod
     async def connect(
@@ -57,15 +65,16 @@ class Ledger:
         with translate():
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, server_settings=settings)
         hub = Hub(dsn, poll_interval=poll_interval) if tail else None
+        statement = Statement(projector)
         writer = writer_class(
             lambda: asyncpg.connect(dsn, server_settings=settings),
             max_batch=max_batch,
             max_delay=max_delay,
             on_commit=hub.publish if hub else None,
             on_flight=hub.in_flight if hub else None,
-            projector=projector,
+            statement=statement,
         )
-        ledger = cls(dsn, pool, writer, hub, projector)
+        ledger = cls(dsn, pool, writer, hub, statement)
         try:
             writer.start()
             if hub is not None:
@@ -77,10 +86,10 @@ class Ledger:
         return ledger
 
     async def close(self) -> None:
-        await self.writer.close()
-        if self.hub is not None:
-            await self.hub.close()
-        await self.pool.close()
+        await self._writer.close()
+        if self._hub is not None:
+            await self._hub.close()
+        await self._pool.close()
 
     async def __aenter__(self) -> Ledger:
         return self
@@ -88,13 +97,53 @@ class Ledger:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def hub(self) -> Hub | None:
+        """The process's tail (None when connected with ``tail=False``)."""
+        return self._hub
+
+    @property
+    def writer(self) -> Writer:
+        """The group-commit writer (its counters are read by benchmarks and tests)."""
+        return self._writer
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool.get_max_size()
+
+    # -- the door --------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """One connection of the pool; driver errors leave it as ledger errors."""
+        with translate():
+            async with self._pool.acquire() as conn:
+                yield Session(conn, self._statement)
+
+    @asynccontextmanager
+    async def transaction(self, *, isolation: str = "read_committed", readonly: bool = False) -> AsyncIterator[Transaction]:
+        """A transaction; once it commits, its appends reach this process's subscribers and writer."""
+        with translate():
+            async with self._pool.acquire() as conn:
+                tx = Transaction(conn, self._statement)
+                async with conn.transaction(isolation=isolation, readonly=readonly):
+                    yield tx
+        self._committed(tx)
+
+    def _committed(self, tx: Transaction) -> None:
+        for ref, head in tx.heads_after.items():
+            last = next(e for e in reversed(tx.appended) if e.run_id == ref.run_id and e.thread_id == ref.thread_id)
+            self._writer.seed(ref, last, head.status)
+        if tx.appended and self._hub is not None:
+            self._hub.publish(tx.appended)
+
     # -- writing ---------------------------------------------------------------------
 
     async def create_thread(self, thread_id: UUID | None = None, metadata: Mapping[str, Any] | None = None) -> UUID:
         """Create a thread (a no-op if it exists); return its id."""
         thread_id = thread_id or uuid4()
-        async with self.pool.acquire() as conn:
-            await conn.execute(INSERT_THREAD_SQL, thread_id, jsonb_text(dict(metadata or {}), "thread metadata"))
+        async with self.session() as session:
+            await session.threads.insert(thread_id, metadata)
         return thread_id
 
     async def create_run(
@@ -106,23 +155,21 @@ class Ledger:
         payload: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Event:
-        """Create a run and append its ``run.created`` event (durable on return)."""
-        ref = RunRef(thread_id, run_id or uuid4())
-        created = NewEvent.of(RUN_CREATED, dict(payload or {}))
-        async with self.pool.acquire() as conn:
-            try:
-                with translate():
-                    event = await insert_run(
-                        conn, ref, created, assistant_id=assistant_id, metadata=jsonb_text(dict(metadata or {}), "run metadata"), projector=self.projector
-                    )
-                self.writer.seed(ref, event)
-                if self.hub is not None:
-                    self.hub.publish([event])
-                return event
-            except asyncpg.ForeignKeyViolationError:
-                raise ThreadNotFound(f"thread {thread_id} not found") from None
-            except asyncpg.UniqueViolationError:
-                raise InvalidEvent(f"run {ref.run_id} already exists") from None
+        """Create a run that the caller executes itself, and append its ``run.created`` event (durable on return).
+
+        ``assistant_id`` and ``metadata`` are recorded in the payload, which is
+        where the run's head row takes them from. The payload says
+        ``"executor": "caller"``: no worker of ``graphledger serve`` ever claims
+        such a run (only runs admitted for a served graph are claimed).
+        """
+        created = dict(payload or {})
+        if assistant_id is not None:
+            created["assistant_id"] = assistant_id
+        if metadata is not None:
+            created["metadata"] = dict(metadata)
+        created["executor"] = EXECUTOR_CALLER
+        async with self.transaction() as tx:
+            return await tx.create_run(RunRef(thread_id, run_id or uuid4()), created)
 
     async def append(self, ref: RunRef, kind: str, payload: Any, *, expected_seq: int | None = None) -> Event:
         """Append one event and wait until it is durable.
@@ -134,74 +181,67 @@ class Ledger:
         """
         event = NewEvent.of(kind, payload)
         if expected_seq is None:
-            with translate():
-                return await self.writer.append(ref, event)
-        async with self.pool.acquire() as conn:
-            with translate():
-                (stored,) = await append_at(conn, ref, [event], expected_seq, projector=self.projector)
-        if self.hub is not None:
-            self.hub.publish([stored])
+            return await self._writer.append(ref, event)
+        async with self.transaction() as tx:
+            (stored,) = await tx.append(ref, [event], expected_seq=expected_seq)
         return stored
 
     def submit(self, ref: RunRef, kind: str, payload: Any) -> asyncio.Future[Event]:
         """Queue an event for the next group commit; await the result to know it is durable."""
-        return self.writer.submit(ref, NewEvent.of(kind, payload))
+        return self._writer.submit(ref, NewEvent.of(kind, payload))
 
     def feed(self, ref: RunRef, kind: str, payload: Any) -> None:
         """Queue a stream chunk without waiting; it is durable once a later awaited event of the run is."""
-        self.writer.feed(ref, NewEvent.of(kind, payload))
+        self._writer.feed(ref, NewEvent.of(kind, payload))
 
     def feed_encoded(self, ref: RunRef, kind: str, data: str) -> None:
         """:meth:`feed` a payload already encoded as canonical JSON text (by :func:`~graphledger.ledger.events.encode_json`)."""
-        self.writer.feed(ref, NewEvent(validate_kind(kind), data))
+        self._writer.feed(ref, NewEvent(validate_kind(kind), data))
 
     # -- reading ---------------------------------------------------------------------
 
     async def run_ref(self, run_id: UUID) -> RunRef:
-        async with self.pool.acquire() as conn:
-            thread_id = await read.thread_of(conn, run_id)
-        if thread_id is None:
+        async with self.session() as session:
+            found = await session.heads.locate(run_id)
+        if found is None:
             raise RunNotFound(f"run {run_id} not found")
-        return RunRef(thread_id, run_id)
+        return found.ref
 
     async def read_run(self, ref: RunRef, after_seq: int = 0, limit: int = 10_000, *, kinds: Sequence[str] | None = None) -> list[Event]:
-        async with self.pool.acquire() as conn:
-            return await read.read_run(conn, ref, after_seq, limit, kinds=kinds)
+        async with self.session() as session:
+            return await session.read_run(ref, after_seq, limit, kinds=kinds)
 
     async def iter_run(self, ref: RunRef, after_seq: int = 0) -> AsyncIterator[Event]:
         """Every stored event of a run after ``after_seq``, in order, in pages: for runs of any length."""
-        async with self.pool.acquire() as conn:
-            async for event in read.iter_run(conn, ref, after_seq):
+        async with self.session() as session:
+            async for event in session.iter_run(ref, after_seq):
                 yield event
 
     async def read_thread(self, thread_id: UUID, after_position: int = 0, limit: int = 10_000) -> list[Event]:
-        async with self.pool.acquire() as conn:
-            return await read.read_thread(conn, thread_id, after_position, limit)
+        async with self.session() as session:
+            return await read.read_thread(session.connection, thread_id, after_position, limit)
 
     async def read_feed(self, after: FeedCursor = FeedCursor(), limit: int = 10_000) -> tuple[list[Event], FeedCursor]:
-        async with self.pool.acquire() as conn:
-            return await read.read_feed(conn, after, limit)
+        async with self.session() as session:
+            return await read.read_feed(session.connection, after, limit)
 
     async def tail(self, run: UUID | RunRef, after_seq: int = 0) -> AsyncIterator[Event]:
         """Every event of a run after ``after_seq``: stored ones first, then live ones, ending after the terminal event."""
-        if self.hub is None:
+        if self._hub is None:
             raise RuntimeError("this ledger was connected with tail=False")
-        ref, last_seq, finished = await self.hub.head(run.run_id if isinstance(run, RunRef) else run)
+        with translate():
+            ref, last_seq, finished = await self._hub.head(run.run_id if isinstance(run, RunRef) else run)
         if isinstance(run, RunRef) and run.thread_id != ref.thread_id:
             raise RunNotFound(f"run {run.run_id} not found in thread {run.thread_id}")
         if finished and after_seq >= last_seq:
             return  # nothing after the terminal event, ever
-        async for event in self.hub.follow(ref, after_seq):
+        async for event in self._hub.follow(ref, after_seq):
             yield event
 
     async def verify(self, run: UUID | RunRef) -> chain.ChainReport:
         """Recompute a run's hash chain from the stored events; report the first bad event."""
         ref = run if isinstance(run, RunRef) else await self.run_ref(run)
-        async with self.pool.acquire() as conn:
-            head = (await load_heads(conn, [ref])).get(ref)
-            if head is None:
-                raise RunNotFound(f"run {ref.run_id} not found")
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                events = [e async for e in read.iter_run(conn, ref)]
+        async with self.transaction(isolation="repeatable_read", readonly=True) as tx:
+            head = await tx.heads.require(ref)
+            events = [e async for e in tx.iter_run(ref)]
         return chain.check(ref.run_id, events, head_hash=head.hash)
-

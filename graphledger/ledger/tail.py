@@ -31,9 +31,10 @@ from uuid import UUID
 import asyncpg
 
 from graphledger.ledger import read
-from graphledger.ledger.append import CHANNEL
 from graphledger.ledger.errors import RunNotFound
-from graphledger.ledger.events import TERMINAL_KINDS, Event, RunRef
+from graphledger.ledger.events import Event, RunRef
+from graphledger.ledger.heads import Heads
+from graphledger.ledger.statement import CHANNEL
 from graphledger.ledger.tasks import cancel_and_wait
 
 _log = logging.getLogger("graphledger.tail")
@@ -42,7 +43,6 @@ _CLOSED = object()
 APPLICATION_NAME = "graphledger-tail"
 """Prefix of the application_name both tail connections of a hub carry (see pg_stat_activity)."""
 
-HEAD_SQL = "SELECT thread_id, last_seq, last_kind FROM runs WHERE run_id = $1"
 _hubs = itertools.count(1)
 
 
@@ -164,10 +164,10 @@ class Hub:
     async def head(self, run_id: UUID) -> tuple[RunRef, int, bool]:
         """A run's ref, last seq and whether it is finished, read on the tail's own connection."""
         async with self._reader_lock:
-            row = await (await self._connection()).fetchrow(HEAD_SQL, run_id)
-        if row is None:
+            found = await Heads(await self._connection()).locate(run_id)
+        if found is None:
             raise RunNotFound(f"run {run_id} not found")
-        return RunRef(row["thread_id"], run_id), row["last_seq"], row["last_kind"] in TERMINAL_KINDS
+        return found.ref, found.last_seq, found.finished
 
     def subscribe(self, ref: RunRef, after_seq: int = 0) -> Subscription:
         """Follow ``ref`` from ``after_seq``; the subscription ends after the terminal event."""

@@ -8,7 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from graphledger.ledger import Ledger
-from graphledger.projections.errors import InvalidArgument, InvalidCursor, RebuildRunning
+from graphledger.projections.errors import (
+    InvalidArgument,
+    InvalidCursor,
+    RebuildRunning,
+)
 from graphledger.projections.project import Projector
 from graphledger.projections.read import MessagePage, Projections
 from graphledger.projections.rebuild import RebuildReport, rebuild

@@ -3,7 +3,7 @@
 The same merge statements serve twice:
 
 - inline, as data-modifying CTEs of the ledger's append statement
-  (:data:`INLINE_CTES`), joined to the events that statement inserted, so
+  (:meth:`Projector.ctes`), joined to the events that statement inserted, so
   rows of a run whose head moved are never written and a read right after an
   append sees its effect;
 - in a rebuild (:func:`rebuild_sql`), over events read back from the log.
@@ -17,12 +17,18 @@ arrive in commit order and a rebuild reads them in log order.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphledger.ledger.append import FIRST_EXTENSION_PARAM
-from graphledger.ledger.events import LLM_USAGE, RUN_CREATED, STATUS_AFTER, Event, RunRef, canonical_json
+from graphledger.ledger.events import (
+    LLM_USAGE,
+    RUN_CREATED,
+    STATUS_AFTER,
+    Event,
+    RunRef,
+    canonical_json,
+)
 from graphledger.projections import messages as messages_fold
 from graphledger.projections import run_status as status_fold
 from graphledger.projections import token_usage as usage_fold
@@ -39,22 +45,29 @@ KINDS = {
 }
 """The event kinds each projection reads; every other event leaves it unchanged."""
 
-_ARRAYS = {RUN_STATUS: 12, TOKEN_USAGE: 15, MESSAGES: 8}
+COLUMNS = {
+    RUN_STATUS: (
+        "thread_id", "run_id", "status", "status_seq", "assistant_id", "created_at",
+        "started_at", "finished_at", "attempt", "worker", "error_type", "error_message",
+    ),
+    TOKEN_USAGE: (
+        "thread_id", "run_id", "call_id", "seq", "ts", "model", "caller", "usage_known", "input_tokens",
+        "output_tokens", "total_tokens", "cache_read", "cache_creation", "reasoning", "latency_ms",
+    ),
+    MESSAGES: ("thread_id", "run_id", "seq", "pos", "part", "message_id", "type", "data"),
+}
+"""The column arrays each projection's merge takes, in order (one parameter each)."""
+_ARRAYS = {name: len(columns) for name, columns in COLUMNS.items()}
 
 
-def _params(first: int, names: Collection[str]) -> dict[str, list[str]]:
-    params: dict[str, list[str]] = {}
-    n = first
-    for name in ALL:
-        if name in names:
-            params[name] = [f"${n + i}" for i in range(_ARRAYS[name])]
-            n += _ARRAYS[name]
-    return params
+def param_names(names: Collection[str] = ALL) -> list[str]:
+    """The merges' parameter names (``<projection>.<column>``), in the order :meth:`Rows.args` fills them."""
+    return [f"{name}.{column}" for name in ALL if name in names for column in COLUMNS[name]]
 
 
-def _ctes(first: int, schema: str, inline: bool, names: Collection[str] = ALL) -> str:
-    """The merges of ``names`` as CTEs; ``inline``: keep only rows of events the append statement inserted."""
-    params = _params(first, names)
+def _ctes(placeholders: Mapping[str, str], schema: str, inline: bool, names: Collection[str] = ALL) -> str:
+    """The merges of ``names`` as CTEs, each parameter written as its placeholder; ``inline``: keep only rows of events the append statement inserted."""
+    params = {name: [placeholders[f"{name}.{column}"] for column in COLUMNS[name]] for name in ALL if name in names}
     t = f"{schema}." if schema else ""
 
     def only_inserted(alias: str, seq: str) -> str:
@@ -153,13 +166,10 @@ messages_written AS (
     return ",".join(parts)
 
 
-INLINE_CTES = _ctes(FIRST_EXTENSION_PARAM, "", inline=True)
-"""The merges as they run inside the ledger's append statement."""
-
-
 def rebuild_sql(schema: str, names: Collection[str] = ALL) -> str:
     """One statement that merges rows of ``names`` (positions given) into the tables of ``schema``."""
-    return f"WITH {_ctes(1, schema, False, names)}\nSELECT 1"
+    numbered = {name: f"${n}" for n, name in enumerate(param_names(names), 1)}
+    return f"WITH {_ctes(numbered, schema, False, names)}\nSELECT 1"
 
 
 @dataclass(slots=True)
@@ -238,13 +248,17 @@ PROJECTED_KINDS = frozenset().union(*KINDS.values())
 class Projector:
     """Projection rows for the events of an append statement (the ledger's ``Projector`` hook)."""
 
-    ctes = INLINE_CTES
+    params: Sequence[str] = tuple(param_names())
 
-    def args(self, events: Iterable[Event]) -> list[Any] | None:
+    def ctes(self, placeholders: Mapping[str, str]) -> str:
+        """The merges as they run inside the ledger's append statement."""
+        return _ctes(placeholders, "", inline=True)
+
+    def args(self, events: Iterable[Event]) -> Mapping[str, list[Any]] | None:
         rows = Rows()
         kinds = PROJECTED_KINDS
         for event in events:
             if event.kind in kinds:
                 rows.add(event)
-        return rows.args() if rows.count else None
+        return dict(zip(self.params, rows.args(), strict=True)) if rows.count else None
 

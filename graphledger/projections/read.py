@@ -17,6 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
+from graphledger.ledger import Ledger
 from graphledger.ledger.errors import RunNotFound, ThreadNotFound
 from graphledger.ledger.events import RunRef
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
@@ -34,12 +35,21 @@ _STATUS_COLUMNS = (
     "s.attempt, s.worker, s.error_type, s.error_message"
 )
 RUN_STATUS_SQL = f"SELECT {_STATUS_COLUMNS} FROM run_status s WHERE s.thread_id = $1 AND s.run_id = $2"
-RUN_STATUS_BY_ID_SQL = f"""
-SELECT {_STATUS_COLUMNS} FROM runs r JOIN run_status s ON s.thread_id = r.thread_id AND s.run_id = r.run_id
-WHERE r.run_id = $1
-"""
 THREAD_RUNS_SQL = f"SELECT {_STATUS_COLUMNS} FROM run_status s WHERE s.thread_id = $1"
-THREAD_EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
+RUNS_SQL = f"""
+SELECT {_STATUS_COLUMNS}, u.calls, u.total_tokens
+FROM run_status s
+LEFT JOIN LATERAL (
+    SELECT count(*) AS calls, coalesce(sum(l.total_tokens), 0)::bigint AS total_tokens
+    FROM llm_calls l WHERE l.thread_id = s.thread_id AND l.run_id = s.run_id
+) u ON true
+WHERE ($1::uuid IS NULL OR s.thread_id = $1)
+  AND ($2::text IS NULL OR s.status = $2)
+  AND ($3::text IS NULL OR s.assistant_id = $3)
+  AND s.created_at >= coalesce($4, '-infinity'::timestamptz) AND s.created_at < coalesce($5, 'infinity'::timestamptz)
+ORDER BY s.created_at DESC, s.run_id
+LIMIT $6 OFFSET $7
+"""
 
 _SUMS = ", ".join(f"coalesce(sum(l.{name}), 0)::bigint AS {name}" for name in TOKEN_FIELDS)
 # A thread's calls are found by its key; the time window is then a filter
@@ -135,8 +145,20 @@ class MessagePage:
     after: str | None
 
 
+_STATUS_FIELDS = [c.split(".")[1] for c in _STATUS_COLUMNS.split(", ")]
+
+
 def _status(row: asyncpg.Record) -> RunStatus:
-    return RunStatus(**dict(row))
+    return RunStatus(**{name: row[name] for name in _STATUS_FIELDS})
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """A run's status with its LLM calls and total tokens."""
+
+    status: RunStatus
+    calls: int
+    total_tokens: int
 
 
 def _call(row: asyncpg.Record) -> LlmCall:
@@ -164,38 +186,57 @@ _EVER = (datetime.fromisoformat("0001-01-01T00:00:00+00:00"), datetime.fromisofo
 class Projections:
     """Python reads of the read models (the HTTP layer serves these)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
 
     async def run_status(self, run: RunRef | UUID) -> RunStatus:
-        async with self.pool.acquire() as conn:
-            if isinstance(run, RunRef):
-                row = await conn.fetchrow(RUN_STATUS_SQL, run.thread_id, run.run_id)
-            else:
-                row = await conn.fetchrow(RUN_STATUS_BY_ID_SQL, run)
+        """A run's status (the one source of run and thread status for every read)."""
+        async with self.ledger.session() as session:
+            if not isinstance(run, RunRef):
+                found = await session.heads.locate(run)
+                if found is None:
+                    raise RunNotFound(f"run {run} not found")
+                run = found.ref
+            row = await session.connection.fetchrow(RUN_STATUS_SQL, run.thread_id, run.run_id)
         if row is None:
-            raise RunNotFound(f"run {run.run_id if isinstance(run, RunRef) else run} not found")
+            raise RunNotFound(f"run {run.run_id} not found")
         return _status(row)
 
     async def thread_runs(self, thread_id: UUID) -> list[RunStatus]:
-        async with self.pool.acquire() as conn:
-            return [_status(row) for row in await conn.fetch(THREAD_RUNS_SQL, thread_id)]
+        async with self.ledger.session() as session:
+            return [_status(row) for row in await session.connection.fetch(THREAD_RUNS_SQL, thread_id)]
 
     async def thread_status(self, thread_id: UUID) -> str:
         """idle, busy, interrupted or error, from the thread's runs."""
-        async with self.pool.acquire() as conn:
-            if await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
+        async with self.ledger.session() as session:
+            if not await session.threads.exists(thread_id):
                 raise ThreadNotFound(f"thread {thread_id} not found")
-            rows = await conn.fetch(THREAD_RUNS_SQL, thread_id)
+            rows = await session.connection.fetch(THREAD_RUNS_SQL, thread_id)
         return thread_status(_status(row) for row in rows)
+
+    async def runs(
+        self,
+        *,
+        thread_id: UUID | None = None,
+        status: str | None = None,
+        assistant_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunSummary]:
+        """Runs newest first, filtered, with their calls and total tokens."""
+        async with self.ledger.session() as session:
+            rows = await session.connection.fetch(RUNS_SQL, thread_id, status, assistant_id, since, until, limit, offset)
+        return [RunSummary(_status(row), row["calls"], row["total_tokens"]) for row in rows]
 
     async def llm_calls(self, thread_id: UUID, run_id: UUID | None = None) -> list[LlmCall]:
         """The recorded calls of a thread (or of one of its runs), in order, with their run's assistant and status."""
-        async with self.pool.acquire() as conn:
+        async with self.ledger.session() as session:
             if run_id is None:
-                rows = await conn.fetch(CALLS_SQL["thread"], thread_id)
+                rows = await session.connection.fetch(CALLS_SQL["thread"], thread_id)
             else:
-                rows = await conn.fetch(CALLS_SQL["run"], thread_id, run_id)
+                rows = await session.connection.fetch(CALLS_SQL["run"], thread_id, run_id)
         return [_call(row) for row in rows]
 
     async def token_usage(
@@ -233,8 +274,8 @@ class Projections:
             raise InvalidArgument("since is after until")
         scope = "run" if run_id is not None else "thread" if thread_id is not None else "all"
         window = (since or _EVER[0], until or _EVER[1])
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(USAGE_SQL[(scope, group)], thread_id, *window, run_id)
+        async with self.ledger.session() as session:
+            rows = await session.connection.fetch(USAGE_SQL[(scope, group)], thread_id, *window, run_id)
         if group is None:
             return {None: _totals(rows[0])}
         return {row["key"]: _totals(row) for row in rows}
@@ -267,9 +308,9 @@ class Projections:
         else:
             key = _END if last else _START
         args = (thread_id, *key, limit + 1) + (() if run_id is None else (run_id,))
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(PAGE_SQL[(run_id is not None, backward)], *args)
-            if not rows and await conn.fetchval(THREAD_EXISTS_SQL, thread_id) is None:
+        async with self.ledger.session() as session:
+            rows = await session.connection.fetch(PAGE_SQL[(run_id is not None, backward)], *args)
+            if not rows and not await session.threads.exists(thread_id):
                 raise ThreadNotFound(f"thread {thread_id} not found")
         has_more = len(rows) > limit
         found = [_message(row) for row in rows[:limit]]

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from graphledger.runs.errors import GraphLoadError, InvalidRequest, NotCancellable, NotPending, ThreadBusy, UnknownAssistant
+from graphledger.runs.errors import (
+    GraphLoadError,
+    InvalidRequest,
+    NotCancellable,
+    NotPending,
+    ThreadBusy,
+    UnknownAssistant,
+)
 from graphledger.runs.graphs import GraphRegistry
-from graphledger.runs.lifecycle import Admitted, Cancelled, admit, cancel, delete_thread, join
+from graphledger.runs.leases import LeaseKeeper, Reaper
+from graphledger.runs.lifecycle import (
+    Admitted,
+    Cancelled,
+    admit,
+    cancel,
+    delete_thread,
+    join,
+)
 from graphledger.runs.recorder import Recorder, Recording
 from graphledger.runs.request import RunRequest
 from graphledger.runs.runtime import RunSettings, Runtime
-from graphledger.runs.worker import Reaper, Worker
+from graphledger.runs.worker import Worker
 
 __all__ = [
     "Admitted",
@@ -16,6 +31,7 @@ __all__ = [
     "GraphLoadError",
     "GraphRegistry",
     "InvalidRequest",
+    "LeaseKeeper",
     "NotCancellable",
     "NotPending",
     "Reaper",

@@ -15,11 +15,10 @@ from contextlib import asynccontextmanager
 from uuid import UUID
 
 import asyncpg
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 SCHEMA = "langgraph"
 SETUP_LOCK = 7_426_017_314  # one setup at a time per database (servers may start together)

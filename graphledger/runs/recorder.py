@@ -34,23 +34,30 @@ from langgraph.types import Command
 from graphledger.ledger import Ledger
 from graphledger.ledger.errors import LedgerError, RunFinished
 from graphledger.ledger.events import (
+    EXECUTOR_CALLER,
     LLM_USAGE,
     RUN_FAILED,
     RUN_INTERRUPTED,
     RUN_SUCCEEDED,
     RUN_TIMED_OUT,
+    STREAM_ERROR,
     STREAM_PREFIX,
     Event,
     RunRef,
 )
 from graphledger.runs import lifecycle
-from graphledger.runs.request import STREAM_MODES, RunRequest, stream_modes, with_message_ids
+from graphledger.runs.leases import LeaseKeeper
+from graphledger.runs.request import (
+    STREAM_MODES,
+    RunRequest,
+    stream_modes,
+    with_message_ids,
+)
 from graphledger.runs.serialize import encode, to_jsonable
 
 _log = logging.getLogger("graphledger.runs")
 
 INTERRUPT_KEY = "__interrupt__"
-ERROR_KIND = STREAM_PREFIX + "error"
 
 
 def stream_kind(mode: str, namespace: Sequence[str] = ()) -> str:
@@ -255,7 +262,7 @@ class Recording:
         self.usage.close()
         try:
             if error is not None:
-                self.feed(ERROR_KIND, {"error": error["type"], "message": error["message"]})
+                self.feed(STREAM_ERROR, {"error": error["type"], "message": error["message"]})
             self.ended = await self.ledger.append(self.ref, kind, dict(payload))
         except RunFinished as exc:
             _log.warning("run %s was ended elsewhere (%s) before this process could end it", self.ref.run_id, exc.status)
@@ -339,13 +346,15 @@ class Recorder:
         }
         request = RunRequest.parse(body)
         thread_meta = {"thread_id": str(external)} if external is not None and str(external) != str(thread) else {}
-        admitted = await lifecycle.admit(self.ledger, request, thread_id=thread, run_id=run_id, thread_metadata=thread_meta)
+        admitted = await lifecycle.admit(
+            self.ledger, request, thread_id=thread, run_id=run_id, thread_metadata=thread_meta, executor=EXECUTOR_CALLER
+        )
         ref = admitted.ref
         await lifecycle.start(self.ledger, ref, self.owner, lease_seconds=self.lease_seconds)
         recording = Recording(self.ledger, ref, request)
         if external is not None:
             recording.graph_thread_id = str(external)
-        keeper = lifecycle.LeaseKeeper(self.ledger, self.owner, self.lease_seconds)
+        keeper = LeaseKeeper(self.ledger, self.owner, self.lease_seconds)
         keeper.hold(ref)
         keeper.start()
         try:

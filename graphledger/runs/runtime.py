@@ -10,7 +10,8 @@ from typing import Any
 from graphledger.ledger import Ledger
 from graphledger.runs import checkpoint
 from graphledger.runs.graphs import GraphRegistry
-from graphledger.runs.worker import Reaper, Worker
+from graphledger.runs.leases import Reaper
+from graphledger.runs.worker import Worker
 
 _log = logging.getLogger("graphledger.runs")
 

@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphledger.ledger import Ledger
-from graphledger.ledger.append import RUNS_CHANNEL
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.events import RUN_CANCEL_REQUESTED, RunRef
+from graphledger.ledger.statement import RUNS_CHANNEL
 from graphledger.ledger.tasks import cancel_and_wait
 from graphledger.runs import checkpoint, lifecycle
 from graphledger.runs.graphs import GraphRegistry
-from graphledger.runs.periodic import Periodic
+from graphledger.runs.leases import LeaseKeeper
 from graphledger.runs.recorder import Recording
+from graphledger.runs.request import CANCEL_ACTIONS
 
 _log = logging.getLogger("graphledger.runs")
 
@@ -76,7 +77,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.run_timeout = run_timeout
         self.owner = owner or f"worker {os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.leases = lifecycle.LeaseKeeper(ledger, self.owner, lease_seconds, on_lost=self._lost)
+        self.leases = LeaseKeeper(ledger, self.owner, lease_seconds, on_lost=self._lost)
         self.running: dict[RunRef, _Stop] = {}
         self.executed = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -172,8 +173,8 @@ class Worker:
             if stop.action == "rollback" and self.checkpointer is None:
                 _log.warning("run %s: rollback asked, but this worker has no checkpointer to roll back", ref.run_id)
             elif stop.action == "rollback":
-                async with self.ledger.pool.acquire() as conn:
-                    removed = await checkpoint.rollback(conn, ref.thread_id, ref.run_id)
+                async with self.ledger.session() as session:
+                    removed = await checkpoint.rollback(session.connection, ref.thread_id, ref.run_id)
                 _log.info("run %s rolled back: %d checkpoints removed", ref.run_id, removed)
             await recording.interrupt("cancel", stop.action)
         elif stop.reason == "timeout":
@@ -193,31 +194,7 @@ class Worker:
             async for event in self.ledger.tail(ref, after_seq):
                 if event.kind == RUN_CANCEL_REQUESTED:
                     action = event.value.get("action") if isinstance(event.value, dict) else None
-                    stop("cancel", action if action in ("interrupt", "rollback") else "interrupt")
+                    stop("cancel", action if action in CANCEL_ACTIONS else "interrupt")
                     return
         except LedgerError as exc:
             _log.warning("following run %s for cancels failed: %s", ref.run_id, exc)
-
-
-class Reaper(Periodic):
-    """Ends runs whose lease expired ``grace_seconds`` ago, every ``interval`` seconds."""
-
-    name = "reaping"
-
-    def __init__(self, ledger: Ledger, *, grace_seconds: float = 10.0, idle_seconds: float = 30.0, interval: float = 5.0) -> None:
-        super().__init__(interval)
-        self.ledger = ledger
-        self.grace_seconds = grace_seconds
-        self.idle_seconds = idle_seconds
-        self.reaped = 0
-
-    async def reap_once(self) -> int:
-        events = await lifecycle.reap(self.ledger, grace_seconds=self.grace_seconds, idle_seconds=self.idle_seconds)
-        ended = sum(1 for e in events if e.is_terminal)
-        if ended:
-            _log.warning("reaped %d runs whose worker stopped renewing its lease", ended)
-        self.reaped += ended
-        return ended
-
-    async def tick(self) -> None:
-        await self.reap_once()

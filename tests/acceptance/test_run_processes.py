@@ -17,8 +17,10 @@ import pytest
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.projections import Projections
 from graphledger.runs import GraphRegistry, RunRequest, admit, cancel, demo, join
+from tests._db import raw
 from tests.acceptance.servers import GRACE, Server
 from tests.acceptance.test_serve import free_port, graphledger
+
 HANG_GUARD = 60.0  # only stops a broken run from hanging the suite; never a measurement
 
 GRAPHS = GraphRegistry({"demo": demo.graph})
@@ -101,10 +103,10 @@ async def test_a_killed_worker_s_run_is_failed_by_another_process_and_its_tail_e
     assert end.kind == "run.failed" and end.value["error"]["type"] == "LeaseExpired"
     assert f":{a.pid}:" in end.value["error"]["message"]
     assert seen[-2].kind == "stream:error"
-    async with client.pool.acquire() as conn:
+    async with raw(client) as conn:
         expired = await conn.fetchval("SELECT lease_expires_at FROM runs WHERE run_id = $1", ref.run_id)
     assert (end.ts - expired).total_seconds() >= GRACE  # never reaped before lease and grace ran out
-    status = await Projections(client.pool).run_status(ref)
+    status = await Projections(client).run_status(ref)
     assert status is not None and status.status == "error"
     assert (await client.verify(ref)).ok
     # the next run of the thread is executed by a live worker

@@ -38,7 +38,7 @@ async def recorded(dsn: str) -> AsyncIterator[Recorded]:
         await recorder.ainvoke(demo.graph, INPUT, config)
         with pytest.raises(RuntimeError):
             await recorder.ainvoke(demo.graph, INPUT, {"configurable": {**config["configurable"], "fail": "model down"}})
-        runs = sorted(await Projections(ledger.pool).thread_runs(thread), key=lambda r: r.created_at)  # type: ignore[arg-type, return-value]
+        runs = sorted(await Projections(ledger).thread_runs(thread), key=lambda r: r.created_at)  # type: ignore[arg-type, return-value]
         yield Recorded(thread, [RunRef(thread, r.run_id) for r in runs])
     finally:
         await ledger.close()

@@ -16,6 +16,7 @@ import pytest
 from graphledger.ledger import Ledger, LedgerError, RunRef
 from graphledger.ledger.errors import RunNotEnded
 from graphledger.ledger.export import Selection, verify_lines
+from tests._db import raw
 from tests.audit.conftest import Recorded, export_bytes
 
 
@@ -46,7 +47,7 @@ async def test_an_export_holds_every_event_exactly_as_stored_and_verifies(ledger
 
 
 async def test_a_time_window_selects_runs_by_creation(ledger: Ledger, recorded: Recorded) -> None:
-    async with ledger.pool.acquire() as conn:
+    async with raw(ledger) as conn:
         created = [await conn.fetchval("SELECT created_at FROM runs WHERE run_id = $1", r.run_id) for r in recorded.runs]
     data = await export_bytes(ledger, Selection(since=created[1], until=created[2]))
     trailer = json.loads(lines_of(data)[-1])

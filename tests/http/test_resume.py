@@ -8,7 +8,7 @@ from uuid import UUID
 import httpx
 from langgraph_sdk.client import LangGraphClient
 
-from graphledger.http.runs import frame, sse_modes
+from graphledger.runs.sse import frame, sse_modes
 from graphledger.ledger import Ledger, RunRef
 
 INPUT = {"messages": [{"role": "user", "content": "a long one"}]}

@@ -7,7 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from graphledger.ledger.errors import InvalidEvent, InvalidPayload
-from graphledger.ledger.events import NewEvent, canonical_json, jsonb_text, validate_kind
+from graphledger.ledger.events import (
+    NewEvent,
+    canonical_json,
+    jsonb_text,
+    validate_kind,
+)
 
 
 def test_canonical_json_sorts_keys_and_drops_whitespace() -> None:

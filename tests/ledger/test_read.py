@@ -8,10 +8,10 @@ import asyncpg
 import pytest
 
 from graphledger.ledger import Ledger, RunRef
-from graphledger.ledger.append import append_at
 from graphledger.ledger.errors import InvalidEvent
 from graphledger.ledger.events import NewEvent
 from graphledger.ledger.read import FeedCursor
+from tests._db import raw
 
 
 async def new_run(ledger: Ledger, thread=None) -> RunRef:  # type: ignore[no-untyped-def]
@@ -33,7 +33,7 @@ async def test_iterating_a_run_reads_page_after_page(ledger: Ledger) -> None:
 
     ref = await new_run(ledger)
     await asyncio.gather(*(ledger.submit(ref, "stream:values", {"i": i}) for i in range(10)))
-    async with ledger.pool.acquire() as conn:
+    async with raw(ledger) as conn:
         for page in (1, 3, 11, 12):  # pages that end exactly at the last event, or before it
             assert [e.seq async for e in iter_run(conn, ref, page=page)] == list(range(1, 12))
         assert [e.seq async for e in iter_run(conn, ref, 4, page=3)] == list(range(5, 12))
@@ -67,18 +67,12 @@ async def test_feed_never_skips_a_late_committing_transaction(ledger: Ledger, ds
     early, late = await new_run(ledger), await new_run(ledger)
     seen, cursor = await drain_feed(ledger, FeedCursor())
 
-    slow = await asyncpg.connect(dsn)
-    try:
-        tx = slow.transaction()
-        await tx.start()
+    async with ledger.transaction() as tx:
         # This transaction takes its position (and xid) first but commits last.
-        await append_at(slow, late, [NewEvent.of("stream:values", {"slow": True})], expected_seq=1)
+        await tx.append(late, [NewEvent.of("stream:values", {"slow": True})], expected_seq=1)
         await ledger.append(early, "stream:values", {"fast": True})
         more, cursor = await drain_feed(ledger, cursor)
         assert more == [], "rows of transactions newer than a running one must wait"
-        await tx.commit()
-    finally:
-        await slow.close()
     more, cursor = await drain_feed(ledger, cursor)
     seen.extend(more)
     all_positions = await conn.fetch("SELECT global_position FROM events ORDER BY tx, global_position")

@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import graphledger.projections.schema  # noqa: F401  (registers the projection tables)
 from graphledger.ledger import Ledger, RunRef
 from graphledger.ledger.migrate import sqlalchemy_url, upgrade
-import graphledger.projections.schema  # noqa: F401  (registers the projection tables)
 from graphledger.ledger.schema import metadata
 
 

@@ -19,7 +19,7 @@ TABLE_ORDER = {
 
 @pytest.fixture
 def views(projected: Ledger) -> Projections:
-    return Projections(projected.pool)
+    return Projections(projected)
 
 
 async def table_rows(conn: asyncpg.Connection, threads: list[Any] | None = None) -> dict[str, list[tuple[Any, ...]]]:

@@ -154,7 +154,7 @@ async def check(dsn: str, threads: list[list[Any]], limit: int) -> None:
         inline = as_stored(await table_rows(conn, thread_ids))
         assert inline == expected(events)
 
-        views = Projections(ledger.pool)
+        views = Projections(ledger)
         for thread in thread_ids:
             in_order = [row[1] for row in sorted(inline["messages"], key=lambda r: (r[2], r[3])) if row[0] == thread]
             forward, backward = await walk(views, thread, limit)

@@ -10,7 +10,12 @@ import asyncpg
 import pytest
 
 from graphledger.ledger import Ledger, RunRef
-from graphledger.projections import InvalidArgument, Projections, RebuildRunning, rebuild
+from graphledger.projections import (
+    InvalidArgument,
+    Projections,
+    RebuildRunning,
+    rebuild,
+)
 from graphledger.projections.rebuild import REBUILD_LOCK
 
 from .conftest import table_rows
@@ -129,7 +134,7 @@ async def test_unknown_projection_is_refused_and_nothing_changes(projected: Ledg
 
 async def test_reads_work_after_a_swap(projected: Ledger, conn: asyncpg.Connection) -> None:
     refs = await workload(projected, runs=3, steps=6, seed=5)
-    views = Projections(projected.pool)
+    views = Projections(projected)
     before = await views.messages(refs[0].thread_id)
     await rebuild(conn)
     assert await views.messages(refs[0].thread_id) == before

@@ -5,7 +5,14 @@ from typing import Any
 from uuid import uuid4
 
 from graphledger.ledger.events import Event, canonical_json
-from graphledger.projections.run_status import RunStatus, apply, fold, patch_of, replay, thread_status
+from graphledger.projections.run_status import (
+    RunStatus,
+    apply,
+    fold,
+    patch_of,
+    replay,
+    thread_status,
+)
 
 T0 = datetime(2026, 11, 22, tzinfo=timezone.utc)
 

@@ -8,7 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from graphledger.ledger.events import Event, canonical_json
-from graphledger.projections.token_usage import TOKEN_FIELDS, LlmCall, breakdown, fold, tokens_from_usage, totals
+from graphledger.projections.token_usage import (
+    TOKEN_FIELDS,
+    LlmCall,
+    breakdown,
+    fold,
+    tokens_from_usage,
+    totals,
+)
 
 TS = datetime(2026, 11, 22, tzinfo=timezone.utc)
 THREAD = uuid4()

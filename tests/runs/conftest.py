@@ -9,7 +9,15 @@ from uuid import UUID
 import pytest
 
 from graphledger.ledger import Event, Ledger, RunRef
-from graphledger.runs import GraphRegistry, RunRequest, Worker, admit, checkpoint, demo, join
+from graphledger.runs import (
+    GraphRegistry,
+    RunRequest,
+    Worker,
+    admit,
+    checkpoint,
+    demo,
+    join,
+)
 
 LEASE = 2.0
 

@@ -19,7 +19,7 @@ from graphledger.runs import (
     cancel,
     join,
 )
-
+from tests._db import raw
 from tests.runs.conftest import LEASE, Submit, ask
 
 SLOW = {"configurable": {"tokens": 400, "token_delay": 0.02}}  # about 8 s of tokens
@@ -55,7 +55,7 @@ async def test_cancel_stops_a_running_run_and_its_usage_still_counts(ledger: Led
     kinds = [e.kind for e in await ledger.read_run(ref)]
     assert "run.cancel_requested" in kinds and kinds.index("run.cancel_requested") < kinds.index("run.interrupted")
     # the call in flight is recorded with what the model had reported: its input tokens
-    calls = await Projections(ledger.pool).llm_calls(ref.thread_id, run_id=ref.run_id)
+    calls = await Projections(ledger).llm_calls(ref.thread_id, run_id=ref.run_id)
     assert calls and calls[-1].run_status == "interrupted"
     assert sum(c.tokens["input_tokens"] or 0 for c in calls if c.tokens) > 0
     # cancelling an interrupted run again succeeds and changes nothing
@@ -106,7 +106,7 @@ async def test_reject_refuses_a_run_while_the_thread_is_busy(ledger: Ledger, wor
     await started(ledger, ref, streaming=False)
     with pytest.raises(ThreadBusy, match="active run"):
         await admit(ledger, ask(multitask_strategy="reject"), thread_id=ref.thread_id, graphs=graphs)
-    runs = await Projections(ledger.pool).thread_runs(ref.thread_id)
+    runs = await Projections(ledger).thread_runs(ref.thread_id)
     assert [r.run_id for r in runs] == [ref.run_id]  # nothing was written for the refused run
     await cancel(ledger, ref)
     await join(ledger, ref)
@@ -147,7 +147,7 @@ async def test_enqueued_runs_of_a_thread_run_one_at_a_time_in_order(ledger: Ledg
         events = await ledger.read_run(ref)
         spans.append((events[1].global_position, events[-1].global_position))
     assert all(spans[i][1] < spans[i + 1][0] for i in range(len(spans) - 1)), spans  # no overlap, in order
-    page = await Projections(ledger.pool).messages(first.thread_id)
+    page = await Projections(ledger).messages(first.thread_id)
     humans = [m.data["content"] for m in page.messages if m.type == "human"]
     assert humans == [f"number {i}" for i in range(4)]
 
@@ -162,7 +162,7 @@ async def test_a_run_past_its_timeout_ends_timed_out(ledger: Ledger, graphs: Gra
         await worker.stop()
     assert end.kind == "run.timed_out"
     assert end.value["error"]["type"] == "TimeoutError"
-    status = await Projections(ledger.pool).run_status(ref)
+    status = await Projections(ledger).run_status(ref)
     assert status is not None and status.status == "timeout"
 
 
@@ -180,11 +180,11 @@ async def test_shutdown_lets_short_runs_finish_and_interrupts_the_rest(ledger: L
 
 
 async def test_a_worker_that_loses_its_lease_stops_writing(ledger: Ledger, worker: Worker, graphs: GraphRegistry) -> None:
-    from graphledger.runs.worker import Reaper
+    from graphledger.runs.leases import Reaper
 
     ref = (await admit(ledger, slow(), graphs=graphs)).ref
     await started(ledger, ref)
-    async with ledger.pool.acquire() as conn:  # as if the worker had stalled past its lease
+    async with raw(ledger) as conn:  # as if the worker had stalled past its lease
         await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '1 hour' WHERE run_id = $1", ref.run_id)
     assert await Reaper(ledger, grace_seconds=0).reap_once() == 1
     end = await join(ledger, ref)

@@ -10,19 +10,26 @@ import pytest
 from graphledger.ledger import Ledger, RunRef, ThreadNotFound
 from graphledger.ledger.errors import InvalidEvent
 from graphledger.projections import Projections
-from graphledger.runs import GraphRegistry, NotPending, UnknownAssistant, admit, cancel, lifecycle
-from graphledger.runs.worker import Reaper
-
+from graphledger.runs import (
+    GraphRegistry,
+    NotPending,
+    UnknownAssistant,
+    admit,
+    cancel,
+    lifecycle,
+)
+from graphledger.runs.leases import LeaseKeeper, Reaper
+from tests._db import raw
 from tests.runs.conftest import ask
 
 
 async def drain(ledger: Ledger, owner: str = "drain") -> None:
     """End every run left active in the database, so tests that share it start clean."""
-    async with ledger.pool.acquire() as conn:
+    async with raw(ledger) as conn:
         rows = await conn.fetch("SELECT thread_id, run_id, status FROM runs WHERE status IN ('pending', 'running')")
     for row in rows:
         await cancel(ledger, RunRef(row["thread_id"], row["run_id"]))
-    async with ledger.pool.acquire() as conn:
+    async with raw(ledger) as conn:
         await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '1 hour' WHERE status = 'running'")
     await Reaper(ledger, grace_seconds=0).reap_once()
 
@@ -33,15 +40,15 @@ async def test_admission_records_the_request_and_projects_a_pending_run(ledger: 
     assert created.kind == "run.created" and created.seq == 1
     assert created.value["assistant_id"] == "demo" and created.value["metadata"] == {"team": "a"}
     assert created.value["input"]["messages"][0]["id"]
-    status = await Projections(ledger.pool).run_status(admitted.ref)
+    status = await Projections(ledger).run_status(admitted.ref)
     assert status is not None and status.status == "pending"
-    page = await Projections(ledger.pool).messages(admitted.ref.thread_id)
+    page = await Projections(ledger).messages(admitted.ref.thread_id)
     assert [m.data["content"] for m in page.messages] == ["hello"]
     await drain(ledger)
 
 
 async def test_admission_errors_write_nothing(ledger: Ledger, graphs: GraphRegistry) -> None:
-    async with ledger.pool.acquire() as conn:
+    async with raw(ledger) as conn:
         before = await conn.fetchval("SELECT count(*) FROM events")
     with pytest.raises(UnknownAssistant):
         await admit(ledger, ask().__class__.parse({"assistant_id": "ghost"}), graphs=graphs)
@@ -50,7 +57,7 @@ async def test_admission_errors_write_nothing(ledger: Ledger, graphs: GraphRegis
     existing = await admit(ledger, ask(), graphs=graphs)
     with pytest.raises(InvalidEvent, match="already exists"):
         await admit(ledger, ask(), thread_id=existing.ref.thread_id, run_id=existing.ref.run_id)
-    async with ledger.pool.acquire() as conn:
+    async with raw(ledger) as conn:
         assert await conn.fetchval("SELECT count(*) FROM events") == before + 1
     await drain(ledger)
 
@@ -99,7 +106,7 @@ async def test_the_lease_keeper_reports_a_run_taken_from_it(ledger: Ledger, grap
     ref = (await admit(ledger, ask(), graphs=graphs)).ref
     await lifecycle.claim(ledger, "keeper", limit=1, lease_seconds=0.3)
     lost: list[RunRef] = []
-    keeper = lifecycle.LeaseKeeper(ledger, "keeper", 0.3, on_lost=lost.append)
+    keeper = LeaseKeeper(ledger, "keeper", 0.3, on_lost=lost.append)
     keeper.hold(ref)
     keeper.start()
     try:
@@ -124,7 +131,7 @@ async def test_the_reaper_ends_expired_and_silent_runs_but_not_live_ones(ledger:
     silent_thread = await ledger.create_thread()
     silent = RunRef(silent_thread, (await ledger.create_run(silent_thread)).run_id)
     await ledger.append(silent, "run.started", {"worker": "external"})
-    async with ledger.pool.acquire() as conn:
+    async with raw(ledger) as conn:
         await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '20 seconds' WHERE run_id = $1", expired.run_id)
         await conn.execute("UPDATE runs SET updated_at = now() - interval '1 hour' WHERE run_id = $1", silent.run_id)
     reaper = Reaper(ledger, grace_seconds=10, idle_seconds=60)
@@ -133,13 +140,13 @@ async def test_the_reaper_ends_expired_and_silent_runs_but_not_live_ones(ledger:
         events = await ledger.read_run(ref)
         assert [e.kind for e in events[-2:]] == ["stream:error", "run.failed"]
         assert events[-1].value["error"] == {"type": "LeaseExpired", "message": f"{owner} stopped renewing its lease on the run"}
-    assert (await Projections(ledger.pool).run_status(live)).status == "running"  # type: ignore[union-attr]
+    assert (await Projections(ledger).run_status(live)).status == "running"  # type: ignore[union-attr]
     assert await reaper.reap_once() == 0
     await drain(ledger)
 
 
 async def test_the_run_queue_channel_hints_on_admission_and_on_ends_but_not_on_chunks(ledger: Ledger, graphs: GraphRegistry) -> None:
-    from graphledger.ledger.append import RUNS_CHANNEL
+    from graphledger.ledger.statement import RUNS_CHANNEL
 
     hints: list[float] = []
     assert ledger.hub is not None

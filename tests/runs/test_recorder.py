@@ -7,11 +7,11 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from pydantic import BaseModel
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_stream_writer
 from langgraph.graph import START, StateGraph
 from langgraph.types import Command
+from pydantic import BaseModel
 
 from graphledger.ledger import Ledger, RunRef
 from graphledger.projections import Projections
@@ -30,7 +30,7 @@ def strip_ids(value: Any) -> Any:
 
 
 async def latest_run(ledger: Ledger, thread_id: UUID) -> RunRef:
-    runs = await Projections(ledger.pool).thread_runs(thread_id)
+    runs = await Projections(ledger).thread_runs(thread_id)
     latest = max(runs, key=lambda r: r.created_at)  # type: ignore[arg-type, return-value]
     return RunRef(thread_id, latest.run_id)
 
@@ -64,9 +64,9 @@ async def test_a_string_thread_id_keeps_the_callers_checkpoints_and_maps_to_one_
 
     thread = ledger_thread_id("customer-42")
     assert thread is not None
-    runs = await Projections(ledger.pool).thread_runs(thread)
+    runs = await Projections(ledger).thread_runs(thread)
     assert len(runs) == 2 and all(r.status == "success" for r in runs)
-    page = await Projections(ledger.pool).messages(thread)
+    page = await Projections(ledger).messages(thread)
     assert len(page.messages) == 8
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from graphledger.ledger import Ledger
 from graphledger.projections import Projections
 from graphledger.runs import RunRequest, Worker
-
+from tests._db import raw
 from tests.runs.conftest import Submit, ask
 
 
@@ -30,7 +30,7 @@ async def test_usage_of_every_llm_call_lands_in_the_projection_with_cache_and_re
     ledger: Ledger, worker: Worker, run_to_end: Submit
 ) -> None:
     ref, _ = await run_to_end(ask("one two three"))
-    calls = await Projections(ledger.pool).llm_calls(ref.thread_id, run_id=ref.run_id)
+    calls = await Projections(ledger).llm_calls(ref.thread_id, run_id=ref.run_id)
     assert len(calls) == 2  # the tool call, then the answer
     for call in calls:
         assert call.model == "graphledger-demo-1" and call.caller == "agent"
@@ -38,14 +38,14 @@ async def test_usage_of_every_llm_call_lands_in_the_projection_with_cache_and_re
         assert call.tokens["cache_read"] and call.tokens["cache_creation"] and call.tokens["reasoning"] == 3
         assert call.tokens["total_tokens"] == call.tokens["input_tokens"] + call.tokens["output_tokens"]
         assert call.run_status == "success" and call.assistant_id == "demo"
-    total = await Projections(ledger.pool).token_usage(thread_id=ref.thread_id)
+    total = await Projections(ledger).token_usage(thread_id=ref.thread_id)
     assert total.calls == 2
     assert total.tokens["reasoning"] == 6
 
 
 async def test_the_thread_messages_are_the_conversation_once_each(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
     ref, _ = await run_to_end(ask("one two three", stream_mode=["values", "updates"]))
-    page = await Projections(ledger.pool).messages(ref.thread_id)
+    page = await Projections(ledger).messages(ref.thread_id)
     assert [m.type for m in page.messages] == ["human", "ai", "tool", "ai"]
     assert page.messages[2].data["content"] == "3"
     assert page.messages[3].data["content"].startswith("Your message has 3 words.")
@@ -60,7 +60,7 @@ async def test_a_second_run_continues_the_thread_state(ledger: Ledger, worker: W
     assert end.kind == "run.succeeded"
     values = [e.value for e in await ledger.read_run(again) if e.kind == "stream:values"]
     assert [m["type"] for m in values[-1]["messages"]] == ["human", "ai", "tool", "ai"] * 2
-    page = await Projections(ledger.pool).messages(ref.thread_id)
+    page = await Projections(ledger).messages(ref.thread_id)
     assert len(page.messages) == 8
 
 
@@ -71,7 +71,7 @@ async def test_a_failing_graph_records_the_error_event_and_the_failure(ledger: L
     events = await ledger.read_run(ref)
     assert events[-2].kind == "stream:error"
     assert events[-2].value == {"error": "RuntimeError", "message": "the model is down"}
-    status = await Projections(ledger.pool).run_status(ref)
+    status = await Projections(ledger).run_status(ref)
     assert status is not None and status.status == "error" and status.error_type == "RuntimeError"
 
 
@@ -82,15 +82,15 @@ async def test_an_interrupt_in_the_graph_ends_the_run_interrupted_and_a_command_
     assert end.kind == "run.interrupted"
     assert end.value["reason"] == "interrupt"
     assert end.value["interrupts"][0]["value"]["question"] == "Run these tool calls?"
-    assert await Projections(ledger.pool).thread_status(ref.thread_id) == "interrupted"
+    assert await Projections(ledger).thread_status(ref.thread_id) == "interrupted"
     resumed, end = await run_to_end(
         RunRequest.parse({"assistant_id": "demo", "command": {"resume": "yes"}, "config": {"configurable": {"review": True}}}),
         thread_id=ref.thread_id,
     )
     assert end.kind == "run.succeeded"
-    page = await Projections(ledger.pool).messages(ref.thread_id)
+    page = await Projections(ledger).messages(ref.thread_id)
     assert [m.type for m in page.messages] == ["human", "ai", "tool", "ai"]
-    assert await Projections(ledger.pool).thread_status(ref.thread_id) == "idle"
+    assert await Projections(ledger).thread_status(ref.thread_id) == "idle"
 
 
 async def test_secrets_in_config_reach_the_graph_but_not_the_log(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
@@ -99,7 +99,7 @@ async def test_secrets_in_config_reach_the_graph_but_not_the_log(ledger: Ledger,
     events = await ledger.read_run(ref)
     assert all("sk-very-secret" not in e.data for e in events)
     assert events[0].value["redacted"] == ["configurable.openai_api_key"]
-    async with ledger.pool.acquire() as conn:
+    async with raw(ledger) as conn:
         assert await conn.fetchval("SELECT count(*) FROM run_secrets WHERE run_id = $1", ref.run_id) == 0
     # the graph saw the key: LangGraph copies string config values into checkpoint metadata
     state: Any = await worker.checkpointer.aget_tuple({"configurable": {"thread_id": str(ref.thread_id)}})

@@ -1,10 +1,8 @@
-"""Appending: conditional heads, group commit, terminal events, bad payloads."""
+"""The group-commit writer: batching, order, lost replies, killed connections, fed chunks."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 from typing import Any
 
 import asyncpg
@@ -12,23 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphledger.ledger import Conflict, InvalidPayload, Ledger, RunFinished, RunNotFound, RunRef
-from graphledger.ledger.append import Writer
-from graphledger.ledger.errors import InvalidEvent
-
-
-async def new_run(ledger: Ledger) -> RunRef:
-    thread = await ledger.create_thread()
-    created = await ledger.create_run(thread, payload={"input": "hi"})
-    return RunRef(thread, created.run_id)
-
-
-async def count_events(conn: asyncpg.Connection) -> int:
-    return await conn.fetchval("SELECT count(*) FROM events")
-
-
-def assert_gapless(events: list[Any]) -> None:
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+from graphledger.ledger import (
+    Conflict,
+    Ledger,
+    RunFinished,
+)
+from graphledger.ledger.writer import Writer
+from tests.ledger.helpers import assert_gapless, new_run
 
 
 async def test_concurrent_writers_on_one_run_never_gap_or_duplicate(dsn: str, ledger: Ledger) -> None:
@@ -67,33 +55,6 @@ async def test_concurrent_writers_on_one_run_never_gap_or_duplicate(dsn: str, le
     assert (await ledger.verify(ref)).ok
 
 
-async def test_conflict_says_where_the_head_is(ledger: Ledger, conn: asyncpg.Connection) -> None:
-    ref = await new_run(ledger)
-    await ledger.append(ref, "run.cancel_requested", {"action": "interrupt"}, expected_seq=1)
-    before = await count_events(conn)
-    with pytest.raises(Conflict) as info:
-        await ledger.append(ref, "run.started", {}, expected_seq=1)
-    assert (info.value.expected_seq, info.value.actual_seq, info.value.last_kind) == (1, 2, "run.cancel_requested")
-    assert await count_events(conn) == before
-
-
-async def test_nothing_after_the_terminal_event(dsn: str, ledger: Ledger, conn: asyncpg.Connection) -> None:
-    ref = await new_run(ledger)
-    await ledger.append(ref, "run.succeeded", {"ok": True})
-    before = await count_events(conn)
-    with pytest.raises(RunFinished):
-        await ledger.append(ref, "stream:values", {})
-    with pytest.raises(RunFinished):
-        await ledger.append(ref, "run.failed", {}, expected_seq=2)
-    other = await Ledger.connect(dsn, tail=False)  # a writer that has not seen the run yet
-    try:
-        with pytest.raises(RunFinished):
-            await other.submit(ref, "stream:values", {})
-    finally:
-        await other.close()
-    assert await count_events(conn) == before
-
-
 async def test_a_queued_terminal_event_closes_the_run_at_once(ledger: Ledger) -> None:
     ref = await new_run(ledger)
     first = ledger.submit(ref, "stream:values", {"a": 1})
@@ -102,42 +63,6 @@ async def test_a_queued_terminal_event_closes_the_run_at_once(ledger: Ledger) ->
         ledger.submit(ref, "stream:values", {"a": 2})
     await asyncio.gather(first, last)
     assert [e.kind for e in await ledger.read_run(ref)] == ["run.created", "stream:values", "run.failed"]
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [{"x": math.nan}, {"x": -math.inf}, {3: "non-string key"}, {"x": object()}, {"x": "\udcff"}, {"x": {1, 2}}],
-    ids=["nan", "inf", "int-key", "object", "surrogate", "set"],
-)
-async def test_bad_payloads_write_nothing(ledger: Ledger, conn: asyncpg.Connection, payload: Any) -> None:
-    ref = await new_run(ledger)
-    before = await count_events(conn)
-    with pytest.raises(InvalidPayload):
-        await ledger.append(ref, "stream:values", payload)
-    with pytest.raises(InvalidPayload):
-        ledger.submit(ref, "stream:values", payload)
-    with pytest.raises(InvalidPayload):
-        await ledger.create_run(ref.thread_id, payload=payload)
-    assert await count_events(conn) == before
-    await ledger.append(ref, "stream:values", {"fine": True})  # the run is still usable
-
-
-async def test_bad_kinds_and_unknown_runs(ledger: Ledger) -> None:
-    ref = await new_run(ledger)
-    with pytest.raises(InvalidEvent):
-        await ledger.append(ref, "Not A Kind", {})
-    with pytest.raises(RunNotFound):
-        await ledger.append(RunRef(ref.thread_id, ref.thread_id), "stream:values", {})
-    with pytest.raises(RunNotFound):
-        await ledger.append(RunRef(ref.thread_id, ref.thread_id), "stream:values", {}, expected_seq=0)
-
-
-async def test_stored_payload_is_the_canonical_text(ledger: Ledger, conn: asyncpg.Connection) -> None:
-    ref = await new_run(ledger)
-    payload = {"z": 1, "a": ["ü", 1.5, None, "\u0000"], "m": {"b": True}}
-    event = await ledger.append(ref, "stream:values", payload)
-    stored = await conn.fetchval("SELECT data::text FROM events WHERE run_id = $1 AND seq = $2", ref.run_id, event.seq)
-    assert stored == event.data == json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 async def test_group_commit_batches_many_runs_per_flush(ledger: Ledger) -> None:
@@ -150,14 +75,6 @@ async def test_group_commit_batches_many_runs_per_flush(ledger: Ledger) -> None:
         events = await ledger.read_run(ref)
         assert_gapless(events)
         assert [e.value["token"] for e in events[1:]] == list(range(20))
-
-
-async def test_lifecycle_append_is_durable_on_return(ledger: Ledger, conn: asyncpg.Connection) -> None:
-    ref = await new_run(ledger)
-    event = await ledger.append(ref, "run.started", {"worker": "w1"})
-    row = await conn.fetchrow("SELECT kind, data::text AS data FROM events WHERE run_id = $1 AND seq = $2", ref.run_id, event.seq)
-    assert (row["kind"], row["data"]) == ("run.started", '{"worker":"w1"}')
-    assert await conn.fetchval("SELECT status FROM runs WHERE run_id = $1", ref.run_id) == "running"
 
 
 class LostReplyWriter(Writer):

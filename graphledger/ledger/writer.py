@@ -1,258 +1,25 @@
-"""The append path: one conditional statement, and a group-commit writer on top.
-
-Concurrency, in short. The ``runs`` row of a run is its stream head
-(``last_seq``, ``last_hash``, ``last_kind``). Every append names the head it
-expects and the statement only writes when the head is still there and the run
-has no terminal event::
-
-    lock heads (FOR UPDATE, in (thread_id, run_id) order)
-      WHERE last_seq = expected AND last_kind is not terminal
-    update heads to the new last seq/hash/kind
-    insert the events of exactly the runs whose heads were locked
-    pg_notify('graphledger_events', 'run_id:last_seq,...')
-    pg_notify('graphledger_runs', '') if a run was created or ended
-
-all in one statement, so one round trip and one implicit transaction. Two
-writers on one run cannot interleave: the second waits for the first's row
-lock, then re-evaluates ``last_seq = expected`` against the committed head
-(READ COMMITTED re-checks the locked row), finds it moved and writes nothing
-for that run; it reloads the head and either retries or reports why. Because
-the row lock is held until commit, a run's events become visible in ``seq``
-order, so a reader of ``seq > n`` never skips one. Locking heads in a fixed
-order keeps two multi-run flushes from deadlocking. Notifications are sent at
-commit, never before the rows are visible.
-"""
+"""The group-commit writer: many runs' appends batched into one append statement per flush."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from graphledger.ledger import chain
-from graphledger.ledger.errors import Conflict, LedgerError, RunFinished, RunNotFound
-from graphledger.ledger.events import STATUS_AFTER, TERMINAL_KINDS, Event, NewEvent, RunRef
+from graphledger.ledger.errors import LedgerError, RunFinished
+from graphledger.ledger.events import TERMINAL_KINDS, Event, NewEvent, RunRef
+from graphledger.ledger.heads import Heads
+from graphledger.ledger.statement import Batch, Head, Statement, chain_onto, refusal
 
 _log = logging.getLogger("graphledger.append")
-
-CHANNEL = "graphledger_events"
-RUNS_CHANNEL = "graphledger_runs"
-"""Notified (empty payload) when an append admits a run or ends one: the run queue changed."""
-NOTIFY_RUNS_PER_MESSAGE = 100  # keeps each payload far below PostgreSQL's 8000-byte limit
-_TERMINAL_KINDS_SQL = ", ".join(f"'{kind}'" for kind in sorted(TERMINAL_KINDS))
-
-FIRST_EXTENSION_PARAM = 14
-"""The first parameter number free for a :class:`Projector`'s CTEs."""
-
-
-@functools.lru_cache(maxsize=8)
-def append_sql(extension: str = "") -> str:
-    """The append statement, with ``extension`` CTEs (a :class:`Projector`'s) written in the same statement."""
-    return f"""
-WITH batch AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::bytea[], $6::text[], $7::text[])
-        WITH ORDINALITY AS b(thread_id, run_id, expected_seq, last_seq, last_hash, last_kind, status, idx)
-), locked AS (
-    SELECT b.idx
-    FROM runs r JOIN batch b ON r.thread_id = b.thread_id AND r.run_id = b.run_id
-    WHERE r.last_seq = b.expected_seq AND coalesce(r.last_kind, '') <> ALL (ARRAY[{_TERMINAL_KINDS_SQL}])
-    ORDER BY r.thread_id, r.run_id
-    FOR UPDATE OF r
-), head AS (
-    UPDATE runs r
-    SET last_seq = b.last_seq, last_hash = b.last_hash, last_kind = b.last_kind,
-        status = coalesce(b.status, r.status), updated_at = now()
-    FROM batch b JOIN locked l ON l.idx = b.idx
-    WHERE r.thread_id = b.thread_id AND r.run_id = b.run_id
-    RETURNING r.thread_id, r.run_id, r.last_seq, b.idx
-), inserted AS (
-    INSERT INTO events (thread_id, run_id, seq, kind, data, ts, hash)
-    SELECT h.thread_id, h.run_id, e.seq, e.kind, e.data::json, e.ts, e.hash
-    FROM unnest($8::int[], $9::int[], $10::text[], $11::text[], $12::timestamptz[], $13::bytea[])
-        WITH ORDINALITY AS e(idx, seq, kind, data, ts, hash, ord)
-    JOIN head h ON h.idx = e.idx
-    ORDER BY e.ord
-    RETURNING thread_id, run_id, seq, global_position
-), notified AS (
-    SELECT pg_notify('{CHANNEL}', string_agg(n.run_id::text || ':' || n.last_seq, ','))
-    FROM (SELECT run_id, last_seq, (row_number() OVER ()) / {NOTIFY_RUNS_PER_MESSAGE} AS part FROM head) n
-    GROUP BY n.part
-    UNION ALL
-    -- A run was admitted or ended: workers may have a run to claim.
-    (SELECT pg_notify('{RUNS_CHANNEL}', '') FROM head h JOIN batch b ON b.idx = h.idx
-     WHERE b.status IS NOT NULL AND b.status <> 'running' LIMIT 1)
-){"," + extension if extension else ""}
-SELECT h.run_id, h.last_seq, (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM notified) AS notified
-FROM head h
-"""
-
-
-APPEND_SQL = append_sql()
-
-
-class Projector(Protocol):
-    """Read models written in the same statement as the events they come from.
-
-    ``ctes`` are data-modifying CTEs that follow the append statement's own
-    and may use the CTE ``inserted(thread_id, run_id, seq, global_position)``
-    (the events actually written: none of a run whose head moved) and
-    parameters from ``$14`` (:data:`FIRST_EXTENSION_PARAM`) on, which
-    :meth:`args` fills for a batch of events, or returns None when the events
-    change no read model (the plain statement is used then).
-    """
-
-    ctes: str
-
-    def args(self, events: Iterable[Event]) -> list[Any] | None: ...
-
-
-HEADS_SQL = """
-SELECT r.thread_id, r.run_id, r.last_seq, r.last_hash, r.last_kind, r.status
-FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS k(thread_id, run_id)
-    ON r.thread_id = k.thread_id AND r.run_id = k.run_id
-"""
-
-INSERT_RUN_SQL = """
-INSERT INTO runs (thread_id, run_id, assistant_id, metadata) VALUES ($1, $2, $3, $4::jsonb)
-"""
-
-
-@dataclass(slots=True)
-class Head:
-    """A run's stream head: the last event's seq, hash and kind, and the run's status."""
-
-    seq: int
-    hash: bytes
-    kind: str | None
-    status: str = "pending"
-
-    @property
-    def terminal(self) -> bool:
-        return self.kind in TERMINAL_KINDS
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def chain_onto(ref: RunRef, head: Head, items: Iterable[tuple[str, str, datetime]]) -> list[Event]:
-    """Number and hash ``items`` as the events that follow ``head``."""
-    seq, digest = head.seq, head.hash
-    prefix = chain.run_prefix(ref.thread_id, ref.run_id)
-    events = []
-    for kind, data, ts in items:
-        seq += 1
-        digest = chain.link_with(digest, prefix, seq, kind, ts, data)
-        events.append(Event(ref.thread_id, ref.run_id, seq, kind, data, ts, digest))
-    return events
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Column arrays of one append statement."""
-
-    heads: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(7)])
-    events: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(6)])
-
-    def add(self, ref: RunRef, head: Head, events: Sequence[Event]) -> Head:
-        """Add ``events`` (already chained onto ``head``); return the head after them."""
-        indexes, seqs, kinds, datas, stamps, hashes = self.events
-        indexes.extend([len(self.heads[0]) + 1] * len(events))  # the run's ordinality in the head arrays
-        seqs.extend([e.seq for e in events])
-        kinds.extend([e.kind for e in events])
-        datas.extend([e.data for e in events])
-        stamps.extend([e.ts for e in events])
-        hashes.extend([e.hash for e in events])
-        status = None
-        for event in events:
-            if event.kind in STATUS_AFTER:
-                status = STATUS_AFTER[event.kind]
-        last = events[-1]
-        for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, last.seq, last.hash, last.kind, status), strict=True):
-            column.append(value)
-        return Head(last.seq, last.hash, last.kind, status or head.status)
-
-    def args(self) -> list[Any]:
-        return [*self.heads, *self.events]
-
-
-async def load_heads(conn: asyncpg.Connection, refs: Iterable[RunRef]) -> dict[RunRef, Head]:
-    refs = list(refs)
-    rows = await conn.fetch(HEADS_SQL, [r.thread_id for r in refs], [r.run_id for r in refs])
-    return {
-        RunRef(row["thread_id"], row["run_id"]): Head(row["last_seq"], bytes(row["last_hash"]), row["last_kind"], row["status"])
-        for row in rows
-    }
-
-
-def _refuse(ref: RunRef, head: Head | None, expected_seq: int | None = None) -> LedgerError:
-    if head is None:
-        return RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
-    if head.terminal:
-        return RunFinished(ref.run_id, head.status, head.kind)
-    return Conflict(ref.run_id, expected_seq if expected_seq is not None else -1, head.seq, head.kind)
-
-
-async def append_at(
-    conn: asyncpg.Connection,
-    ref: RunRef,
-    new: Sequence[NewEvent],
-    expected_seq: int,
-    *,
-    ts: datetime | None = None,
-    projector: Projector | None = None,
-) -> list[Event]:
-    """Append ``new`` to a run whose head must be at ``expected_seq``; durable on return.
-
-    Raises :class:`Conflict` when the head moved, :class:`RunFinished` after a
-    terminal event, :class:`RunNotFound` for an unknown run. Writes nothing then.
-    """
-    if not new:
-        return []
-    head = (await load_heads(conn, [ref])).get(ref)
-    if head is None or head.terminal or head.seq != expected_seq:
-        raise _refuse(ref, head, expected_seq)
-    ts = ts or utcnow()
-    events = chain_onto(ref, head, [(e.kind, e.data, ts) for e in new])
-    batch = _Batch()
-    batch.add(ref, head, events)
-    extra = projector.args(events) if projector is not None else None
-    if extra is None:
-        rows = await conn.fetch(APPEND_SQL, *batch.args())
-    else:
-        rows = await conn.fetch(append_sql(projector.ctes), *batch.args(), *extra)  # type: ignore[union-attr]
-    if not rows:
-        raise _refuse(ref, (await load_heads(conn, [ref])).get(ref), expected_seq)
-    return events
-
-
-async def insert_run(
-    conn: asyncpg.Connection,
-    ref: RunRef,
-    created: NewEvent,
-    *,
-    assistant_id: str | None,
-    metadata: str,
-    projector: Projector | None = None,
-) -> Event:
-    """Insert a run's head and its first event in one transaction."""
-    async with conn.transaction():
-        await conn.execute(INSERT_RUN_SQL, ref.thread_id, ref.run_id, assistant_id, metadata)
-        (event,) = await append_at(conn, ref, [created], 0, projector=projector)
-    return event
-
-
-# -- group commit ---------------------------------------------------------------------
-
-
 @dataclass(slots=True)
 class _Pending:
     kind: str
@@ -330,7 +97,7 @@ class Writer:
         max_inflight: int = 2,
         on_commit: Callable[[list[Event]], None] | None = None,
         on_flight: Callable[[list[Event], bool], None] | None = None,
-        projector: Projector | None = None,
+        statement: Statement | None = None,
     ) -> None:
         self._connect = connect  # makes the writer's own connections (one per flush in flight), anew after any failure
         self.max_batch = max_batch
@@ -339,8 +106,7 @@ class Writer:
         self.max_inflight = max_inflight
         self._on_commit = on_commit
         self._on_flight = on_flight  # (events, True) as a flush is sent, (events, False) once it has answered
-        self._projector = projector
-        self._projected_sql = append_sql(projector.ctes) if projector is not None else APPEND_SQL
+        self._statement = statement or Statement()
         self._runs: dict[RunRef, _RunQueue] = {}
         self._errors: dict[RunRef, BaseException] = {}  # failures of fed events, raised on the next call
         self._clock = chain.Clock()
@@ -522,12 +288,12 @@ class Writer:
 
     async def _load_heads(self, conn: asyncpg.Connection, queues: list[_RunQueue]) -> list[Event]:
         """Reload heads; settle flushes of unknown outcome; chain what waits. Returns events found committed."""
-        heads = await load_heads(conn, [q.ref for q in queues])
+        heads = await Heads(conn).load([q.ref for q in queues])
         committed: list[Event] = []
         for queue in queues:
             queue.head = heads.get(queue.ref)
             if queue.head is None or queue.head.terminal:
-                self._fail(queue, _refuse(queue.ref, queue.head))
+                self._fail(queue, refusal(queue.ref, queue.head))
                 continue
             if queue.inflight is not None:
                 n, after = queue.inflight
@@ -542,7 +308,7 @@ class Writer:
     async def _flush(self, conn: asyncpg.Connection, queues: list[_RunQueue]) -> None:
         unknown = [q for q in queues if q.tip is None]
         committed = await self._load_heads(conn, unknown) if unknown else []
-        batch = _Batch()
+        batch = Batch()
         planned: list[tuple[_RunQueue, int, Head]] = []
         flushed: list[Event] = []
         budget = self.max_batch
@@ -557,11 +323,7 @@ class Writer:
         if not planned:
             self._committed(committed)
             return
-        sql, args = APPEND_SQL, batch.args()
-        if self._projector is not None:
-            extra = self._projector.args(flushed)
-            if extra is not None:
-                sql, args = self._projected_sql, [*args, *extra]
+        sql, args = self._statement.plan(batch, flushed)
         if self._on_flight is not None:
             self._on_flight(flushed, True)
         try:

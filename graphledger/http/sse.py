@@ -1,0 +1,154 @@
+"""Server-Sent Events over HTTP: a run's frames as they are appended, with heartbeats, resumable.
+
+The frames themselves are rendered by :mod:`graphledger.runs.sse` (``graphledger
+replay --sse`` prints the same bytes). Here they are sent: stored events first,
+then live ones from the process's tail, a heartbeat comment after
+``heartbeat`` idle seconds, the stream closing after the terminal event.
+``Last-Event-ID: n`` resumes after ``seq`` n on any run, live or finished,
+from any process; ``-1`` or ``0`` replays from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from graphledger.http.common import HTTPError
+from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.ledger.errors import LedgerError
+from graphledger.runs import cancel
+from graphledger.runs.sse import HEARTBEAT, frame
+
+_log = logging.getLogger("graphledger.http")
+
+HEARTBEAT_SECONDS = 5.0
+MAX_FRAMES_PER_WRITE = 256
+_HEARTBEAT = object()  # queued by a stream's idle timer
+_background: set[asyncio.Task[None]] = set()  # cancels of abandoned streams, kept referenced until done
+
+
+
+
+async def _pump(ledger: Ledger, ref: RunRef, after_seq: int, queue: asyncio.Queue[Event | None]) -> None:
+    try:
+        async for event in ledger.tail(ref, after_seq):
+            await queue.put(event)
+    finally:
+        # The end marker; when cancelled with a full queue, no one reads it anyway.
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(None)
+
+
+async def sse_stream(
+    ledger: Ledger,
+    ref: RunRef,
+    *,
+    after_seq: int,
+    modes: set[str],
+    metadata_first: Event | None = None,
+    on_disconnect: str = "continue",
+    heartbeat: float = HEARTBEAT_SECONDS,
+) -> AsyncIterator[bytes]:
+    """The frames of a run's events after ``after_seq``, heartbeats while idle, until the terminal event."""
+    finished = False
+    queue: asyncio.Queue[Event | None | object] = asyncio.Queue(maxsize=1000)
+    loop = asyncio.get_running_loop()
+    pump = loop.create_task(_pump(ledger, ref, after_seq, queue))  # type: ignore[arg-type]
+    last_sent = loop.time()
+
+    def beat() -> None:
+        # One timer per idle period (no task per wait): a heartbeat after
+        # ``heartbeat`` seconds without a byte sent, even while events the
+        # stream does not carry (other modes, usage) keep arriving.
+        nonlocal timer
+        remaining = last_sent + heartbeat - loop.time()
+        if remaining <= 0 and queue.empty():
+            queue.put_nowait(_HEARTBEAT)
+            remaining = heartbeat
+        timer = loop.call_later(max(remaining, heartbeat / 10), beat)
+
+    timer = loop.call_later(heartbeat, beat)
+    try:
+        if metadata_first is not None:
+            first = frame(metadata_first, modes)
+            if first:
+                yield first
+                last_sent = loop.time()
+        while True:
+            event = await queue.get()
+            if event is _HEARTBEAT:
+                yield HEARTBEAT
+                last_sent = loop.time()
+                continue
+            # This event and everything already queued behind it go out as one write.
+            frames: list[bytes] = []
+            end = False
+            failure: BaseException | None = None
+            while True:
+                if event is None:  # the tail ended: normally after the terminal event, else on an error
+                    await asyncio.wait({pump})
+                    failure = None if pump.cancelled() else pump.exception()
+                    end = True
+                    break
+                if event is not _HEARTBEAT:
+                    assert isinstance(event, Event)
+                    data = frame(event, modes)
+                    if data is not None:
+                        frames.append(data)
+                    if event.is_terminal:
+                        end = True
+                        break
+                if queue.empty() or len(frames) >= MAX_FRAMES_PER_WRITE:
+                    break
+                event = queue.get_nowait()
+            if frames:
+                yield b"".join(frames)
+                last_sent = loop.time()
+            if failure is not None:
+                raise failure
+            if end:
+                finished = True
+                return
+    finally:
+        timer.cancel()
+        pump.cancel()
+        # Not cancel_and_wait: a stream is stopped inside an anyio cancel scope,
+        # which cancels every await again; the cancel below must still be sent.
+        with contextlib.suppress(asyncio.CancelledError, LedgerError):
+            await pump
+        if not finished and on_disconnect == "cancel":
+            # The client went away mid-run: cancel it, outliving this cancelled generator.
+            task = asyncio.get_running_loop().create_task(_cancel_quietly(ledger, ref))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+async def _cancel_quietly(ledger: Ledger, ref: RunRef) -> None:
+    with contextlib.suppress(LedgerError):
+        await cancel(ledger, ref, reason="client disconnected")
+
+
+def sse_response(frames: AsyncIterator[bytes], ref: RunRef, *, created: bool = False) -> StreamingResponse:
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    if created:
+        headers["Location"] = f"/threads/{ref.thread_id}/runs/{ref.run_id}/stream"
+        headers["Content-Location"] = f"/threads/{ref.thread_id}/runs/{ref.run_id}"
+    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+
+
+def last_event_id(request: Request) -> int | None:
+    text = request.headers.get("last-event-id")
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise HTTPError(422, f"Last-Event-ID must be an event id (a seq), not {text[:50]!r}") from None
+    if value < -1:
+        raise HTTPError(422, "Last-Event-ID must be -1 or more")
+    return max(value, 0)

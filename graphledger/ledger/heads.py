@@ -1,0 +1,209 @@
+"""The ``runs`` table: each run's head row, its place in the admission queue and its lease.
+
+Every statement on ``runs`` is here, except the append statement
+(:mod:`graphledger.ledger.statement`), which moves the head columns in the
+same statement that inserts the events. :class:`Heads` binds them to one
+connection of a :class:`~graphledger.ledger.session.Session`.
+
+The head row is derived from the log: ``assistant_id``, ``metadata`` and
+``claimable`` are copied from the run's ``run.created`` payload when the run
+is inserted, and ``status``/``last_*`` move with every append.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from graphledger.ledger.errors import InvalidEvent, RunNotFound, ThreadNotFound
+from graphledger.ledger.events import (
+    ACTIVE_STATUSES,
+    TERMINAL_KINDS,
+    RunRef,
+    jsonb_text,
+)
+from graphledger.ledger.statement import Head
+
+_ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
+
+HEADS_SQL = """
+SELECT r.thread_id, r.run_id, r.last_seq, r.last_hash, r.last_kind, r.status
+FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS k(thread_id, run_id)
+    ON r.thread_id = k.thread_id AND r.run_id = k.run_id
+"""
+INSERT_SQL = """
+INSERT INTO runs (thread_id, run_id, assistant_id, metadata, claimable) VALUES ($1, $2, $3, $4::jsonb, $5)
+"""
+LOCATE_SQL = "SELECT thread_id, last_seq, last_kind FROM runs WHERE run_id = $1"
+EXISTS_SQL = "SELECT 1 FROM runs WHERE thread_id = $1 AND run_id = $2"
+LOCK_SQL = "SELECT status FROM runs WHERE thread_id = $1 AND run_id = $2 FOR UPDATE"
+ACTIVE_SQL = f"SELECT run_id, status FROM runs WHERE thread_id = $1 AND status IN ({_ACTIVE}) ORDER BY run_id"
+LOCK_ACTIVE_SQL = ACTIVE_SQL + " FOR UPDATE"
+ALL_SQL = "SELECT thread_id, run_id FROM runs ORDER BY queue_position"
+SELECT_BY_ID_SQL = "SELECT thread_id, run_id, status FROM runs WHERE run_id = $1"
+SELECT_BY_THREAD_SQL = "SELECT thread_id, run_id, status FROM runs WHERE thread_id = $1 ORDER BY queue_position"
+SELECT_CREATED_SQL = """
+SELECT thread_id, run_id, status FROM runs
+WHERE created_at >= coalesce($1, '-infinity'::timestamptz) AND created_at < coalesce($2, 'infinity'::timestamptz)
+ORDER BY created_at, queue_position
+"""
+
+# A thread's pending run is claimable only when no run of the thread is
+# running and no claimable run admitted before it is still pending. Runs being
+# claimed by another worker are locked, skipped here, and still 'pending' to
+# this snapshot, so they hold back the runs after them. Runs their creator
+# executes itself (not claimable) hold the thread back only once they run.
+CLAIM_SQL = """
+SELECT r.thread_id, r.run_id FROM runs r
+WHERE r.status = 'pending' AND r.claimable
+  AND NOT EXISTS (
+    SELECT 1 FROM runs o
+    WHERE o.thread_id = r.thread_id AND o.status IN ('pending', 'running')
+      AND (o.status = 'running' OR (o.claimable AND o.queue_position < r.queue_position)))
+ORDER BY r.queue_position
+LIMIT $1
+FOR UPDATE OF r SKIP LOCKED
+"""
+SET_LEASE_SQL = """
+UPDATE runs SET lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
+WHERE thread_id = $1 AND run_id = $2
+"""
+RENEW_SQL = """
+UPDATE runs r SET lease_expires_at = now() + make_interval(secs => $4)
+FROM unnest($2::uuid[], $3::uuid[]) AS k(thread_id, run_id)
+WHERE r.thread_id = k.thread_id AND r.run_id = k.run_id AND r.lease_owner = $1 AND r.status = 'running'
+RETURNING r.thread_id, r.run_id
+"""
+# A running run with no lease (started by a writer that takes none) is judged
+# by its last append instead.
+EXPIRED_SQL = """
+SELECT thread_id, run_id, lease_owner, lease_expires_at FROM runs
+WHERE status = 'running'
+  AND coalesce(lease_expires_at, updated_at + make_interval(secs => $2)) < now() - make_interval(secs => $1)
+ORDER BY lease_expires_at NULLS FIRST
+LIMIT $3
+FOR UPDATE SKIP LOCKED
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """Where a run is, found by its id alone: its ref, last seq and whether it has ended."""
+
+    ref: RunRef
+    last_seq: int
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A running run whose lease ran out."""
+
+    ref: RunRef
+    owner: str | None
+    expired_at: datetime | None
+
+
+def _refs(refs: Iterable[RunRef]) -> tuple[list[UUID], list[UUID]]:
+    refs = list(refs)
+    return [r.thread_id for r in refs], [r.run_id for r in refs]
+
+
+class Heads:
+    """The statements on ``runs``, on one connection."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def load(self, refs: Iterable[RunRef]) -> dict[RunRef, Head]:
+        """The heads of ``refs`` that exist."""
+        rows = await self._conn.fetch(HEADS_SQL, *_refs(refs))
+        return {
+            RunRef(row["thread_id"], row["run_id"]): Head(row["last_seq"], bytes(row["last_hash"]), row["last_kind"], row["status"])
+            for row in rows
+        }
+
+    async def get(self, ref: RunRef) -> Head | None:
+        return (await self.load([ref])).get(ref)
+
+    async def require(self, ref: RunRef) -> Head:
+        head = await self.get(ref)
+        if head is None:
+            raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
+        return head
+
+    async def exists(self, ref: RunRef) -> bool:
+        return await self._conn.fetchval(EXISTS_SQL, ref.thread_id, ref.run_id) is not None
+
+    async def insert(self, ref: RunRef, created: Mapping[str, Any]) -> None:
+        """Insert a run's head row, its columns taken from its ``run.created`` payload."""
+        assistant_id = created.get("assistant_id")
+        metadata = created.get("metadata") or {}
+        try:
+            await self._conn.execute(
+                INSERT_SQL, ref.thread_id, ref.run_id, str(assistant_id) if assistant_id else None,
+                jsonb_text(metadata, "run metadata"), created.get("executor") == "server",
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise ThreadNotFound(f"thread {ref.thread_id} not found") from None
+        except asyncpg.UniqueViolationError:
+            raise InvalidEvent(f"run {ref.run_id} already exists") from None
+
+    async def locate(self, run_id: UUID) -> Located | None:
+        row = await self._conn.fetchrow(LOCATE_SQL, run_id)
+        if row is None:
+            return None
+        return Located(RunRef(row["thread_id"], run_id), row["last_seq"], row["last_kind"] in TERMINAL_KINDS)
+
+    async def lock(self, ref: RunRef) -> str:
+        """Lock a run's head row for this transaction; return its status."""
+        status: str | None = await self._conn.fetchval(LOCK_SQL, ref.thread_id, ref.run_id)
+        if status is None:
+            raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
+        return status
+
+    async def active(self, thread_id: UUID, *, lock: bool = False) -> list[tuple[RunRef, str]]:
+        """The thread's pending and running runs (locked for this transaction with ``lock``)."""
+        rows = await self._conn.fetch(LOCK_ACTIVE_SQL if lock else ACTIVE_SQL, thread_id)
+        return [(RunRef(thread_id, row["run_id"]), row["status"]) for row in rows]
+
+    async def claimable(self, limit: int) -> list[RunRef]:
+        """Up to ``limit`` runs a worker may start now, locked (see :data:`CLAIM_SQL`)."""
+        return [RunRef(row["thread_id"], row["run_id"]) for row in await self._conn.fetch(CLAIM_SQL, limit)]
+
+    async def set_lease(self, ref: RunRef, owner: str, seconds: float) -> None:
+        await self._conn.execute(SET_LEASE_SQL, ref.thread_id, ref.run_id, owner, float(seconds))
+
+    async def renew(self, owner: str, refs: Iterable[RunRef], seconds: float) -> set[RunRef]:
+        """Extend ``owner``'s leases on ``refs``; the runs it still holds."""
+        rows = await self._conn.fetch(RENEW_SQL, owner, *_refs(refs), float(seconds))
+        return {RunRef(row["thread_id"], row["run_id"]) for row in rows}
+
+    async def expired(self, grace_seconds: float, idle_seconds: float, limit: int) -> list[Expired]:
+        """Running runs whose lease expired ``grace_seconds`` ago, locked (skipping locked ones)."""
+        rows = await self._conn.fetch(EXPIRED_SQL, float(grace_seconds), float(idle_seconds), limit)
+        return [Expired(RunRef(r["thread_id"], r["run_id"]), r["lease_owner"], r["lease_expires_at"]) for r in rows]
+
+    async def all(self) -> list[RunRef]:
+        """Every run, in admission order."""
+        return [RunRef(row["thread_id"], row["run_id"]) for row in await self._conn.fetch(ALL_SQL)]
+
+    async def statuses(
+        self, *, run_id: UUID | None = None, thread_id: UUID | None = None,
+        since: datetime | None = None, until: datetime | None = None,
+    ) -> list[tuple[RunRef, str]]:
+        """Runs with their status: one run by id, a thread's runs, or the runs created in ``[since, until)``."""
+        if run_id is not None:
+            rows = await self._conn.fetch(SELECT_BY_ID_SQL, run_id)
+        elif thread_id is not None:
+            rows = await self._conn.fetch(SELECT_BY_THREAD_SQL, thread_id)
+        else:
+            rows = await self._conn.fetch(SELECT_CREATED_SQL, since, until)
+        return [(RunRef(row["thread_id"], row["run_id"]), row["status"]) for row in rows]

@@ -1,0 +1,79 @@
+"""The loops that keep leases honest: renewal by the holder, reaping by every process.
+
+A worker (or a recorder) holds a lease on each run it executes and renews it
+every third of its length (:class:`LeaseKeeper`); every ``graphledger serve``
+process, workers or not, ends the runs whose lease expired a grace period
+ago (:class:`Reaper`), so no run stays "running" after its process died.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from graphledger.ledger import Ledger
+from graphledger.ledger.events import RunRef
+from graphledger.runs import lifecycle
+from graphledger.runs.periodic import Periodic
+
+_log = logging.getLogger("graphledger.runs")
+
+
+class LeaseKeeper(Periodic):
+    """Renews ``owner``'s leases on the runs it holds, every third of the lease.
+
+    A run missing from a renewal ended or was reaped meanwhile: ``on_lost``
+    is called for it, and the holder must stop writing to it.
+    """
+
+    name = "lease renewal"
+
+    def __init__(
+        self, ledger: Ledger, owner: str, lease_seconds: float, on_lost: Callable[[RunRef], None] | None = None
+    ) -> None:
+        super().__init__(lease_seconds / 3, delay_first=True)
+        self.ledger = ledger
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.on_lost = on_lost
+        self.held: set[RunRef] = set()
+
+    def hold(self, ref: RunRef) -> None:
+        self.held.add(ref)
+
+    def release(self, ref: RunRef) -> None:
+        self.held.discard(ref)
+
+    async def tick(self) -> None:
+        asked = set(self.held)
+        kept = await lifecycle.renew(self.ledger, self.owner, asked, lease_seconds=self.lease_seconds)
+        for ref in asked - kept:
+            if ref in self.held:  # not released while renewing: it was taken from us
+                self.held.discard(ref)
+                _log.warning("lease on run %s lost: it ended or was reaped", ref.run_id)
+                if self.on_lost is not None:
+                    self.on_lost(ref)
+
+
+class Reaper(Periodic):
+    """Ends runs whose lease expired ``grace_seconds`` ago, every ``interval`` seconds."""
+
+    name = "reaping"
+
+    def __init__(self, ledger: Ledger, *, grace_seconds: float = 10.0, idle_seconds: float = 30.0, interval: float = 5.0) -> None:
+        super().__init__(interval)
+        self.ledger = ledger
+        self.grace_seconds = grace_seconds
+        self.idle_seconds = idle_seconds
+        self.reaped = 0
+
+    async def reap_once(self) -> int:
+        events = await lifecycle.reap(self.ledger, grace_seconds=self.grace_seconds, idle_seconds=self.idle_seconds)
+        ended = sum(1 for e in events if e.is_terminal)
+        if ended:
+            _log.warning("reaped %d runs whose worker stopped renewing its lease", ended)
+        self.reaped += ended
+        return ended
+
+    async def tick(self) -> None:
+        await self.reap_once()
