@@ -8,8 +8,8 @@ from uuid import UUID
 import httpx
 from langgraph_sdk.client import LangGraphClient
 
-from graphledger.runs.sse import frame, sse_modes
 from graphledger.ledger import Ledger, RunRef
+from graphledger.runs.sse import frame, sse_modes
 
 INPUT = {"messages": [{"role": "user", "content": "a long one"}]}
 MODES = ["messages-tuple", "updates"]
