@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from graphledger import __version__
+from graphledger.http.common import MAX_JSON_DEPTH
 from graphledger.ledger.events import RUN_STATUSES
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.projections.token_usage import TOKEN_FIELDS
@@ -189,7 +190,10 @@ ERRORS = {
     404: "No such thread, run or assistant.",
     409: "A conflict with the thread's or run's state.",
     413: "The request body is larger than the server's limit (--max-body-bytes).",
-    422: "An invalid parameter or body.",
+    422: (
+        "An invalid parameter or body. Bodies are UTF-8 JSON nested at most "
+        f"{MAX_JSON_DEPTH} deep, with finite numbers and integers within the signed 64-bit range."
+    ),
     503: "The database cannot be reached.",
 }
 
