@@ -7,7 +7,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -188,6 +188,21 @@ def query_bool(request: Request, name: str, default: bool = False) -> bool:
     if text.lower() in ("0", "false", "no"):
         return False
     raise HTTPError(422, f"{name} must be true or false, not {text[:50]!r}")
+
+
+def query_time(request: Request, name: str) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no offset), as UTC; 422 outside years 1 to 9999 UTC."""
+    text = request.query_params.get(name)
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPError(422, f"{name} must be an ISO 8601 time, not {text[:50]!r}") from None
+    try:
+        return value.astimezone(timezone.utc) if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00, which is in year 0 in UTC
+        raise HTTPError(422, f"{name} must be a time from year 1 to year 9999 in UTC, not {text[:50]!r}") from None
 
 
 def iso(value: datetime | None) -> str | None:

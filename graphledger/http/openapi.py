@@ -254,7 +254,8 @@ MESSAGE_QUERY = [
     query("before", {"type": "string"}, "A cursor: the page before it."),
     query("last", {"type": "boolean"}, "The last page."),
 ]
-USAGE_QUERY = [query("since", TIME), query("until", TIME)]
+TIME_QUERY = "ISO 8601, UTC when it names no offset; within years 1 to 9999 in UTC."
+USAGE_QUERY = [query("since", TIME, TIME_QUERY), query("until", TIME, TIME_QUERY)]
 
 
 def _paths() -> dict[str, Any]:
