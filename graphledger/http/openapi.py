@@ -246,7 +246,10 @@ WAIT_RESULT = {"description": "The final state values, or {\"__error__\": {...}}
 STREAM_QUERY = [
     query("stream_mode", {"type": "array", "items": {"type": "string", "enum": ["", *STREAM_MODES]}}, "Only these modes."),
     query("cancel_on_disconnect", {"type": "boolean"}),
-    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}, "description": "Resume after this seq."},
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}, "description": (
+        "Resume after this seq; -1 or 0 replays from the start. Anything but a whole number "
+        "from -1 up to the run's last event (the seq of an event this server sent) is refused with 422."
+    )},
 ]
 MESSAGE_QUERY = [
     query("limit", LIMIT_1000),

@@ -6,7 +6,10 @@ event's ``seq`` as its ``id``: ``run.created`` is sent as ``metadata``,
 for), ``stream:error`` as ``error``. The stream closes after the terminal
 event is committed. ``Last-Event-ID: n`` resumes after ``seq`` n on any run,
 live or finished, from any process; ``-1`` or ``0`` replays from the start;
-a join without it sends ``metadata`` and then follows live events.
+a join without it (or with a blank one) sends ``metadata`` and then follows
+live events. An id past the run's last committed event, or one that is not a
+whole number from -1 up, is refused with 422 before any byte: this server
+never sent it, and a stream after it would never end.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -211,16 +215,33 @@ def sse_response(frames: AsyncIterator[bytes], ref: RunRef, *, created: bool = F
 
 
 def last_event_id(request: Request) -> int | None:
+    """The ``Last-Event-ID`` header as a seq (``-1`` is read as 0); None when absent or blank; 422 when not a seq."""
     text = request.headers.get("last-event-id")
     if text is None or text.strip() == "":
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise HTTPError(422, f"Last-Event-ID must be an event id (a seq), not {text[:50]!r}") from None
+    digits = text.strip()
+    if _EVENT_ID.fullmatch(digits) is None:
+        raise HTTPError(422, f"Last-Event-ID must be an event id (a seq), not {text[:50]!r}")
+    value = int(digits) if len(digits) <= 20 else int(digits[:21])  # beyond any seq either way
     if value < -1:
         raise HTTPError(422, "Last-Event-ID must be -1 or more")
     return max(value, 0)
+
+
+_EVENT_ID = re.compile(r"-?[0-9]+")
+
+
+async def check_resumable(ledger: Ledger, ref: RunRef, after: int) -> None:
+    """422 unless the run has an event ``after`` (or ``after`` is 0).
+
+    An id is sent only once its event is committed, and the head moves in the
+    same commit: an id past the head never came from this ledger, and a stream
+    after it would wait for events that never come.
+    """
+    async with ledger.pool.acquire() as conn:
+        head = (await load_heads(conn, [ref]))[ref].seq
+    if after > head:
+        raise HTTPError(422, f"Last-Event-ID {after} is past the run's last event ({head})")
 
 
 # -- creating runs ------------------------------------------------------------------
@@ -352,6 +373,8 @@ async def join_stream(request: Request) -> StreamingResponse:
     modes = sse_modes(run["kwargs"].get("stream_mode") or ["values"])
     if wanted:
         modes &= sse_modes(stream_modes(wanted))
+    if after is not None:
+        await check_resumable(ledger, ref, after)
     if request.method == "POST":
         await cancel(ledger, ref, _action(request))
     metadata_first = None
