@@ -69,6 +69,45 @@ class BodyLimit:
         return f"request body larger than {self.limit} bytes (see --max-body-bytes)"
 
 
+class InternalErrors:
+    """Answers an exception no handler knows with a JSON 500 and logs its traceback.
+
+    Starlette's own last-resort handler re-raises after answering, and the
+    server then closes the connection; here the exception ends with the
+    answer, so a keep-alive connection stays usable. Once part of a response
+    has been sent it can no longer be answered: the exception goes on, and
+    the server closes the connection so the client sees the response cut.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            response = await internal_error(Request(scope, receive), exc)
+            await response(scope, receive, send)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """The answer to an exception no handler knows: logged with its traceback, answered 500 without details."""
+    _log.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPError)
     return error_response(exc.status, exc.detail)
@@ -113,4 +152,5 @@ def create_app(
         exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},
     )
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(InternalErrors)  # added last: outermost, it also sees what BodyLimit raises
     return app

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
+import re
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, NoReturn
 from uuid import UUID
 
 from starlette.requests import Request
@@ -33,6 +36,9 @@ from graphledger.runs.errors import (
 )
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_JSON_DEPTH = 100
+"""Objects and arrays nested deeper than this in a body are refused (a LangGraph input needs about six)."""
+INT64 = 2**63
 
 STATUS_OF: list[tuple[type[Exception], int]] = [
     (RunNotFound, 404),
@@ -102,13 +108,65 @@ async def json_body(request: Request, *, optional: bool = False) -> dict[str, An
         if optional:
             return {}
         raise HTTPError(422, "a JSON object body is required")
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise HTTPError(422, f"the body is not valid JSON: {exc}") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise HTTPError(422, "the body must be a JSON object")
     return body
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)  # an unterminated string runs to the end: no backtracking
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def parse_json(raw: bytes) -> Any:
+    """UTF-8 JSON text as data the ledger can hold as it is; 422 for anything else.
+
+    Refused: nesting deeper than :data:`MAX_JSON_DEPTH`, ``NaN`` and
+    ``Infinity`` (which :func:`json.loads` accepts by default), numbers too
+    large for a 64-bit float, and integers outside the signed 64-bit range.
+    The depth is measured on the bytes before parsing, so no input makes the
+    parser recurse deeply. Everything refused here would otherwise fail a run
+    later or be stored changed.
+    """
+    try:
+        text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+        _check_depth(raw)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_int64)
+    except ValueError as exc:
+        raise HTTPError(422, f"the body is not valid JSON: {exc}") from None
+
+
+def _check_depth(raw: bytes) -> None:
+    # Multi-byte UTF-8 sequences hold no ASCII bytes: brackets outside strings are the structure.
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    depth = 0
+    for byte in brackets:
+        if byte == 0x5B or byte == 0x7B:
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise HTTPError(422, f"the body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels")
+        else:
+            depth -= 1
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise HTTPError(422, f"the body holds {name}, which is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise HTTPError(422, f"the body holds the number {text[:50]}, too large for a 64-bit float")
+    return value
+
+
+def _int64(text: str) -> int:
+    if len(text) < 19:  # at most 18 digits: always in range
+        return int(text)
+    value = int(text) if len(text) <= 20 else INT64
+    if not -INT64 <= value < INT64:
+        raise HTTPError(422, f"the body holds the integer {text[:30]}{'...' if len(text) > 30 else ''}, beyond 64 bits (signed)")
+    return value
 
 
 def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
@@ -133,6 +191,21 @@ def query_bool(request: Request, name: str, default: bool = False) -> bool:
     if text.lower() in ("0", "false", "no"):
         return False
     raise HTTPError(422, f"{name} must be true or false, not {text[:50]!r}")
+
+
+def query_time(request: Request, name: str) -> datetime | None:
+    """An ISO 8601 time (UTC when it names no offset), as UTC; 422 outside years 1 to 9999 UTC."""
+    text = request.query_params.get(name)
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPError(422, f"{name} must be an ISO 8601 time, not {text[:50]!r}") from None
+    try:
+        return value.astimezone(timezone.utc) if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00, which is in year 0 in UTC
+        raise HTTPError(422, f"{name} must be a time from year 1 to year 9999 in UTC, not {text[:50]!r}") from None
 
 
 def iso(value: datetime | None) -> str | None:

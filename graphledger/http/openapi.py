@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from graphledger import __version__
+from graphledger.http.common import MAX_JSON_DEPTH
 from graphledger.ledger.events import RUN_STATUSES
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.projections.token_usage import TOKEN_FIELDS
@@ -194,7 +195,10 @@ ERRORS = {
     404: "No such thread, run or assistant.",
     409: "A conflict with the thread's or run's state.",
     413: "The request body is larger than the server's limit (--max-body-bytes).",
-    422: "An invalid parameter or body.",
+    422: (
+        "An invalid parameter or body. Bodies are UTF-8 JSON nested at most "
+        f"{MAX_JSON_DEPTH} deep, with finite numbers and integers within the signed 64-bit range."
+    ),
     503: "The database cannot be reached.",
 }
 
@@ -247,7 +251,10 @@ WAIT_RESULT = {"description": "The final state values, or {\"__error__\": {...}}
 STREAM_QUERY = [
     query("stream_mode", {"type": "array", "items": {"type": "string", "enum": ["", *STREAM_MODES]}}, "Only these modes."),
     query("cancel_on_disconnect", {"type": "boolean"}),
-    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}, "description": "Resume after this seq."},
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}, "description": (
+        "Resume after this seq; -1 or 0 replays from the start. Anything but a whole number "
+        "from -1 up to the run's last event (the seq of an event this server sent) is refused with 422."
+    )},
 ]
 MESSAGE_QUERY = [
     query("limit", LIMIT_1000),
@@ -255,7 +262,8 @@ MESSAGE_QUERY = [
     query("before", {"type": "string"}, "A cursor: the page before it."),
     query("last", {"type": "boolean"}, "The last page."),
 ]
-USAGE_QUERY = [query("since", TIME), query("until", TIME)]
+TIME_QUERY = "ISO 8601, UTC when it names no offset; within years 1 to 9999 in UTC."
+USAGE_QUERY = [query("since", TIME, TIME_QUERY), query("until", TIME, TIME_QUERY)]
 
 
 def _paths() -> dict[str, Any]:

@@ -7,7 +7,6 @@ removes a thread's state, never its history.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
@@ -15,14 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from graphledger.http.common import (
-    HTTPError,
-    iso,
-    path_uuid,
-    query_bool,
-    query_int,
-    require,
-)
+from graphledger.http.common import iso, path_uuid, query_bool, query_int, query_time, require
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
@@ -112,17 +104,6 @@ async def events(request: Request) -> JSONResponse:
 
 def totals_json(totals: Totals) -> dict[str, int]:
     return {"calls": totals.calls, "unknown_usage_calls": totals.unknown_usage_calls, **totals.tokens}
-
-
-def query_time(request: Request, name: str) -> datetime | None:
-    text = request.query_params.get(name)
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise HTTPError(422, f"{name} must be an ISO 8601 time, not {text[:50]!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 async def usage(request: Request) -> JSONResponse:

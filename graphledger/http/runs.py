@@ -6,7 +6,10 @@ event's ``seq`` as its ``id``: ``run.created`` is sent as ``metadata``,
 for), ``stream:error`` as ``error``. The stream closes after the terminal
 event is committed. ``Last-Event-ID: n`` resumes after ``seq`` n on any run,
 live or finished, from any process; ``-1`` or ``0`` replays from the start;
-a join without it sends ``metadata`` and then follows live events.
+a join without it (or with a blank one) sends ``metadata`` and then follows
+live events. An id past the run's last committed event, or one that is not a
+whole number from -1 up, is refused with 422 before any byte: this server
+never sent it, and a stream after it would never end.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from graphledger.http.common import (
     query_int,
     require,
 )
-from graphledger.http.sse import last_event_id, sse_response, sse_stream
+from graphledger.http.sse import check_resumable, last_event_id, sse_response, sse_stream
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.events import FAILURE_KINDS, RUN_STATUSES
 from graphledger.projections import Projections
@@ -203,6 +206,8 @@ async def join_stream(request: Request) -> StreamingResponse:
     modes = sse_modes(run["kwargs"].get("stream_mode") or ["values"])
     if wanted:
         modes &= sse_modes(stream_modes(wanted))
+    if after is not None:
+        await check_resumable(ledger, ref, after)
     if request.method == "POST":
         await cancel(ledger, ref, _action(request))
     metadata_first = None

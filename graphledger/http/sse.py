@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -142,13 +143,30 @@ def sse_response(frames: AsyncIterator[bytes], ref: RunRef, *, created: bool = F
 
 
 def last_event_id(request: Request) -> int | None:
+    """The ``Last-Event-ID`` header as a seq (``-1`` is read as 0); None when absent or blank; 422 when not a seq."""
     text = request.headers.get("last-event-id")
     if text is None or text.strip() == "":
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise HTTPError(422, f"Last-Event-ID must be an event id (a seq), not {text[:50]!r}") from None
+    digits = text.strip()
+    if _EVENT_ID.fullmatch(digits) is None:
+        raise HTTPError(422, f"Last-Event-ID must be an event id (a seq), not {text[:50]!r}")
+    value = int(digits) if len(digits) <= 20 else int(digits[:21])  # beyond any seq either way
     if value < -1:
         raise HTTPError(422, "Last-Event-ID must be -1 or more")
     return max(value, 0)
+
+
+_EVENT_ID = re.compile(r"-?[0-9]+")
+
+
+async def check_resumable(ledger: Ledger, ref: RunRef, after: int) -> None:
+    """422 unless the run has an event ``after`` (or ``after`` is 0).
+
+    An id is sent only once its event is committed, and the head moves in the
+    same commit: an id past the head never came from this ledger, and a stream
+    after it would wait for events that never come.
+    """
+    async with ledger.session() as session:
+        head = (await session.heads.require(ref)).seq
+    if after > head:
+        raise HTTPError(422, f"Last-Event-ID {after} is past the run's last event ({head})")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -21,16 +23,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-async def base_url(dsn: str) -> AsyncIterator[str]:
+@asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1 in this event loop; yields its base URL."""
     port = free_port()
-    app = create_app(
-        dsn,
-        graphs=GraphRegistry({"demo": demo.graph}),
-        settings=RunSettings(workers=4, lease_seconds=2.0, lease_grace_seconds=1.0, poll_interval=0.2, drain_seconds=1.0),
-        max_body_bytes=64 * 1024,
-        heartbeat_seconds=0.5,
-    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
@@ -41,6 +37,19 @@ async def base_url(dsn: str) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture(scope="module")
+async def base_url(dsn: str) -> AsyncIterator[str]:
+    app = create_app(
+        dsn,
+        graphs=GraphRegistry({"demo": demo.graph}),
+        settings=RunSettings(workers=4, lease_seconds=2.0, lease_grace_seconds=1.0, poll_interval=0.2, drain_seconds=1.0),
+        max_body_bytes=64 * 1024,
+        heartbeat_seconds=0.5,
+    )
+    async with serve(app) as url:
+        yield url
 
 
 @pytest.fixture
