@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphledger.ledger import Ledger
+from graphledger.ledger import Ledger, RunRef
 from graphledger.projections import Projections
-from graphledger.runs import RunRequest, Worker
+from graphledger.runs import Recorder, RunRequest, Worker, demo
 from tests._db import raw
 from tests.runs.conftest import Submit, ask
 
@@ -121,3 +121,28 @@ async def test_a_graph_factory_that_fails_fails_its_run_with_the_reason(ledger: 
     finally:
         await worker.stop()
     assert end.kind == "run.failed" and end.value["error"] == {"type": "ValueError", "message": "no model configured"}
+
+
+async def test_runs_a_program_records_itself_are_never_claimed(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
+    thread = await ledger.create_thread()
+    created = await ledger.create_run(thread, assistant_id="agent", payload={"input": {"q": "hi"}}, metadata={"team": "a"})
+    assert created.value == {"assistant_id": "agent", "executor": "caller", "input": {"q": "hi"}, "metadata": {"team": "a"}}
+    mine = RunRef(thread, created.run_id)
+    # A served run admitted after it on the same thread is not held back by it, and runs.
+    served, end = await run_to_end(ask(), thread_id=thread)
+    assert end.kind == "run.succeeded"
+    assert (await ledger.read_run(served, 0, 1))[0].value["executor"] == "server"
+    status = await Projections(ledger).run_status(mine)
+    assert status.status == "pending" and status.assistant_id == "agent"
+    assert [e.kind for e in await ledger.read_run(mine)] == ["run.created"]
+    async with raw(ledger) as conn:
+        row = await conn.fetchrow("SELECT assistant_id, metadata::text, claimable FROM runs WHERE run_id = $1", mine.run_id)
+    assert (row["assistant_id"], row["metadata"], row["claimable"]) == ("agent", '{"team": "a"}', False)
+
+
+async def test_the_recorder_runs_beside_a_worker_without_being_claimed(ledger: Ledger, worker: Worker) -> None:
+    recorder = Recorder(ledger)
+    for _ in range(5):
+        chunks = [c async for c in recorder.astream(demo.graph, {"messages": [{"role": "user", "content": "a b"}]}, stream_mode="values")]
+        assert chunks
+    assert worker.executed == 0
