@@ -310,6 +310,11 @@ class EmbeddedPostgres:
             return None
         return int(lines[3])
 
+    def running(self) -> bool:
+        """Whether a server is running on this cluster now (from its ``postmaster.pid``)."""
+        self.pgdata = Path(str(self.recorded_state().get("pgdata") or self.pgdata))
+        return self._running_port() is not None
+
     def start(self, *, create: bool = True) -> str:
         """Start (or join) the server; return a DSN for the ``graphledger`` database.
 
