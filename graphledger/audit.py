@@ -23,6 +23,11 @@ from graphledger.projections.read import MAX_PAGE
 from graphledger.runs.sse import frame, sse_modes
 
 
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``n`` and the noun that agrees with it: ``1 run``, ``2 runs``, ``1,204 events``."""
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
+
+
 class Progress:
     """A count that rewrites one line of a terminal (and stays silent when the stream is not one)."""
 
@@ -234,7 +239,7 @@ def print_run(run: dict[str, Any], out: TextIO = sys.stdout) -> None:
         summary.append(("error", f"{run['error']['type']}: {run['error']['message']}"))
     out.write(table(summary, ["", ""]).split("\n", 1)[1] + "\n\n")
     tokens = run["tokens"]
-    out.write(f"tokens: {tokens['total_tokens']:,} total in {tokens['calls']} LLM calls\n")
+    out.write(f"tokens: {tokens['total_tokens']:,} total in {counted(tokens['calls'], 'LLM call')}\n")
     fields = ["input_tokens", "output_tokens", "cache_read", "cache_creation", "reasoning", "total_tokens"]
     rows = [(model, usage["calls"], *(f"{usage[f]:,}" for f in fields)) for model, usage in run["by_model"].items()]
     out.write(table(rows, ["MODEL", "CALLS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "REASONING", "TOTAL"]) + "\n\n")

@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from graphledger import __version__
@@ -41,14 +42,78 @@ def _stop(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
-@contextlib.contextmanager
-def database(args: argparse.Namespace) -> Iterator[str]:
-    """The DSN to use: ``--database-url``/``DATABASE_URL``, else the embedded server (stopped on exit)."""
+INFORMING = ("serve", "migrate")  # commands that log at INFO by default; the others only warn
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _database_url(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The URL given with ``--database-url`` or ``DATABASE_URL`` and which of the two gave it; None for neither."""
     if args.database_url:
-        yield args.database_url
+        return args.database_url, "--database-url"
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"], "DATABASE_URL"
+    return None
+
+
+def check_database_url(url: str, source: str) -> None:
+    """Connect once to ``url``; a bad URL or a refused connection is a :class:`CommandError` that says why."""
+    import asyncpg
+
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise CommandError(
+            f"{source} {redacted(url)!r} is not a PostgreSQL URL (expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+        )
+
+    async def connect() -> None:
+        conn = await asyncpg.connect(url, timeout=10)
+        await conn.close()
+
+    try:
+        asyncio.run(connect())
+    except asyncpg.InvalidCatalogNameError as exc:
+        raise CommandError(f"cannot connect to {redacted(url)}: {_first_line(exc)} (create it first, e.g. with createdb)") from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        raise CommandError(f"cannot connect to {redacted(url)}: {_first_line(exc) or type(exc).__name__}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def no_ledger_here(data_dir: Path) -> str:
+    """Why a command that only reads found nothing to read, and how to point it at a ledger."""
+    return (
+        f"no ledger found: there is no embedded PostgreSQL cluster in {data_dir.expanduser().absolute()}; "
+        "point to one with --data-dir DIR, or to a database with --database-url URL or DATABASE_URL"
+    )
+
+
+@contextlib.contextmanager
+def database(args: argparse.Namespace, *, create: bool = False) -> Iterator[str]:
+    """The DSN to use: ``--database-url``/``DATABASE_URL`` (checked by connecting once), else the
+    embedded server under ``--data-dir`` (stopped on exit).
+
+    Only with ``create`` (serve, migrate) is a new cluster made; a command that
+    reads finds none and says where it looked, creating nothing.
+    """
+    given = _database_url(args)
+    if given is not None:
+        check_database_url(*given)
+        yield given[0]
         return
     server = EmbeddedPostgres(args.data_dir)
-    dsn = server.start()
+    if not create and not server.exists():
+        raise CommandError(no_ledger_here(args.data_dir))
+    dsn = server.start(create=create)
     _log.info("embedded PostgreSQL running, cluster in %s", server.pgdata)
     try:
         yield dsn
@@ -59,7 +124,7 @@ def database(args: argparse.Namespace) -> Iterator[str]:
 def cmd_migrate(args: argparse.Namespace) -> None:
     from graphledger.ledger.migrate import upgrade
 
-    with database(args) as dsn:
+    with database(args, create=True) as dsn:
         _migrate(upgrade, dsn)
         print("database is at the latest schema revision")
 
@@ -102,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # unwinds through `database()` so that the embedded server is stopped too.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop)
-    with database(args) as dsn:
+    with database(args, create=True) as dsn:
         _migrate(upgrade, dsn)
         app = create_app(dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
@@ -142,6 +207,7 @@ class ProgressBar:
 def cmd_rebuild(args: argparse.Namespace) -> None:
     import asyncio
 
+    from graphledger.audit import counted
     from graphledger.ledger.migrate import upgrade
 
     with database(args) as dsn:
@@ -152,7 +218,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
         finally:
             bar.close()
     print(
-        f"rebuilt {', '.join(report.projections)} from {report.events:,} events "
+        f"rebuilt {', '.join(report.projections)} from {counted(report.events, 'event')} "
         f"({report.folded:,} folded, {report.caught_up:,} appended meanwhile) "
         f"in {report.seconds:.1f} s, {report.events_per_second:,.0f} events/s"
     )
@@ -181,6 +247,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1 to 65535)")
     return value
 
 
@@ -230,12 +306,18 @@ def _ledger(args: argparse.Namespace) -> Iterator[tuple[asyncio.AbstractEventLoo
             loop.close()
 
 
+def _check_window(args: argparse.Namespace) -> None:
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        raise CommandError(f"--since ({args.since.isoformat()}) must be earlier than --until ({args.until.isoformat()})")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from graphledger import audit
     from graphledger.ledger.export import Selection
 
     if not (args.run or args.thread or args.since or args.until):
         raise CommandError("say what to export: --run ID, --thread ID, or --since/--until")
+    _check_window(args)
     selection = Selection(run_id=args.run, thread_id=args.thread, since=args.since, until=args.until)
     target = Path(args.out) if args.out else None
     partial = target.with_name(target.name + ".partial") if target else None
@@ -257,6 +339,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     from graphledger import audit
+    from graphledger.audit import counted
     from graphledger.ledger.export import verify_file
 
     if sum(bool(x) for x in (args.file, args.run, args.all)) != 1:
@@ -268,7 +351,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
             raise CommandError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
         if not report.ok:
             raise CommandError(f"{args.file}: line {report.line}: {report.reason}")
-        print(f"{args.file}: ok: {report.runs} runs, {report.events} events, every hash chain intact")
+        print(f"{args.file}: ok: {counted(report.runs, 'run')}, {counted(report.events, 'event')}, every hash chain intact")
         return
     with _ledger(args) as (loop, ledger):
         if args.run:
@@ -279,8 +362,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
     for ref, seq, reason in result.bad:
         print(f"run {ref.run_id} (thread {ref.thread_id}): seq {seq}: {reason}")
     if result.bad:
-        raise CommandError(f"{len(result.bad)} of {result.runs} runs failed verification")
-    print(f"ok: {result.runs} runs, {result.events} events, every hash chain intact")
+        raise CommandError(f"{len(result.bad):,} of {counted(result.runs, 'run')} failed verification")
+    print(f"ok: {counted(result.runs, 'run')}, {counted(result.events, 'event')}, every hash chain intact")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -293,6 +376,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
 def cmd_runs(args: argparse.Namespace) -> None:
     from graphledger import audit
 
+    _check_window(args)
     with _ledger(args) as (loop, ledger):
         runs = loop.run_until_complete(
             audit.list_runs(
@@ -317,6 +401,18 @@ def cmd_show(args: argparse.Namespace) -> None:
         audit.print_run(run)
 
 
+def cmd_db_url(args: argparse.Namespace) -> None:
+    server = EmbeddedPostgres(args.data_dir)
+    if not server.exists():
+        raise CommandError(
+            f"no embedded PostgreSQL cluster in {server.data_dir} (graphledger serve or graphledger migrate creates one; "
+            "--data-dir DIR looks elsewhere)"
+        )
+    print(server.recorded_dsn())
+    if not server.running():
+        print("graphledger: note: the server is not running now; graphledger serve starts it", file=sys.stderr)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -327,31 +423,51 @@ def _seconds(text: str) -> float:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit 2), like the commands' own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+DATA_DIR_HELP = "data directory of the embedded server (default: ./.graphledger)"
+
+
+def parser() -> Parser:
+    common = Parser(add_help=False)
     common.add_argument(
         "--database-url",
-        default=os.environ.get("DATABASE_URL") or None,
-        help="PostgreSQL URL (default: $DATABASE_URL; without it an embedded server is started)",
+        default=None,
+        metavar="URL",
+        help="PostgreSQL URL (default: $DATABASE_URL; without either, the embedded server under --data-dir)",
     )
+    common.add_argument("--data-dir", type=Path, default=DEFAULT_DIR, metavar="DIR", help=DATA_DIR_HELP)
     common.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_DIR, help="data directory of the embedded server (default: ./.graphledger)"
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="what to log on stderr (default: info for serve and migrate, warning for the others)",
     )
-    common.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    top = argparse.ArgumentParser(
+    top = Parser(
         prog="graphledger",
         description="An event-sourced run ledger and run server for LangGraph.",
-        epilog="examples:\n  graphledger serve\n  DATABASE_URL=postgresql://u:p@db/ledger graphledger migrate",
+        epilog=(
+            "examples:\n  graphledger serve\n  DATABASE_URL=postgresql://u:p@db/ledger graphledger migrate\n"
+            "  export DATABASE_URL=$(graphledger db-url)"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("--version", action="version", version=f"graphledger {__version__}")
-    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = top.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do (graphledger COMMAND --help shows its options and examples)"
+    )
 
-    def command(name: str, **options: Any) -> argparse.ArgumentParser:
-        """A subcommand with the common options, run by ``cmd_<name>``."""
-        sub = commands.add_parser(name, parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, **options)
-        sub.set_defaults(func=globals()[f"cmd_{name}"])
+    def command(name: str, *, database: bool = True, **options: Any) -> argparse.ArgumentParser:
+        """A subcommand, with the database options unless told otherwise, run by ``cmd_<name>``."""
+        parents = [common] if database else []
+        sub = commands.add_parser(name, parents=parents, formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+        sub.set_defaults(func=globals()[f"cmd_{name.replace('-', '_')}"])
         return sub
 
     serve = command(
@@ -365,8 +481,8 @@ def parser() -> argparse.ArgumentParser:
             "  graphledger serve --workers 0        # HTTP only: another process executes the runs"
         ),
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8123)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=_port, default=8123, help="TCP port to listen on (default 8123)")
     serve.add_argument(
         "--config", type=Path, default=None, help="a langgraph.json whose \"graphs\" are served (default: ./langgraph.json if present)"
     )
@@ -385,6 +501,21 @@ def parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=_count, default=10 * 1024 * 1024, help="larger request bodies are refused with 413 (default 10 MiB)"
     )
     serve.add_argument("--drain", type=_seconds, default=10.0, help="on shutdown, seconds running runs may finish before they are interrupted")
+
+    db_url = command(
+        "db-url",
+        database=False,
+        help="print the DATABASE_URL of the embedded server (starts nothing)",
+        description=(
+            "Print the URL of the embedded server's database under --data-dir, as recorded when it last ran. "
+            "It stays valid across restarts while the port is free. Nothing is started or created."
+        ),
+        epilog=(
+            "examples:\n  graphledger db-url\n  export DATABASE_URL=$(graphledger db-url)\n"
+            "  psql \"$(graphledger db-url --data-dir /srv/ledger)\""
+        ),
+    )
+    db_url.add_argument("--data-dir", type=Path, default=DEFAULT_DIR, metavar="DIR", help=DATA_DIR_HELP)
 
     command(
         "migrate",
@@ -420,11 +551,11 @@ def parser() -> argparse.ArgumentParser:
             "  graphledger export --since 2026-11-01 --until 2026-12-01 --out november.ndjson"
         ),
     )
-    export.add_argument("--run", type=_uuid, help="one run")
-    export.add_argument("--thread", type=_uuid, help="every run of a thread")
-    export.add_argument("--since", type=_time, help="runs created at or after this time (ISO 8601; UTC unless given)")
-    export.add_argument("--until", type=_time, help="runs created before this time")
-    export.add_argument("--out", help="the file to write (default: standard output)")
+    export.add_argument("--run", type=_uuid, metavar="ID", help="one run (UUID)")
+    export.add_argument("--thread", type=_uuid, metavar="ID", help="every run of a thread (UUID)")
+    export.add_argument("--since", type=_time, metavar="T", help="runs created at or after this time (ISO 8601; UTC unless given)")
+    export.add_argument("--until", type=_time, metavar="T", help="runs created before this time (ISO 8601; UTC unless given)")
+    export.add_argument("--out", metavar="FILE", help="the file to write (default: standard output)")
 
     verify = command(
         "verify",
@@ -435,8 +566,8 @@ def parser() -> argparse.ArgumentParser:
         ),
         epilog="examples:\n  graphledger verify run.ndjson\n  graphledger verify --run 1b4e28ba-...\n  graphledger verify --all",
     )
-    verify.add_argument("file", nargs="?", help="an export file")
-    verify.add_argument("--run", type=_uuid, help="one run in the database")
+    verify.add_argument("file", nargs="?", metavar="FILE", help="an export file (checked without a database)")
+    verify.add_argument("--run", type=_uuid, metavar="ID", help="one run in the database (UUID)")
     verify.add_argument("--all", action="store_true", help="every run in the database")
 
     replay = command(
@@ -448,7 +579,7 @@ def parser() -> argparse.ArgumentParser:
             "  graphledger replay 1b4e28ba-... --sse > stream.txt"
         ),
     )
-    replay.add_argument("run_id", type=_uuid)
+    replay.add_argument("run_id", type=_uuid, metavar="RUN_ID", help="the run to replay (UUID)")
     replay.add_argument("--sse", action="store_true", help="the raw SSE bytes the stream sent")
     replay.add_argument("--speed", type=_speed, default=None, help="pace the events: 1 is as they happened, 10 ten times faster (default: at once)")
 
@@ -458,12 +589,12 @@ def parser() -> argparse.ArgumentParser:
         description="List runs, newest first.",
         epilog="examples:\n  graphledger runs\n  graphledger runs --status error --since 2026-11-01\n  graphledger runs --thread 6f1c... --json",
     )
-    runs.add_argument("--thread", type=_uuid)
-    runs.add_argument("--status", choices=RUN_STATUSES)
-    runs.add_argument("--assistant")
-    runs.add_argument("--since", type=_time)
-    runs.add_argument("--until", type=_time)
-    runs.add_argument("--limit", type=_count, default=50)
+    runs.add_argument("--thread", type=_uuid, metavar="ID", help="only the runs of this thread (UUID)")
+    runs.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
+    runs.add_argument("--assistant", metavar="A", help="only runs of this assistant (the graph's name)")
+    runs.add_argument("--since", type=_time, metavar="T", help="runs created at or after this time (ISO 8601; UTC unless given)")
+    runs.add_argument("--until", type=_time, metavar="T", help="runs created before this time (ISO 8601; UTC unless given)")
+    runs.add_argument("--limit", type=_count, default=50, metavar="N", help="at most this many runs (default 50)")
     runs.add_argument("--json", action="store_true", help="JSON for scripts")
 
     show = command(
@@ -472,13 +603,15 @@ def parser() -> argparse.ArgumentParser:
         description="Show one run: its summary, token usage by model, and its messages.",
         epilog="examples:\n  graphledger show 1b4e28ba-...\n  graphledger show 1b4e28ba-... --json",
     )
-    show.add_argument("run_id", type=_uuid)
+    show.add_argument("run_id", type=_uuid, metavar="RUN_ID", help="the run to show (UUID)")
     show.add_argument("--json", action="store_true", help="JSON for scripts")
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "log_level", None) is None:
+        args.log_level = "info" if args.command in INFORMING else "warning"
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.log_level != "debug":
         logging.getLogger("alembic").setLevel(logging.WARNING)

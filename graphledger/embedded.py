@@ -7,7 +7,9 @@ Data lives in one directory (``./.graphledger`` by default)::
       server.json     port, password and the pids of the processes using it (0600)
       lock            serialises start and stop between processes
 
-The server listens on 127.0.0.1 only, with password authentication. PostgreSQL
+The server listens on 127.0.0.1 only, with password authentication, on the
+port it listened on last time when that port is free (else on any free port),
+so that a DSN taken from server.json stays valid across restarts. PostgreSQL
 refuses to run as root: when started by root it runs as an existing
 unprivileged user (``GRAPHLEDGER_PG_USER``, else ``postgres``, else
 ``nobody``). No OS user is created and no existing directory's permissions are
@@ -87,8 +89,16 @@ def _server_user() -> pwd.struct_passwd | None:
 
 
 def _free_port(preferred: int | None = None) -> int:
+    """``preferred`` when nothing listens on it, else any free port.
+
+    The probe sets SO_REUSEADDR, as PostgreSQL does: connections of the
+    server's previous run may linger in TIME_WAIT on its port, which stops a
+    plain bind but not the server, and the port must not change because of them
+    (a URL printed by ``graphledger db-url`` stays valid across restarts).
+    """
     for port in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
@@ -187,6 +197,35 @@ class EmbeddedPostgres:
             raise EmbeddedError(f"the unprivileged user cannot run the PostgreSQL binaries, even from {bin_dir}; set DATABASE_URL")
         return bin_dir
 
+    # -- what is on disk (read only) ---------------------------------------------------
+
+    def recorded_state(self) -> dict[str, object]:
+        """What server.json records, or ``{}`` when there is no cluster here; creates nothing."""
+        try:
+            state = json.loads((self.data_dir / "server.json").read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise EmbeddedError(f"cannot read {self.data_dir / 'server.json'}: {exc}") from exc
+        if not isinstance(state, dict) or not state.get("password"):
+            return {}
+        pgdata = Path(str(state["pgdata"])) if state.get("pgdata") else self.pgdata
+        return state if (pgdata / "PG_VERSION").exists() else {}
+
+    def exists(self) -> bool:
+        """Whether a cluster was created under this data directory."""
+        return bool(self.recorded_state())
+
+    def recorded_dsn(self) -> str:
+        """The DSN of the cluster's database at the port it last listened on, starting nothing.
+
+        A restart reuses that port while it is free, so the DSN stays valid.
+        """
+        state = self.recorded_state()
+        if not state.get("port"):
+            raise EmbeddedError(f"no embedded PostgreSQL cluster in {self.data_dir}")
+        return f"postgresql://{SUPERUSER}:{state['password']}@127.0.0.1:{state['port']}/{DATABASE}"
+
     # -- lifecycle -----------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -271,8 +310,19 @@ class EmbeddedPostgres:
             return None
         return int(lines[3])
 
-    def start(self) -> str:
-        """Start (or join) the server; return a DSN for the ``graphledger`` database."""
+    def running(self) -> bool:
+        """Whether a server is running on this cluster now (from its ``postmaster.pid``)."""
+        self.pgdata = Path(str(self.recorded_state().get("pgdata") or self.pgdata))
+        return self._running_port() is not None
+
+    def start(self, *, create: bool = True) -> str:
+        """Start (or join) the server; return a DSN for the ``graphledger`` database.
+
+        With ``create=False`` a data directory without a cluster is an error,
+        and nothing is created on disk.
+        """
+        if not create and not self.exists():
+            raise EmbeddedError(f"no embedded PostgreSQL cluster in {self.data_dir}")
         with self._locked() as state:
             if not (self.pgdata / "PG_VERSION").exists():
                 if self.pgdata.exists() and not os.access(self.pgdata, os.R_OK | os.X_OK):

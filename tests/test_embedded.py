@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,49 @@ async def test_start_share_persist_and_stop(data_dir: Path) -> None:
         again.stop()
 
 
+async def test_a_restart_keeps_the_port_while_it_is_free(data_dir: Path) -> None:
+    first = EmbeddedPostgres(data_dir)
+    dsn = first.start()
+    assert first.recorded_dsn() == dsn
+    assert await query(dsn, "SELECT 1") == 1  # connections of this run linger in TIME_WAIT after the stop
+    first.stop()
+    assert EmbeddedPostgres(data_dir).recorded_dsn() == dsn, "the DSN is on record while the server is down"
+    again = EmbeddedPostgres(data_dir)
+    try:
+        assert again.start() == dsn, "the same port again, so a printed URL stays valid"
+    finally:
+        again.stop()
+
+
+async def test_a_restart_moves_to_a_free_port_when_its_own_is_taken(data_dir: Path) -> None:
+    first = EmbeddedPostgres(data_dir)
+    dsn = first.start()
+    first.stop()
+    port = int(dsn.rsplit(":", 1)[1].split("/")[0])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        again = EmbeddedPostgres(data_dir)
+        moved = again.start()
+        try:
+            assert moved != dsn and f":{port}/" not in moved
+            assert await query(moved, "SELECT 1") == 1
+            assert EmbeddedPostgres(data_dir).recorded_dsn() == moved, "the new port is on record"
+        finally:
+            again.stop()
+
+
+def test_no_cluster_is_created_when_asked_not_to(data_dir: Path) -> None:
+    server = EmbeddedPostgres(data_dir)
+    assert not server.exists()
+    with pytest.raises(EmbeddedError, match=f"no embedded PostgreSQL cluster in {data_dir}"):
+        server.start(create=False)
+    with pytest.raises(EmbeddedError, match="no embedded PostgreSQL cluster"):
+        server.recorded_dsn()
+    assert not data_dir.exists(), "nothing was created"
+
+
 def test_files_and_server_user(data_dir: Path) -> None:
     server = EmbeddedPostgres(data_dir)
     server.start()
@@ -106,6 +151,8 @@ def test_data_directory_that_is_not_a_cluster(data_dir: Path) -> None:
 async def test_unreachable_data_directory_is_not_widened(data_dir: Path) -> None:
     private = data_dir.parent / "private"
     private.mkdir(mode=0o700)
+    clusters = Path("/var/lib/graphledger/clusters")
+    ours = [d for d in (clusters, clusters.parent) if not d.exists()]  # removed again when left empty
     target = private / "data"
     server = EmbeddedPostgres(target)
     dsn = server.start()
@@ -124,6 +171,9 @@ async def test_unreachable_data_directory_is_not_widened(data_dir: Path) -> None
         server.stop()
         if str(server.pgdata).startswith("/var/lib/graphledger/clusters/"):
             shutil.rmtree(server.pgdata.parent, ignore_errors=True)
+        for directory in ours:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty: clusters of others stay
     assert private.stat().st_mode & 0o777 == 0o700, "permissions must not be widened"
 
 

@@ -1,24 +1,44 @@
-"""The audit and inspection commands as a user runs them: export, verify, replay, runs, show."""
+"""The ``graphledger`` command as a user runs it: the audit and inspection commands (export, verify, replay,
+runs, show), and what every command does with a bad database URL or with no ledger where it looks."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
+from graphledger.audit import counted
+from graphledger.cli import parser
+from graphledger.embedded import EmbeddedPostgres
 from graphledger.ledger import Ledger
+from tests.acceptance.test_serve import free_port
 from tests.audit.conftest import Recorded
+from tests.conftest import with_database
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
 
-def cli(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[bytes]:
+NO_RUN = "00000000-0000-0000-0000-000000000000"
+
+
+def cli(*args: str, dsn: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``graphledger ARGS`` in a child process; without DATABASE_URL, so that only what the test passes counts."""
     flags = ["--database-url", dsn] if dsn else []
-    return subprocess.run([sys.executable, "-m", "graphledger.cli", *args, *flags], capture_output=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "graphledger.cli", *args, *flags], capture_output=True, timeout=120, cwd=cwd, env=env
+    )
 
 
 async def acli(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -53,7 +73,7 @@ async def test_export_then_verify_offline_and_a_flipped_byte_is_named(dsn: str, 
 
 async def test_verify_against_the_database(dsn: str, recorded: Recorded) -> None:
     one = await acli("verify", "--run", str(recorded.runs[0].run_id), dsn=dsn)
-    assert one.returncode == 0 and b"ok: 1 runs" in one.stdout, one
+    assert one.returncode == 0 and b"ok: 1 run, " in one.stdout, one
     every = await acli("verify", "--all", dsn=dsn)
     assert every.returncode == 0 and b"every hash chain intact" in every.stdout, every
 
@@ -107,17 +127,158 @@ async def test_replay_prints_a_timeline_or_the_stream(dsn: str, recorded: Record
         (["replay", "00000000-0000-0000-0000-000000000000", "--speed", "0"], 2, "positive number"),
         (["show", "00000000-0000-0000-0000-000000000000", "--database-url", "{dsn}"], 1, "not found"),
         (["runs", "--status", "bogus"], 2, "invalid choice"),
+        (["runs", "--limit", "many"], 2, "is not a whole number"),
+        (["runs", "--since", "2026-12-01", "--until", "2026-11-01", "--database-url", "{dsn}"], 1, "must be earlier than --until"),
+        (["export", "--since", "2026-12-01", "--until", "2026-12-01"], 1, "must be earlier than --until"),
+        (["serve", "--port", "70000"], 2, "not a port number"),
+        (["no-such-command"], 2, "invalid choice"),
     ],
 )
 def test_bad_input_gets_one_line_and_a_non_zero_exit(dsn: str, args: list[str], code: int, words: str) -> None:
     result = cli(*(a.format(dsn=dsn) for a in args))
     assert result.returncode == code, result
-    assert words in result.stderr.decode().strip().splitlines()[-1]
-    if code == 1:
-        one_error_line(result)
+    assert words in one_error_line(result)
 
 
-@pytest.mark.parametrize("command", ["export", "verify", "replay", "runs", "show"])
+def bad_urls(server_dsn: str) -> dict[str, tuple[str, str]]:
+    """Each wrong database URL a user may give, and what its error must say."""
+    parts = urlsplit(server_dsn)
+    host = parts.netloc.rpartition("@")[2]
+    wrong_password = urlunsplit(parts._replace(netloc=f"{parts.username}:not-the-password@{host}"))
+    return {
+        "not a URL": ("not-a-url", "is not a PostgreSQL URL"),
+        "another database system": ("mysql://user:secret@127.0.0.1:3306/ledger", "is not a PostgreSQL URL"),
+        "wrong password": (wrong_password, "password authentication failed"),
+        "missing database": (with_database(server_dsn, "graphledger_no_such_database"), 'database "graphledger_no_such_database" does not exist'),
+        "nothing listening": ("postgresql://nobody@127.0.0.1:1/none", "cannot connect to postgresql://nobody@127.0.0.1:1/none"),
+    }
+
+
+DATABASE_COMMANDS = {
+    "runs": ["runs"],
+    "show": ["show", NO_RUN],
+    "export": ["export", "--thread", NO_RUN],
+    "verify --all": ["verify", "--all"],
+    "verify --run": ["verify", "--run", NO_RUN],
+    "replay": ["replay", NO_RUN],
+    "rebuild": ["rebuild"],
+    "migrate": ["migrate"],
+    "serve": ["serve", "--port", "{port}"],
+}
+
+
+@pytest.mark.parametrize("form", ["not a URL", "another database system", "wrong password", "missing database", "nothing listening"])
+@pytest.mark.parametrize("command", list(DATABASE_COMMANDS))
+async def test_a_bad_database_url_is_one_line_for_every_command(server_dsn: str, command: str, form: str) -> None:
+    url, words = bad_urls(server_dsn)[form]
+    if form == "wrong password":
+        try:
+            await (await asyncpg.connect(url)).close()
+        except asyncpg.InvalidPasswordError:
+            pass
+        else:
+            pytest.skip("this test server accepts any password")
+    args = [a.format(port=free_port()) for a in DATABASE_COMMANDS[command]]
+    result = await acli(*args, dsn=url)
+    assert result.returncode == 1, result
+    line = one_error_line(result)
+    assert line.startswith("graphledger: error: ") and words in line
+    assert "not-the-password" not in line and "secret" not in line, "passwords are not printed"
+
+
+async def test_a_bad_url_from_the_environment_is_named_as_such(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": "mysql://user@db/ledger"}
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "graphledger.cli", "runs"], capture_output=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 1 and "DATABASE_URL 'mysql://user@db/ledger' is not a PostgreSQL URL" in one_error_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+READ_COMMANDS = {name: args for name, args in DATABASE_COMMANDS.items() if name not in ("serve", "migrate")}
+
+
+@pytest.mark.parametrize("command", list(READ_COMMANDS))
+async def test_a_read_command_where_there_is_no_ledger_creates_nothing(command: str, tmp_path: Path) -> None:
+    result = await asyncio.to_thread(cli, *READ_COMMANDS[command], cwd=tmp_path)
+    assert result.returncode == 1, result
+    line = one_error_line(result)
+    assert str(tmp_path / ".graphledger") in line, "it says where it looked"
+    assert all(way in line for way in ("--data-dir", "--database-url", "DATABASE_URL")), "and how to look elsewhere"
+    elsewhere = tmp_path / "elsewhere"
+    result = await asyncio.to_thread(cli, *READ_COMMANDS[command], "--data-dir", str(elsewhere), cwd=tmp_path)
+    assert result.returncode == 1 and str(elsewhere) in one_error_line(result)
+    assert list(tmp_path.iterdir()) == [], "no data directory, no cluster"
+
+
+@pytest.fixture
+def embedded_dir() -> Iterator[Path]:
+    """A data directory for an embedded cluster of the test's own, reachable by the server's unprivileged user."""
+    root = Path(tempfile.mkdtemp(prefix="graphledger-tests-cli-"))
+    root.chmod(0o755)
+    yield root / "ledger"
+    leftover = EmbeddedPostgres(root / "ledger")
+    if leftover.running():
+        leftover.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_db_url_prints_the_embedded_url_and_read_commands_are_quiet(embedded_dir: Path, tmp_path: Path) -> None:
+    missing = await asyncio.to_thread(cli, "db-url", "--data-dir", str(embedded_dir))
+    assert missing.returncode == 1 and f"no embedded PostgreSQL cluster in {embedded_dir}" in one_error_line(missing)
+    missing_here = await asyncio.to_thread(cli, "db-url", cwd=tmp_path)
+    assert missing_here.returncode == 1 and str(tmp_path / ".graphledger") in one_error_line(missing_here)
+    assert not embedded_dir.exists() and list(tmp_path.iterdir()) == [], "db-url creates nothing"
+
+    migrated = await asyncio.to_thread(cli, "migrate", "--data-dir", str(embedded_dir))
+    assert migrated.returncode == 0, migrated
+    printed = await asyncio.to_thread(cli, "db-url", "--data-dir", str(embedded_dir))
+    assert printed.returncode == 0, printed
+    url = printed.stdout.decode().strip()
+    assert url == EmbeddedPostgres(embedded_dir).recorded_dsn() and url.startswith("postgresql://graphledger:")
+    assert "not running" in one_error_line(printed), "migrate stopped the server on exit, and db-url says so"
+
+    listed = await asyncio.to_thread(cli, "runs", "--data-dir", str(embedded_dir))
+    assert listed.returncode == 0 and listed.stderr == b"", "a read command logs nothing when all is well"
+    assert listed.stdout.decode().split() == ["RUN", "THREAD", "ASSISTANT", "STATUS", "TOKENS", "DURATION", "CREATED"]
+
+    server = EmbeddedPostgres(embedded_dir)
+    assert server.start() == url, "the printed URL stays valid across restarts"
+    try:
+        conn = await asyncpg.connect(url)
+        await conn.close()
+        running = await asyncio.to_thread(cli, "db-url", "--data-dir", str(embedded_dir))
+        assert running.stdout.decode().strip() == url and running.stderr == b""
+    finally:
+        server.stop()
+
+
+async def test_read_commands_are_quiet_on_a_database_url(dsn: str) -> None:
+    for args in (["runs"], ["verify", "--all"]):
+        result = await acli(*args, dsn=dsn)
+        assert result.returncode == 0 and result.stderr == b"", result
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    top = parser()
+    action = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_option_and_argument_has_help() -> None:
+    top = parser()
+    missing = [f"graphledger {a.option_strings or a.dest}" for a in top._actions if not a.help]
+    for name, sub in subcommands().items():
+        missing += [f"graphledger {name} {'/'.join(a.option_strings) or a.dest}" for a in sub._actions if not a.help]
+    assert missing == []
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    assert [counted(n, "run") for n in (0, 1, 2, 1204)] == ["0 runs", "1 run", "2 runs", "1,204 runs"]
+    assert counted(1, "LLM call") == "1 LLM call"
+
+
+@pytest.mark.parametrize("command", ["export", "verify", "replay", "runs", "show", "db-url", "serve", "migrate", "rebuild"])
 def test_every_command_explains_itself_with_examples(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0 and b"examples:" in result.stdout
