@@ -27,13 +27,16 @@ from graphledger.ledger.errors import LedgerError
 from graphledger.runs import GraphRegistry, RunSettings, Runtime
 
 _log = logging.getLogger("graphledger.http")
+RETRY_AFTER = "2"
+"""Seconds a client is asked to wait after a 503 (the database is unavailable)."""
 
 
 async def ok(request: Request) -> JSONResponse:
-    """Readiness: answers once the ledger is connected and its tail is listening."""
+    """Readiness: 200 while the database answers and the tail is listening, else 503."""
     ledger: Ledger = request.app.state.ledger
+    await ledger.ping()  # DatabaseUnavailable: 503 with Retry-After
     if ledger.hub is not None and not ledger.hub.listening.is_set():
-        return JSONResponse({"detail": "tail listener reconnecting"}, status_code=503)
+        return error_response(503, "tail listener reconnecting", {"Retry-After": RETRY_AFTER})
     return JSONResponse({"ok": True})
 
 
@@ -114,7 +117,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _ledger_error(request: Request, exc: Exception) -> Response:
-    return error_response(status_of(exc), str(exc))  # type: ignore[arg-type]
+    assert isinstance(exc, LedgerError)
+    status = status_of(exc)
+    return error_response(status, str(exc), {"Retry-After": RETRY_AFTER} if status == 503 else None)
 
 
 async def _starlette_error(request: Request, exc: Exception) -> Response:

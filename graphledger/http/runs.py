@@ -35,7 +35,7 @@ from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.events import FAILURE_KINDS, RUN_STATUSES
 from graphledger.projections import Projections
 from graphledger.projections.run_status import RunStatus
-from graphledger.runs import RunRequest, admit, cancel, join
+from graphledger.runs import RunRequest, admit, cancel, checkpoint, join
 from graphledger.runs.recorder import stream_kind
 from graphledger.runs.request import CANCEL_ACTIONS, stream_modes
 from graphledger.runs.serialize import to_jsonable
@@ -130,8 +130,7 @@ async def final_output(request: Request, ref: RunRef, end: Event) -> Any:
     if values is not None:
         return values.value
     checkpointer = request.app.state.runtime.checkpointer
-    state = await checkpointer.aget_tuple({"configurable": {"thread_id": str(ref.thread_id)}}) if checkpointer else None
-    return to_jsonable(state.checkpoint["channel_values"]) if state is not None else None
+    return to_jsonable(await checkpoint.current_values(checkpointer, ref.thread_id)) if checkpointer is not None else None
 
 
 async def _wait(request: Request, stateless: bool) -> JSONResponse:

@@ -60,13 +60,25 @@ class DatabaseUnavailable(LedgerError):
     """The database cannot be reached."""
 
 
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,  # no connection within the pool's time
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
+    asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up, crashed
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, out of memory or disk
+    asyncpg.InterfaceError,  # the connection was closed under the call
+    asyncpg.InternalClientError,  # a connection left mid-operation when its backend died
+)
+"""Driver errors that mean "the database cannot be reached now": retried by writers, 503 over HTTP."""
+
+
 @contextmanager
 def translate() -> Iterator[None]:
     """Turn driver errors a caller can act on into ledger errors."""
     try:
         yield
-    except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError) as exc:
-        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+    except UNAVAILABLE as exc:
+        raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
     except asyncpg.UntranslatableCharacterError as exc:
         raise InvalidPayload(f"payload rejected by the database: {exc}") from exc
     except asyncpg.InvalidTextRepresentationError as exc:

@@ -80,10 +80,13 @@ WHERE r.thread_id = k.thread_id AND r.run_id = k.run_id AND r.lease_owner = $1 A
 RETURNING r.thread_id, r.run_id
 """
 # A running run with no lease (started by a writer that takes none) is judged
-# by its last append instead.
+# by its last append instead. No lease is judged until the database has been
+# up for $4 seconds (a lease and its grace): a restart stopped every renewal,
+# and a live holder needs that long to renew once the database is back.
 EXPIRED_SQL = """
 SELECT thread_id, run_id, lease_owner, lease_expires_at FROM runs
 WHERE status = 'running'
+  AND pg_postmaster_start_time() < now() - make_interval(secs => $4)
   AND coalesce(lease_expires_at, updated_at + make_interval(secs => $2)) < now() - make_interval(secs => $1)
 ORDER BY lease_expires_at NULLS FIRST
 LIMIT $3
@@ -186,9 +189,12 @@ class Heads:
         rows = await self._conn.fetch(RENEW_SQL, owner, *_refs(refs), float(seconds))
         return {RunRef(row["thread_id"], row["run_id"]) for row in rows}
 
-    async def expired(self, grace_seconds: float, idle_seconds: float, limit: int) -> list[Expired]:
-        """Running runs whose lease expired ``grace_seconds`` ago, locked (skipping locked ones)."""
-        rows = await self._conn.fetch(EXPIRED_SQL, float(grace_seconds), float(idle_seconds), limit)
+    async def expired(self, grace_seconds: float, idle_seconds: float, limit: int, *, settle_seconds: float = 0.0) -> list[Expired]:
+        """Running runs whose lease expired ``grace_seconds`` ago, locked (skipping locked ones).
+
+        None while the database has been up for less than ``settle_seconds``.
+        """
+        rows = await self._conn.fetch(EXPIRED_SQL, float(grace_seconds), float(idle_seconds), limit, float(settle_seconds))
         return [Expired(RunRef(r["thread_id"], r["run_id"]), r["lease_owner"], r["lease_expires_at"]) for r in rows]
 
     async def all(self) -> list[RunRef]:

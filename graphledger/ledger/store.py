@@ -26,6 +26,10 @@ from graphledger.ledger.tail import Hub
 from graphledger.ledger.writer import Writer
 
 APPLICATION_NAME = "graphledger"
+CONNECT_TIMEOUT = 2.0
+"""Seconds to open a connection: a database that does not answer is unavailable, not slow."""
+ACQUIRE_TIMEOUT = 30.0
+"""Seconds a caller waits for a free connection of the pool before it is told the database is unavailable."""
 
 
 class Ledger:
@@ -63,11 +67,13 @@ class Ledger:
         """
         settings = {"application_name": APPLICATION_NAME}
         with translate():
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, server_settings=settings)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size, server_settings=settings, timeout=CONNECT_TIMEOUT
+            )
         hub = Hub(dsn, poll_interval=poll_interval) if tail else None
         statement = Statement(projector)
         writer = writer_class(
-            lambda: asyncpg.connect(dsn, server_settings=settings),
+            lambda: asyncpg.connect(dsn, server_settings=settings, timeout=CONNECT_TIMEOUT),
             max_batch=max_batch,
             max_delay=max_delay,
             on_commit=hub.publish if hub else None,
@@ -117,14 +123,14 @@ class Ledger:
     async def session(self) -> AsyncIterator[Session]:
         """One connection of the pool; driver errors leave it as ledger errors."""
         with translate():
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 yield Session(conn, self._statement)
 
     @asynccontextmanager
     async def transaction(self, *, isolation: str = "read_committed", readonly: bool = False) -> AsyncIterator[Transaction]:
         """A transaction; once it commits, its appends reach this process's subscribers and writer."""
         with translate():
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 tx = Transaction(conn, self._statement)
                 async with conn.transaction(isolation=isolation, readonly=readonly):
                     yield tx
@@ -136,6 +142,13 @@ class Ledger:
             self._writer.seed(ref, last, head.status)
         if tx.appended and self._hub is not None:
             self._hub.publish(tx.appended)
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """Raise :class:`~graphledger.ledger.errors.DatabaseUnavailable` unless the database answers within ``timeout``."""
+        with translate():
+            async with asyncio.timeout(timeout):
+                async with self.session() as session:
+                    await session.connection.fetchval("SELECT 1")
 
     # -- writing ---------------------------------------------------------------------
 

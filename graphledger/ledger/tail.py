@@ -31,7 +31,7 @@ from uuid import UUID
 import asyncpg
 
 from graphledger.ledger import read
-from graphledger.ledger.errors import RunNotFound
+from graphledger.ledger.errors import UNAVAILABLE, RunNotFound
 from graphledger.ledger.events import Event, RunRef
 from graphledger.ledger.heads import Heads
 from graphledger.ledger.statement import CHANNEL
@@ -40,6 +40,7 @@ from graphledger.ledger.tasks import cancel_and_wait
 _log = logging.getLogger("graphledger.tail")
 
 _CLOSED = object()
+CONNECT_TIMEOUT = 2.0
 APPLICATION_NAME = "graphledger-tail"
 """Prefix of the application_name both tail connections of a hub carry (see pg_stat_activity)."""
 
@@ -164,7 +165,13 @@ class Hub:
     async def head(self, run_id: UUID) -> tuple[RunRef, int, bool]:
         """A run's ref, last seq and whether it is finished, read on the tail's own connection."""
         async with self._reader_lock:
-            found = await Heads(await self._connection()).locate(run_id)
+            try:
+                found = await Heads(await self._connection()).locate(run_id)
+            except UNAVAILABLE:
+                if self._reader is not None:
+                    self._reader.terminate()
+                    self._reader = None
+                raise
         if found is None:
             raise RunNotFound(f"run {run_id} not found")
         return found.ref, found.last_seq, found.finished
@@ -294,7 +301,7 @@ class Hub:
                     except TimeoutError:
                         async with asyncio.timeout(self.ping_interval):
                             await conn.fetchval("SELECT 1")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
                 _log.warning("tail listener lost its connection (%s); reconnecting", exc)
             finally:
                 self.listening.clear()
@@ -306,7 +313,7 @@ class Hub:
             backoff = min(backoff * 2, 2.0)
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.dsn, server_settings={"application_name": self.application_name})
+        return await asyncpg.connect(self.dsn, server_settings={"application_name": self.application_name}, timeout=CONNECT_TIMEOUT)
 
     async def _connection(self) -> asyncpg.Connection:
         if self._reader is None or self._reader.is_closed():
@@ -321,6 +328,7 @@ class Hub:
                 self._wake.set()
 
     async def _read_loop(self) -> None:
+        backoff = 0.1
         while not self._closed:
             await self._wake.wait()
             if self._closed:
@@ -338,15 +346,19 @@ class Hub:
                 async with self._reader_lock:
                     events = await read.read_runs(await self._connection(), cursors, self.read_limit)
                 self.reads += 1
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                _log.warning("tail reader failed (%s); retrying", exc)
+            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+                # Subscribers wait (their streams keep their heartbeats) and get every
+                # event once the database answers again.
+                _log.warning("tail reader failed (%s); retrying in %.2f s", exc, backoff)
                 if self._reader is not None:
                     self._reader.terminate()
                     self._reader = None
                 self._dirty.update(refs)
                 self._wake.set()
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
                 continue
+            backoff = 0.1
             counts: dict[RunRef, int] = {}
             for event in events:
                 ref = RunRef(event.thread_id, event.run_id)

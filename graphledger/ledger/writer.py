@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from graphledger.ledger import chain
-from graphledger.ledger.errors import LedgerError, RunFinished
+from graphledger.ledger.errors import UNAVAILABLE, LedgerError, RunFinished
 from graphledger.ledger.events import TERMINAL_KINDS, Event, NewEvent, RunRef
 from graphledger.ledger.heads import Heads
 from graphledger.ledger.statement import Batch, Head, Statement, chain_onto, refusal
@@ -55,16 +55,8 @@ class _RunQueue:
         self.head = self.tip = None
 
 
-RETRYABLE = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # a connection left mid-operation when its backend died
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    OSError,
-)
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, *UNAVAILABLE)
+"""Failures after which a flush is tried again, as often as it takes: its outcome is settled from the heads."""
 
 
 class Writer:
@@ -95,6 +87,8 @@ class Writer:
         max_delay: float = 0.0,
         max_attempts: int = 5,
         max_inflight: int = 2,
+        min_backoff: float = 0.05,
+        max_backoff: float = 2.0,
         on_commit: Callable[[list[Event]], None] | None = None,
         on_flight: Callable[[list[Event], bool], None] | None = None,
         statement: Statement | None = None,
@@ -104,6 +98,10 @@ class Writer:
         self.max_delay = max_delay
         self.max_attempts = max_attempts
         self.max_inflight = max_inflight
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff  # the longest wait between two tries while the database is away
+        self._backoff = min_backoff
+        self.retries = 0
         self._on_commit = on_commit
         self._on_flight = on_flight  # (events, True) as a flush is sent, (events, False) once it has answered
         self._statement = statement or Statement()
@@ -239,15 +237,22 @@ class Writer:
                 conn = await self._connect()
             await self._flush(conn, queues)
         except RETRYABLE as exc:
-            _log.warning("append flush failed, retrying on a new connection: %s", exc)
+            # The database may be restarting or away for minutes: back off, never give up.
+            # Nothing is lost meanwhile; the events wait in memory and their futures stay pending.
+            self.retries += 1
+            delay = self._backoff
+            self._backoff = min(self._backoff * 2, self.max_backoff)
+            _log.warning("append flush failed (%s: %s); retrying in %.2f s on a new connection", type(exc).__name__, exc, delay)
             if conn is not None:
                 conn.terminate()  # its state is unknown: never reuse it
                 conn = None
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(delay)
         except (asyncpg.PostgresError, LedgerError) as exc:
             # Counted per run in _flush; a run's events fail after max_attempts.
             _log.warning("append flush rejected: %s", exc)
             await asyncio.sleep(0.05)
+        else:
+            self._backoff = self.min_backoff
         finally:
             for queue in queues:
                 queue.busy = False

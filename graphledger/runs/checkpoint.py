@@ -10,15 +10,33 @@ checkpoints a run wrote, which restores the thread's state from before it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
+import psycopg
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from graphledger.ledger.errors import DatabaseUnavailable
+
+_log = logging.getLogger("graphledger.runs")
+T = TypeVar("T")
+
+TRANSIENT = (psycopg.OperationalError, PoolTimeout)
+"""The checkpointer's failures that a database restart or outage causes (connection lost, refused, shutting down)."""
+DEFAULT_OUTAGE_SECONDS = 600.0
+"""How long a run waits out a database outage before the checkpointer's error reaches its graph."""
 
 SCHEMA = "langgraph"
 SETUP_LOCK = 7_426_017_314  # one setup at a time per database (servers may start together)
@@ -48,12 +66,81 @@ async def setup(dsn: str) -> None:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
 
 
+class ResilientSaver(AsyncPostgresSaver):
+    """LangGraph's checkpointer, waiting out a database restart or outage instead of failing the run.
+
+    Each call that fails with a connection error is tried again, backing off
+    from ``min_backoff`` to ``max_backoff`` seconds, for up to
+    ``outage_seconds``; only then does the error reach the graph. A retried
+    write is safe: every statement of ``aput`` and ``aput_writes`` is an
+    upsert keyed by the checkpoint's (or the write's) own id, so a write that
+    committed before its reply was lost is written again to the same effect.
+    """
+
+    def __init__(
+        self, pool: Any, *, outage_seconds: float = DEFAULT_OUTAGE_SECONDS, min_backoff: float = 0.1, max_backoff: float = 2.0
+    ) -> None:
+        super().__init__(pool)
+        self.outage_seconds = outage_seconds
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.retries = 0
+
+    async def _retried(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self.outage_seconds
+        delay = self.min_backoff
+        while True:
+            try:
+                return await call()
+            except TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                self.retries += 1
+                _log.warning("checkpointer %s failed (%s); retrying in %.2f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._retried("read", functools.partial(AsyncPostgresSaver.aget_tuple, self, config))
+
+    async def aput(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+    ) -> RunnableConfig:
+        return await self._retried("write", functools.partial(AsyncPostgresSaver.aput, self, config, checkpoint, metadata, new_versions))
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
+        await self._retried("write", functools.partial(AsyncPostgresSaver.aput_writes, self, config, writes, task_id, task_path))
+
+
 @asynccontextmanager
-async def saver(dsn: str, *, max_size: int = 10) -> AsyncIterator[AsyncPostgresSaver]:
-    """A checkpointer on a pool of ``dsn`` (set up by :func:`setup`)."""
+async def saver(dsn: str, *, max_size: int = 10, outage_seconds: float = DEFAULT_OUTAGE_SECONDS) -> AsyncIterator[ResilientSaver]:
+    """A checkpointer on a pool of ``dsn`` (set up by :func:`setup`) that waits out outages of up to ``outage_seconds``.
+
+    The pool checks a connection before handing it out, so one that died in
+    an outage is replaced rather than failing the first call after it.
+    """
     kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row, "options": _OPTIONS}
-    async with AsyncConnectionPool(dsn, min_size=1, max_size=max_size, kwargs=kwargs, open=False) as pool:
-        yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+    pool = AsyncConnectionPool(
+        dsn, min_size=1, max_size=max_size, kwargs=kwargs, open=False,
+        check=AsyncConnectionPool.check_connection, reconnect_timeout=max(outage_seconds, 60.0),
+    )
+    async with pool:
+        yield ResilientSaver(pool, outage_seconds=outage_seconds)
+
+
+async def current_values(checkpointer: AsyncPostgresSaver, thread_id: UUID, *, timeout: float = 2.0) -> Any:
+    """The thread's current state values (None without a checkpoint), for a request: no waiting out outages.
+
+    Raises :class:`~graphledger.ledger.errors.DatabaseUnavailable` when the
+    checkpointer cannot answer within ``timeout``.
+    """
+    config: RunnableConfig = {"configurable": {"thread_id": str(thread_id)}}
+    try:
+        async with asyncio.timeout(timeout):
+            state = await AsyncPostgresSaver.aget_tuple(checkpointer, config)
+    except (*TRANSIENT, TimeoutError) as exc:
+        raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+    return state.checkpoint["channel_values"] if state is not None else None
 
 
 async def rollback(conn: asyncpg.Connection, thread_id: UUID, run_id: UUID) -> int:

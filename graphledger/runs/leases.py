@@ -9,9 +9,12 @@ ago (:class:`Reaper`), so no run stays "running" after its process died.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 
 from graphledger.ledger import Ledger
+from graphledger.ledger.errors import DatabaseUnavailable
 from graphledger.ledger.events import RunRef
 from graphledger.runs import lifecycle
 from graphledger.runs.periodic import Periodic
@@ -56,24 +59,55 @@ class LeaseKeeper(Periodic):
 
 
 class Reaper(Periodic):
-    """Ends runs whose lease expired ``grace_seconds`` ago, every ``interval`` seconds."""
+    """Ends runs whose lease expired ``grace_seconds`` ago, every ``interval`` seconds.
+
+    A lease is not expired by an outage that also stopped its renewal: after
+    this process lost the database, it reaps again only once the database has
+    answered for ``settle_seconds`` (by default a lease and its grace,
+    ``idle_seconds + grace_seconds``), the time every live holder needs to
+    renew. A restart of the database is judged the same way in the database
+    itself (see :func:`lifecycle.reap`).
+    """
 
     name = "reaping"
 
-    def __init__(self, ledger: Ledger, *, grace_seconds: float = 10.0, idle_seconds: float = 30.0, interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        grace_seconds: float = 10.0,
+        idle_seconds: float = 30.0,
+        interval: float = 5.0,
+        settle_seconds: float | None = None,
+    ) -> None:
         super().__init__(interval)
         self.ledger = ledger
         self.grace_seconds = grace_seconds
         self.idle_seconds = idle_seconds
+        # How long the database must have answered before a lease is judged: a lease and its grace.
+        self.settle_seconds = idle_seconds + grace_seconds if settle_seconds is None else settle_seconds
         self.reaped = 0
+        self._reachable_since: float | None = -math.inf  # monotonic time; None: the database was lost
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        try:
+            if self._reachable_since is None:
+                await self.ledger.ping()
+                self._reachable_since = now
+            if now - self._reachable_since >= self.settle_seconds:
+                await self.reap_once()
+        except DatabaseUnavailable:
+            self._reachable_since = None
+            raise
 
     async def reap_once(self) -> int:
-        events = await lifecycle.reap(self.ledger, grace_seconds=self.grace_seconds, idle_seconds=self.idle_seconds)
+        events = await lifecycle.reap(
+            self.ledger, grace_seconds=self.grace_seconds, idle_seconds=self.idle_seconds, settle_seconds=self.settle_seconds
+        )
         ended = sum(1 for e in events if e.is_terminal)
         if ended:
             _log.warning("reaped %d runs whose worker stopped renewing its lease", ended)
         self.reaped += ended
         return ended
 
-    async def tick(self) -> None:
-        await self.reap_once()

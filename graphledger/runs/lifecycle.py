@@ -220,15 +220,17 @@ async def renew(ledger: Ledger, owner: str, refs: Iterable[RunRef], *, lease_sec
         return await session.heads.renew(owner, refs, lease_seconds)
 
 
-async def reap(ledger: Ledger, *, grace_seconds: float, idle_seconds: float, limit: int = 100) -> list[Event]:
+async def reap(ledger: Ledger, *, grace_seconds: float, idle_seconds: float, settle_seconds: float, limit: int = 100) -> list[Event]:
     """End running runs whose lease expired ``grace_seconds`` ago with ``run.failed``; return those events.
 
     A running run that never took a lease is reaped once it appended
-    nothing for ``idle_seconds`` plus the grace.
+    nothing for ``idle_seconds`` plus the grace. Nothing is reaped until the
+    database has been up for ``settle_seconds`` (a lease and its grace), so
+    that a restart of the database expires no live holder's lease.
     """
     failed: list[Event] = []
     async with ledger.transaction() as tx:
-        for expired in await tx.heads.expired(grace_seconds, idle_seconds, limit):
+        for expired in await tx.heads.expired(grace_seconds, idle_seconds, limit, settle_seconds=settle_seconds):
             owner = expired.owner or "a writer without a lease"
             error = {"type": "LeaseExpired", "message": f"{owner} stopped renewing its lease on the run"}
             new = [_event(STREAM_ERROR, {"error": error["type"], "message": error["message"]}), _event(RUN_FAILED, {"error": error})]

@@ -26,6 +26,7 @@ class RunSettings:
     run_timeout: float | None = None
     drain_seconds: float = 10.0
     poll_interval: float = 1.0
+    outage_seconds: float = checkpoint.DEFAULT_OUTAGE_SECONDS  # how long runs wait out a database outage
 
 
 class Runtime:
@@ -48,15 +49,14 @@ class Runtime:
         s = self.settings
         try:
             # Also without workers: reads of a thread's state (a join's answer) come from it.
-            self.checkpointer = await self._stack.enter_async_context(checkpoint.saver(self.ledger.dsn))
+            self.checkpointer = await self._stack.enter_async_context(checkpoint.saver(self.ledger.dsn, outage_seconds=s.outage_seconds))
             if s.workers > 0:
                 self.worker = Worker(
                     self.ledger,
                     self.graphs,
                     checkpointer=self.checkpointer,
                     concurrency=s.workers,
-                    lease_seconds=s.lease_seconds,
-                    poll_interval=s.poll_interval,
+                        poll_interval=s.poll_interval,
                     run_timeout=s.run_timeout,
                 )
                 await self.worker.start()

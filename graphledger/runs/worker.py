@@ -18,11 +18,12 @@ import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from graphledger.ledger import Ledger
-from graphledger.ledger.errors import LedgerError
+from graphledger.ledger.errors import DatabaseUnavailable, LedgerError
 from graphledger.ledger.events import RUN_CANCEL_REQUESTED, RunRef
 from graphledger.ledger.statement import RUNS_CHANNEL
 from graphledger.ledger.tasks import cancel_and_wait
@@ -33,6 +34,8 @@ from graphledger.runs.recorder import Recording
 from graphledger.runs.request import CANCEL_ACTIONS
 
 _log = logging.getLogger("graphledger.runs")
+T = TypeVar("T")
+RETRY_MIN, RETRY_MAX = 0.1, 2.0  # seconds between tries while the database is unavailable
 
 
 @dataclass(slots=True)
@@ -173,8 +176,7 @@ class Worker:
             if stop.action == "rollback" and self.checkpointer is None:
                 _log.warning("run %s: rollback asked, but this worker has no checkpointer to roll back", ref.run_id)
             elif stop.action == "rollback":
-                async with self.ledger.session() as session:
-                    removed = await checkpoint.rollback(session.connection, ref.thread_id, ref.run_id)
+                removed = await self._until_reachable(f"rolling back run {ref.run_id}", lambda: self._rollback(ref))
                 _log.info("run %s rolled back: %d checkpoints removed", ref.run_id, removed)
             await recording.interrupt("cancel", stop.action)
         elif stop.reason == "timeout":
@@ -188,13 +190,37 @@ class Worker:
         else:
             await recording.succeed()
 
+    async def _rollback(self, ref: RunRef) -> int:
+        async with self.ledger.session() as session:
+            return await checkpoint.rollback(session.connection, ref.thread_id, ref.run_id)
+
+    async def _until_reachable(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again while the database is unavailable (the rollback deletes by run: safe to repeat)."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                return await call()
+            except DatabaseUnavailable as exc:
+                _log.warning("%s: %s; retrying in %.2f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
     async def _watch(self, ref: RunRef, after_seq: int, stop: _Stop) -> None:
-        """Follow the run's own events for a cancel request, from wherever it is appended."""
-        try:
-            async for event in self.ledger.tail(ref, after_seq):
-                if event.kind == RUN_CANCEL_REQUESTED:
-                    action = event.value.get("action") if isinstance(event.value, dict) else None
-                    stop("cancel", action if action in CANCEL_ACTIONS else "interrupt")
-                    return
-        except LedgerError as exc:
-            _log.warning("following run %s for cancels failed: %s", ref.run_id, exc)
+        """Follow the run's own events for a cancel request, from wherever it is appended (through outages too)."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                async for event in self.ledger.tail(ref, after_seq):
+                    after_seq = event.seq
+                    if event.kind == RUN_CANCEL_REQUESTED:
+                        action = event.value.get("action") if isinstance(event.value, dict) else None
+                        stop("cancel", action if action in CANCEL_ACTIONS else "interrupt")
+                        return
+                return
+            except DatabaseUnavailable as exc:
+                _log.warning("following run %s for cancels: %s; retrying in %.2f s", ref.run_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+            except LedgerError as exc:
+                _log.warning("following run %s for cancels failed: %s", ref.run_id, exc)
+                return

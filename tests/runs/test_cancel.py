@@ -186,7 +186,7 @@ async def test_a_worker_that_loses_its_lease_stops_writing(ledger: Ledger, worke
     await started(ledger, ref)
     async with raw(ledger) as conn:  # as if the worker had stalled past its lease
         await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '1 hour' WHERE run_id = $1", ref.run_id)
-    assert await Reaper(ledger, grace_seconds=0).reap_once() == 1
+    assert await Reaper(ledger, grace_seconds=0, settle_seconds=0).reap_once() == 1
     end = await join(ledger, ref)
     assert end.kind == "run.failed" and end.value["error"]["type"] == "LeaseExpired"
     for _ in range(100):

@@ -31,7 +31,7 @@ async def drain(ledger: Ledger, owner: str = "drain") -> None:
         await cancel(ledger, RunRef(row["thread_id"], row["run_id"]))
     async with raw(ledger) as conn:
         await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '1 hour' WHERE status = 'running'")
-    await Reaper(ledger, grace_seconds=0).reap_once()
+    await Reaper(ledger, grace_seconds=0, settle_seconds=0).reap_once()
 
 
 async def test_admission_records_the_request_and_projects_a_pending_run(ledger: Ledger, graphs: GraphRegistry) -> None:
@@ -134,7 +134,7 @@ async def test_the_reaper_ends_expired_and_silent_runs_but_not_live_ones(ledger:
     async with raw(ledger) as conn:
         await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '20 seconds' WHERE run_id = $1", expired.run_id)
         await conn.execute("UPDATE runs SET updated_at = now() - interval '1 hour' WHERE run_id = $1", silent.run_id)
-    reaper = Reaper(ledger, grace_seconds=10, idle_seconds=60)
+    reaper = Reaper(ledger, grace_seconds=10, idle_seconds=60, settle_seconds=0)
     assert await reaper.reap_once() == 2
     for ref, owner in ((expired, "gone"), (silent, "a writer without a lease")):
         events = await ledger.read_run(ref)
@@ -201,4 +201,17 @@ async def test_a_run_is_started_once(ledger: Ledger, graphs: GraphRegistry) -> N
     with pytest.raises(NotPending, match="is running, not pending"):
         await lifecycle.start(ledger, ref, "recorder-b", lease_seconds=30)
     assert [e.kind for e in await ledger.read_run(ref)] == ["run.created", "run.started"]  # nothing written by the refusal
+    await drain(ledger)
+
+
+async def test_no_lease_is_judged_until_the_database_has_been_up_a_lease_and_its_grace(ledger: Ledger, graphs: GraphRegistry) -> None:
+    ref = (await admit(ledger, ask(), graphs=graphs)).ref
+    await lifecycle.claim(ledger, "renewer", limit=1, lease_seconds=30)
+    async with raw(ledger) as conn:
+        await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '20 seconds' WHERE run_id = $1", ref.run_id)
+        up_for = await conn.fetchval("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")
+    # As if the database had just restarted: its holder could not have renewed yet.
+    assert await Reaper(ledger, grace_seconds=0, settle_seconds=float(up_for) + 3600).reap_once() == 0
+    assert (await Projections(ledger).run_status(ref)).status == "running"
+    assert await Reaper(ledger, grace_seconds=0, settle_seconds=0).reap_once() == 1
     await drain(ledger)
