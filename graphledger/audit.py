@@ -18,33 +18,16 @@ from uuid import UUID
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.events import RUN_CREATED, STREAM_PREFIX
 from graphledger.ledger.export import Selection, export
+from graphledger.progress import Progress
 from graphledger.projections import Projections
 from graphledger.projections.read import MAX_PAGE
+from graphledger.projections.token_usage import TOKEN_FIELDS
 from graphledger.runs.sse import frame, sse_modes
 
 
 def counted(n: int, singular: str, plural: str | None = None) -> str:
     """``n`` and the noun that agrees with it: ``1 run``, ``2 runs``, ``1,204 events``."""
     return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
-
-
-class Progress:
-    """A count that rewrites one line of a terminal (and stays silent when the stream is not one)."""
-
-    def __init__(self, stream: TextIO, what: str, total: int | None = None) -> None:
-        self.stream, self.what, self.total = stream, what, total
-        self.shown = stream.isatty()
-
-    def __call__(self, done: int) -> None:
-        if self.shown:
-            of = f" of {self.total:,}" if self.total else ""
-            self.stream.write(f"\r{self.what}: {done:,}{of}")
-            self.stream.flush()
-
-    def end(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # -- export and verify --------------------------------------------------------------
@@ -56,7 +39,7 @@ async def export_to(ledger: Ledger, selection: Selection, out: BinaryIO, progres
         out.write(chunk)
     out.flush()
     if progress is not None:
-        progress.end()
+        progress.close()
 
 
 @dataclass(slots=True)
@@ -83,7 +66,7 @@ async def verify_runs(ledger: Ledger, refs: Sequence[RunRef] | None = None, prog
         if progress is not None:
             progress(done)
     if progress is not None:
-        progress.end()
+        progress.close()
     return Verified(len(refs), events, bad)
 
 
@@ -240,9 +223,9 @@ def print_run(run: dict[str, Any], out: TextIO = sys.stdout) -> None:
     out.write(table(summary, ["", ""]).split("\n", 1)[1] + "\n\n")
     tokens = run["tokens"]
     out.write(f"tokens: {tokens['total_tokens']:,} total in {counted(tokens['calls'], 'LLM call')}\n")
-    fields = ["input_tokens", "output_tokens", "cache_read", "cache_creation", "reasoning", "total_tokens"]
-    rows = [(model, usage["calls"], *(f"{usage[f]:,}" for f in fields)) for model, usage in run["by_model"].items()]
-    out.write(table(rows, ["MODEL", "CALLS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "REASONING", "TOTAL"]) + "\n\n")
+    rows = [(model, usage["calls"], *(f"{usage[f]:,}" for f in TOKEN_FIELDS)) for model, usage in run["by_model"].items()]
+    headers = [f.removesuffix("_tokens").replace("_", " ").upper() for f in TOKEN_FIELDS]
+    out.write(table(rows, ["MODEL", "CALLS", *headers]) + "\n\n")
     out.write(f"messages ({len(run['messages'])}{'+' if run['more_messages'] else ''}):\n")
     for message in run["messages"]:
         content = message["content"] if isinstance(message["content"], str) else json.dumps(message["content"])

@@ -10,18 +10,20 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from graphledger import __version__
 from graphledger.embedded import DEFAULT_DIR, EmbeddedError, EmbeddedPostgres
+from graphledger.http import DEFAULT_MAX_BODY_BYTES
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.events import RUN_STATUSES
+from graphledger.progress import Progress
+from graphledger.projections.project import ALL as PROJECTIONS
 
 if TYPE_CHECKING:
     from graphledger.ledger import Ledger
@@ -177,33 +179,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
             raise CommandError(f"could not serve on {args.host}:{args.port}")
 
 
-class ProgressBar:
-    """A one-line progress bar on a terminal (nothing otherwise)."""
-
-    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
-        self.label = label
-        self.stream = stream
-        self.shown = stream.isatty()
-        self.started = time.monotonic()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.shown or (now - self.last < 0.1 and done < total):
-            return
-        self.last = now
-        share = done / total if total else 1.0
-        rate = done / max(now - self.started, 1e-9)
-        bar = "#" * int(share * 30)
-        self.stream.write(f"\r{self.label} [{bar:<30}] {share:4.0%} {done:,}/{total:,} events, {rate:,.0f}/s ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.shown and self.last:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def cmd_rebuild(args: argparse.Namespace) -> None:
     import asyncio
 
@@ -212,7 +187,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 
     with database(args) as dsn:
         _migrate(upgrade, dsn)
-        bar = ProgressBar("rebuild")
+        bar = Progress("rebuild")
         try:
             report = asyncio.run(_rebuild(dsn, args.only or None, bar))
         finally:
@@ -224,7 +199,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     )
 
 
-async def _rebuild(dsn: str, only: list[str] | None, progress: ProgressBar) -> RebuildReport:
+async def _rebuild(dsn: str, only: list[str] | None, progress: Progress) -> RebuildReport:
     import asyncpg
 
     from graphledger.ledger.errors import translate
@@ -321,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     selection = Selection(run_id=args.run, thread_id=args.thread, since=args.since, until=args.until)
     target = Path(args.out) if args.out else None
     partial = target.with_name(target.name + ".partial") if target else None
-    progress = audit.Progress(sys.stderr, "events exported")  # shown only when stderr is a terminal
+    progress = Progress("events exported")  # shown only when stderr is a terminal
     with _ledger(args) as (loop, ledger):
         if partial is None:
             loop.run_until_complete(audit.export_to(ledger, selection, sys.stdout.buffer, progress))
@@ -358,7 +333,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
             refs = [loop.run_until_complete(ledger.run_ref(args.run))]
             result = loop.run_until_complete(audit.verify_runs(ledger, refs))
         else:
-            result = loop.run_until_complete(audit.verify_runs(ledger, None, audit.Progress(sys.stderr, "runs verified")))
+            result = loop.run_until_complete(audit.verify_runs(ledger, None, Progress("runs verified", "runs")))
     for ref, seq, reason in result.bad:
         print(f"run {ref.run_id} (thread {ref.thread_id}): seq {seq}: {reason}")
     if result.bad:
@@ -498,7 +473,7 @@ def parser() -> Parser:
     )
     serve.add_argument("--run-timeout", type=_seconds, default=None, help="end runs still running after this many seconds (default: never)")
     serve.add_argument(
-        "--max-body-bytes", type=_count, default=10 * 1024 * 1024, help="larger request bodies are refused with 413 (default 10 MiB)"
+        "--max-body-bytes", type=_count, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies are refused with 413 (default 10 MiB)"
     )
     serve.add_argument("--drain", type=_seconds, default=10.0, help="on shutdown, seconds running runs may finish before they are interrupted")
 
@@ -534,7 +509,7 @@ def parser() -> Parser:
         epilog="examples:\n  graphledger rebuild\n  graphledger rebuild --only messages --only token_usage",
     )
     rebuild.add_argument(
-        "--only", action="append", choices=["run_status", "token_usage", "messages"], help="a projection to rebuild (repeatable)"
+        "--only", action="append", choices=PROJECTIONS, help="a projection to rebuild (repeatable)"
     )
 
     export = command(

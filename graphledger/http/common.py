@@ -14,6 +14,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from graphledger.http import DEFAULT_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
 from graphledger.ledger import Ledger, RunRef
 from graphledger.ledger.errors import (
     Conflict,
@@ -35,7 +36,6 @@ from graphledger.runs.errors import (
     UnknownAssistant,
 )
 
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_JSON_DEPTH = 100
 """Objects and arrays nested deeper than this in a body are refused (a LangGraph input needs about six)."""
 INT64 = 2**63

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import asyncpg
 
 from graphledger import projections
-from graphledger.cli import ProgressBar
 from graphledger.ledger import RunRef
 
 from .test_serve import free_port, graphledger, workdir  # noqa: F401  (fixture)
@@ -49,22 +47,3 @@ def test_rebuild_refuses_bad_input(workdir: Path) -> None:  # noqa: F811
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 1, output
     assert [line for line in output.splitlines() if line.startswith("graphledger: error:")] and "Traceback" not in output
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_bar_only_on_a_terminal() -> None:
-    screen = Terminal()
-    bar = ProgressBar("rebuild", screen)
-    bar(50, 100)
-    bar(100, 100)
-    bar.close()
-    assert "50%" in screen.getvalue() and "100%" in screen.getvalue() and screen.getvalue().endswith("\n")
-    piped = io.StringIO()
-    bar = ProgressBar("rebuild", piped)
-    bar(100, 100)
-    bar.close()
-    assert piped.getvalue() == ""

@@ -158,12 +158,13 @@ class Terminal(io.StringIO):
 
 async def test_progress_is_shown_on_a_terminal_and_nowhere_else(ledger: Ledger, recorded: Recorded) -> None:
     from graphledger import audit
+    from graphledger.progress import Progress
 
     shown, silent = Terminal(), io.StringIO()
     for stream in (shown, silent):
-        await audit.export_to(ledger, Selection(thread_id=recorded.thread_id), io.BytesIO(), audit.Progress(stream, "events exported"))
+        await audit.export_to(ledger, Selection(thread_id=recorded.thread_id), io.BytesIO(), Progress("events exported", stream=stream))
     total = len(lines_of(await export_bytes(ledger, Selection(thread_id=recorded.thread_id)))) - 2
-    assert shown.getvalue().endswith(f"\revents exported: {total:,}\n") and silent.getvalue() == ""
+    assert re.search(rf"\revents exported: {total:,} events, [0-9,]+/s \n$", shown.getvalue()) and silent.getvalue() == ""
     checked = Terminal()
-    await audit.verify_runs(ledger, None, audit.Progress(checked, "runs verified"))
-    assert re.search(r"\rruns verified: (\d+) of \1\n$", checked.getvalue())
+    await audit.verify_runs(ledger, None, Progress("runs verified", "runs", stream=checked))
+    assert re.search(r"\rruns verified \[#{30}\] 100% ([0-9,]+)/\1 runs, [0-9,]+/s \n$", checked.getvalue())
