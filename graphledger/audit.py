@@ -165,10 +165,9 @@ async def show_run(ledger: Ledger, run_id: UUID) -> dict[str, Any]:
     ref = await ledger.run_ref(run_id)
     reads = Projections(ledger)
     status = await reads.run_status(ref)
-    scope = {"thread_id": ref.thread_id, "run_id": ref.run_id}
-    totals = await reads.token_usage(**scope)
-    by_model = await reads.usage_by("model", **scope)
-    by_caller = await reads.usage_by("caller", **scope)
+    totals = await reads.token_usage(thread_id=ref.thread_id, run_id=ref.run_id)
+    by_model = await reads.usage_by("model", thread_id=ref.thread_id, run_id=ref.run_id)
+    by_caller = await reads.usage_by("caller", thread_id=ref.thread_id, run_id=ref.run_id)
     page = await reads.messages(ref.thread_id, run_id=ref.run_id, limit=MAX_PAGE)
     chain = await ledger.verify(ref)
     return {

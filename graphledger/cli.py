@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -131,7 +131,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         print("database is at the latest schema revision")
 
 
-def _migrate(upgrade: object, dsn: str) -> None:
+def _migrate(upgrade: Callable[[str], None], dsn: str) -> None:
     """The ledger's migrations, then the LangGraph checkpointer's tables (in their own schema)."""
     import asyncio
 
@@ -142,7 +142,7 @@ def _migrate(upgrade: object, dsn: str) -> None:
     from graphledger.runs import checkpoint
 
     try:
-        upgrade(dsn)  # type: ignore[operator]
+        upgrade(dsn)
         asyncio.run(checkpoint.setup(dsn))
     except (OSError, asyncpg.PostgresError, sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
         raise CommandError(f"cannot migrate the database: {str(exc).splitlines()[0]}") from exc
@@ -298,13 +298,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     partial = target.with_name(target.name + ".partial") if target else None
     progress = Progress("events exported")  # shown only when stderr is a terminal
     with _ledger(args) as (loop, ledger):
-        if partial is None:
+        if target is None or partial is None:
             loop.run_until_complete(audit.export_to(ledger, selection, sys.stdout.buffer, progress))
             return
         try:
             with open(partial, "wb") as out:
                 loop.run_until_complete(audit.export_to(ledger, selection, out, progress))
-            partial.replace(target)  # type: ignore[arg-type]
+            partial.replace(target)
         except OSError as exc:
             raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
         finally:

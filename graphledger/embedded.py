@@ -42,6 +42,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _log = logging.getLogger("graphledger.embedded")
 
@@ -132,15 +133,16 @@ class EmbeddedPostgres:
     # -- running commands as the server's user ------------------------------------
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, Any] = {}
         env = dict(os.environ, LC_ALL="C", LANG="C")
         if self.account is not None:
             kwargs = {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
             env["HOME"] = self.account.pw_dir
             env["USER"] = env["LOGNAME"] = self.account.pw_name
-        return subprocess.run(
-            args, cwd="/", env=env, capture_output=True, text=True, timeout=timeout, check=False, **kwargs  # type: ignore[call-overload]
+        result: subprocess.CompletedProcess[str] = subprocess.run(
+            args, cwd="/", env=env, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
         )
+        return result
 
     def _reachable(self, path: Path) -> bool:
         return self._run("/bin/sh", "-c", 'test -x "$0"', str(path)).returncode == 0
@@ -199,7 +201,7 @@ class EmbeddedPostgres:
 
     # -- what is on disk (read only) ---------------------------------------------------
 
-    def recorded_state(self) -> dict[str, object]:
+    def recorded_state(self) -> dict[str, Any]:
         """What server.json records, or ``{}`` when there is no cluster here; creates nothing."""
         try:
             state = json.loads((self.data_dir / "server.json").read_text())
@@ -229,14 +231,14 @@ class EmbeddedPostgres:
     # -- lifecycle -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, object]]:
+    def _locked(self) -> Iterator[dict[str, Any]]:
         if not self.data_dir.exists():
             # Ours to create: searchable so that the server's user can reach pgdata/.
             self.data_dir.mkdir(parents=True, mode=0o755)
         with open(self.data_dir / "lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state_path = self.data_dir / "server.json"
-            state: dict[str, object] = json.loads(state_path.read_text()) if state_path.exists() else {}
+            state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
             if state.get("pgdata"):
                 self.pgdata = Path(str(state["pgdata"]))
             yield state
@@ -246,7 +248,7 @@ class EmbeddedPostgres:
                 json.dump(state, out)
             tmp.replace(state_path)
 
-    def _place_cluster(self, state: dict[str, object]) -> None:
+    def _place_cluster(self, state: dict[str, Any]) -> None:
         """Put a new cluster under the data directory, or where the server's user can reach it.
 
         Under root, the data directory may sit below a directory the server's
@@ -269,7 +271,7 @@ class EmbeddedPostgres:
             self.account.pw_name, self.data_dir, self.pgdata, self.data_dir / "server.json",
         )
 
-    def _initdb(self, state: dict[str, object]) -> None:
+    def _initdb(self, state: dict[str, Any]) -> None:
         self._place_cluster(state)
         self.pgdata.mkdir(mode=0o700)
         if self.account is not None:
@@ -333,13 +335,13 @@ class EmbeddedPostgres:
                     self.pgdata.rmdir()
                 self._initdb(state)
             self._check_reachable()
-            clients = [pid for pid in state.get("clients", []) if _pid_alive(pid)]  # type: ignore[attr-defined]
+            clients = [pid for pid in state.get("clients", []) if _pid_alive(pid)]
             port = self._running_port()
             if port is not None and not clients:
                 self.adopted = True
                 _log.warning("adopting a PostgreSQL server left running on port %s by a process that exited", port)
             if port is None:
-                port = _free_port(state.get("port"))  # type: ignore[arg-type]
+                port = _free_port(state.get("port"))
                 result = self._run(
                     str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"),
                     "-w", "-t", "60", "-o", f"-p {port}", "start",
@@ -376,7 +378,7 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Leave the server; stop it when no other live process uses it."""
         with self._locked() as state:
-            clients = [pid for pid in state.get("clients", []) if _pid_alive(pid)]  # type: ignore[attr-defined]
+            clients = [pid for pid in state.get("clients", []) if _pid_alive(pid)]
             if os.getpid() in clients:
                 clients.remove(os.getpid())  # one handle of this process; others may remain
             state["clients"] = clients

@@ -18,11 +18,11 @@ from graphledger.http.common import iso, path_uuid, query_bool, query_int, query
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
-from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE
+from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE, Group
 from graphledger.projections.token_usage import Totals
 
 MAX_EVENTS = 1000
-USAGE_GROUPS = ("model", "caller", "status")
+USAGE_GROUPS: tuple[Group, ...] = ("model", "caller", "status")
 
 
 async def _check(request: Request, thread_id: UUID, run_id: UUID | None = None) -> None:
@@ -112,12 +112,12 @@ async def usage(request: Request) -> JSONResponse:
     since, until = query_time(request, "since"), query_time(request, "until")
     await _check(request, thread_id, run_id)
     reads = Projections(request.app.state.ledger)
-    window: dict[str, Any] = {"thread_id": thread_id, "run_id": run_id, "since": since, "until": until}
-    body: dict[str, Any] = {"thread_id": str(thread_id), "totals": totals_json(await reads.token_usage(**window))}
+    totals = await reads.token_usage(thread_id=thread_id, run_id=run_id, since=since, until=until)
+    body: dict[str, Any] = {"thread_id": str(thread_id), "totals": totals_json(totals)}
     if run_id is not None:
         body["run_id"] = str(run_id)
     for group in USAGE_GROUPS:
-        by = await reads.usage_by(group, **window)  # type: ignore[arg-type]
+        by = await reads.usage_by(group, thread_id=thread_id, run_id=run_id, since=since, until=until)
         body[f"by_{group}"] = [{group: key, **totals_json(totals)} for key, totals in by.items()]
     return JSONResponse(body)
 

@@ -35,7 +35,7 @@ _background: set[asyncio.Task[None]] = set()  # cancels of abandoned streams, ke
 
 
 
-async def _pump(ledger: Ledger, ref: RunRef, after_seq: int, queue: asyncio.Queue[Event | None]) -> None:
+async def _pump(ledger: Ledger, ref: RunRef, after_seq: int, queue: asyncio.Queue[Event | None | object]) -> None:
     try:
         async for event in ledger.tail(ref, after_seq):
             await queue.put(event)
@@ -59,8 +59,10 @@ async def sse_stream(
     finished = False
     queue: asyncio.Queue[Event | None | object] = asyncio.Queue(maxsize=1000)
     loop = asyncio.get_running_loop()
-    pump = loop.create_task(_pump(ledger, ref, after_seq, queue))  # type: ignore[arg-type]
+    pump = loop.create_task(_pump(ledger, ref, after_seq, queue))
     last_sent = loop.time()
+
+    timer: asyncio.TimerHandle
 
     def beat() -> None:
         # One timer per idle period (no task per wait): a heartbeat after

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Protocol
 from uuid import UUID
 
 GENESIS = bytes(32)
@@ -88,7 +89,7 @@ class ChainReport:
     last_hash: bytes = GENESIS
 
 
-class _Linked:
+class _Linked(Protocol):
     thread_id: UUID
     run_id: UUID
     seq: int

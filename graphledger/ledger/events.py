@@ -188,6 +188,7 @@ class RunRef:
 
     thread_id: UUID
     run_id: UUID
+    _hash: int
 
     def __init__(self, thread_id: UUID, run_id: UUID) -> None:
         object.__setattr__(self, "thread_id", thread_id)
@@ -199,7 +200,7 @@ class RunRef:
         raise AttributeError("RunRef is immutable")
 
     def __hash__(self) -> int:
-        return self._hash  # type: ignore[no-any-return]
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
         return (

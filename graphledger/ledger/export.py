@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -122,7 +122,7 @@ def _event_line(thread: str, run: str, seq: int, kind: str, ts: datetime, data: 
     ))
 
 
-async def export(ledger: Ledger, selection: Selection, *, progress: Any = None) -> AsyncIterator[bytes]:
+async def export(ledger: Ledger, selection: Selection, *, progress: Any = None) -> AsyncGenerator[bytes, None]:
     """The export of ``selection`` as chunks of lines, read from one consistent snapshot with constant memory.
 
     ``progress``, when given, is called with the number of events written so far.
@@ -306,7 +306,7 @@ def _check_event(number: int, record: dict[str, Any], runs: dict[str, _Run], cur
     state.first_hash = state.first_hash or claimed
     if kind in TERMINAL_KINDS:
         state.terminal = kind
-    return run
+    return str(run)
 
 
 def _check_trailer(number: int, record: dict[str, Any], runs: dict[str, _Run], events: int) -> None:
@@ -319,12 +319,12 @@ def _check_trailer(number: int, record: dict[str, Any], runs: dict[str, _Run], e
     if not isinstance(listed, list) or len(listed) != len(runs):
         raise _Bad(number, f"the trailer lists {len(listed) if isinstance(listed, list) else 'no'} runs, the file holds {len(runs)}")
     for entry in listed:
-        state = runs.get(entry.get("run_id")) if isinstance(entry, dict) else None
-        if state is None:
+        listed_state = runs.get(str(entry.get("run_id"))) if isinstance(entry, dict) else None
+        if listed_state is None:
             raise _Bad(number, f"the trailer lists run {entry.get('run_id') if isinstance(entry, dict) else entry!r}, which has no events here")
         expected = {
-            "thread_id": state.thread_id, "run_id": entry["run_id"], "events": state.seq, "first_hash": state.first_hash,
-            "last_hash": state.hash.hex(), "terminal": state.terminal,
+            "thread_id": listed_state.thread_id, "run_id": entry["run_id"], "events": listed_state.seq,
+            "first_hash": listed_state.first_hash, "last_hash": listed_state.hash.hex(), "terminal": listed_state.terminal,
         }
         if entry != expected:
             raise _Bad(number, f"the trailer's entry for run {entry['run_id']} does not match its events")

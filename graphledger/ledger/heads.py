@@ -27,6 +27,7 @@ from graphledger.ledger.events import (
     RunRef,
     jsonb_text,
 )
+from graphledger.ledger.read import Connection
 from graphledger.ledger.statement import Head
 
 _ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
@@ -122,7 +123,7 @@ class Heads:
 
     __slots__ = ("_conn",)
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def load(self, refs: Iterable[RunRef]) -> dict[RunRef, Head]:

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
+from asyncpg.cursor import CursorFactory
 
 from graphledger.ledger.errors import InvalidEvent
 from graphledger.ledger.events import Event, RunRef
+
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+"""A connection of its own or one lent by a pool: the reads take either."""
 
 _COLUMNS = "global_position, thread_id, run_id, seq, kind, data, ts, tx::text AS tx, hash"
 
@@ -73,7 +77,7 @@ def kind_pattern(kind: str) -> str:
 
 
 async def read_run(
-    conn: asyncpg.Connection, ref: RunRef, after_seq: int = 0, limit: int = 10_000, *, kinds: Sequence[str] | None = None
+    conn: Connection, ref: RunRef, after_seq: int = 0, limit: int = 10_000, *, kinds: Sequence[str] | None = None
 ) -> list[Event]:
     """Events of one run with ``seq > after_seq``, in order; only those of ``kinds`` when given (see :func:`kind_pattern`)."""
     if kinds is None:
@@ -83,7 +87,7 @@ async def read_run(
     return [to_event(r) for r in rows]
 
 
-async def iter_run(conn: asyncpg.Connection, ref: RunRef, after_seq: int = 0, page: int = 5_000) -> AsyncIterator[Event]:
+async def iter_run(conn: Connection, ref: RunRef, after_seq: int = 0, page: int = 5_000) -> AsyncIterator[Event]:
     """Every event of a run after ``after_seq``, in order, read ``page`` at a time (a run of any length)."""
     while True:
         batch = await read_run(conn, ref, after_seq, page)
@@ -94,7 +98,7 @@ async def iter_run(conn: asyncpg.Connection, ref: RunRef, after_seq: int = 0, pa
         after_seq = batch[-1].seq
 
 
-async def read_runs(conn: asyncpg.Connection, cursors: Sequence[tuple[RunRef, int]], limit: int) -> list[Event]:
+async def read_runs(conn: Connection, cursors: Sequence[tuple[RunRef, int]], limit: int) -> list[Event]:
     """For each ``(run, after_seq)``, up to ``limit`` events after it: one round trip for many runs."""
     rows = await conn.fetch(
         READ_RUNS_SQL,
@@ -106,7 +110,7 @@ async def read_runs(conn: asyncpg.Connection, cursors: Sequence[tuple[RunRef, in
     return [to_event(r) for r in rows]
 
 
-async def read_thread(conn: asyncpg.Connection, thread_id: UUID, after_position: int = 0, limit: int = 10_000) -> list[Event]:
+async def read_thread(conn: Connection, thread_id: UUID, after_position: int = 0, limit: int = 10_000) -> list[Event]:
     """Events of one thread in log order, after a global position."""
     return [to_event(r) for r in await conn.fetch(READ_THREAD_SQL, thread_id, after_position, limit)]
 
@@ -134,19 +138,19 @@ class FeedCursor:
         return cursor
 
 
-async def read_feed(conn: asyncpg.Connection, after: FeedCursor = FeedCursor(), limit: int = 10_000) -> tuple[list[Event], FeedCursor]:
+async def read_feed(conn: Connection, after: FeedCursor = FeedCursor(), limit: int = 10_000) -> tuple[list[Event], FeedCursor]:
     """The next events of the whole log in commit-safe order, and the cursor after them."""
     events = [to_event(r) for r in await conn.fetch(READ_FEED_SQL, str(after.tx), after.position, limit)]
     cursor = FeedCursor(events[-1].tx, events[-1].global_position) if events else after
     return events, cursor
 
 
-async def last_of_kind(conn: asyncpg.Connection, ref: RunRef, kind: str) -> Event | None:
+async def last_of_kind(conn: Connection, ref: RunRef, kind: str) -> Event | None:
     """The run's last event of ``kind``, if any."""
     row = await conn.fetchrow(LAST_OF_KIND_SQL, ref.thread_id, ref.run_id, kind)
     return to_event(row) if row is not None else None
 
 
-def run_rows(conn: asyncpg.Connection, ref: RunRef, prefetch: int) -> AsyncIterator[asyncpg.Record]:
+def run_rows(conn: Connection, ref: RunRef, prefetch: int) -> CursorFactory[asyncpg.Record]:
     """A cursor over a run's stored rows (``seq, kind, data, ts, hash``) in order; needs a transaction."""
-    return conn.cursor(RUN_ROWS_SQL, ref.thread_id, ref.run_id, prefetch=prefetch)  # type: ignore[no-any-return]
+    return conn.cursor(RUN_ROWS_SQL, ref.thread_id, ref.run_id, prefetch=prefetch)

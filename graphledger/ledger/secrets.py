@@ -6,9 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
-
 from graphledger.ledger.events import RunRef, jsonb_text
+from graphledger.ledger.read import Connection
 
 PUT_SQL = "INSERT INTO run_secrets (thread_id, run_id, secrets) VALUES ($1, $2, $3::jsonb)"
 TAKE_SQL = "DELETE FROM run_secrets WHERE thread_id = $1 AND run_id = $2 RETURNING secrets"
@@ -19,7 +18,7 @@ class Secrets:
 
     __slots__ = ("_conn",)
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def put(self, ref: RunRef, secrets: Mapping[str, Any]) -> None:

@@ -19,19 +19,21 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.cursor import CursorFactory
 
 from graphledger.ledger import read
 from graphledger.ledger.events import RUN_CREATED, STATUS_AFTER, Event, NewEvent, RunRef
 from graphledger.ledger.heads import Heads
+from graphledger.ledger.read import Connection
 from graphledger.ledger.secrets import Secrets
-from graphledger.ledger.statement import Head, Statement, append_at
+from graphledger.ledger.statement import Head, HeadMoved, Statement, append_at, refusal
 from graphledger.ledger.threads import Threads
 
 
 class Session:
     """One connection of the ledger's pool: the tables' statements and the log's reads."""
 
-    def __init__(self, conn: asyncpg.Connection, statement: Statement) -> None:
+    def __init__(self, conn: Connection, statement: Statement) -> None:
         self.connection = conn
         """The connection itself, for the SQL of tables the ledger does not own (the checkpointer's)."""
         self.heads = Heads(conn)
@@ -45,7 +47,7 @@ class Session:
     def iter_run(self, ref: RunRef, after_seq: int = 0) -> AsyncIterator[Event]:
         return read.iter_run(self.connection, ref, after_seq)
 
-    def run_rows(self, ref: RunRef, *, prefetch: int = 1000) -> AsyncIterator[asyncpg.Record]:
+    def run_rows(self, ref: RunRef, *, prefetch: int = 1000) -> CursorFactory[asyncpg.Record]:
         """The run's stored rows in order, through a cursor (inside a transaction): exports of any length."""
         return read.run_rows(self.connection, ref, prefetch)
 
@@ -62,7 +64,7 @@ class Session:
 class Transaction(Session):
     """A session inside a transaction: appends are conditional on the heads they read, and commit together."""
 
-    def __init__(self, conn: asyncpg.Connection, statement: Statement) -> None:
+    def __init__(self, conn: Connection, statement: Statement) -> None:
         super().__init__(conn, statement)
         self.appended: list[Event] = []
         self.heads_after: dict[RunRef, Head] = {}
@@ -82,7 +84,11 @@ class Transaction(Session):
             head = await self.heads.get(ref)
         if expected_seq is None:
             expected_seq = head.seq if head is not None else 0
-        events = await append_at(self.connection, self._statement, ref, head, new, expected_seq, ts=ts)
+        try:
+            events = await append_at(self.connection, self._statement, ref, head, new, expected_seq, ts=ts)
+        except HeadMoved:
+            # Another writer appended between the read and the statement: say where the head is now.
+            raise refusal(ref, await self.heads.get(ref), expected_seq) from None
         if events and head is not None:
             status = head.status
             for event in events:

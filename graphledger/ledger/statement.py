@@ -30,13 +30,10 @@ columns of ``runs``; every other statement on ``runs`` is in
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
-
-import asyncpg
 
 from graphledger.ledger import chain
 from graphledger.ledger.errors import Conflict, LedgerError, RunFinished, RunNotFound
@@ -47,6 +44,7 @@ from graphledger.ledger.events import (
     NewEvent,
     RunRef,
 )
+from graphledger.ledger.read import Connection
 
 CHANNEL = "graphledger_events"
 """Notified with ``run_id:last_seq,...`` hints by every append (see :mod:`graphledger.ledger.tail`)."""
@@ -161,7 +159,6 @@ class Statement:
         return APPEND_SQL, args
 
 
-@functools.lru_cache(maxsize=8)
 def _projected_sql(projector: Projector) -> str:
     return _sql(projector.ctes(_placeholders(projector.params, len(_OWN) + 1)))
 
@@ -225,6 +222,14 @@ class Batch:
         return [*self.heads, *self.events]
 
 
+class HeadMoved(Exception):
+    """The head moved between its read and the conditional append: nothing was written; read it again to say why."""
+
+    def __init__(self, ref: RunRef) -> None:
+        super().__init__(f"the head of run {ref.run_id} moved")
+        self.ref = ref
+
+
 def refusal(ref: RunRef, head: Head | None, expected_seq: int | None = None) -> LedgerError:
     """Why an append to ``ref`` expecting ``expected_seq`` cannot be written, given its ``head``."""
     if head is None:
@@ -235,7 +240,7 @@ def refusal(ref: RunRef, head: Head | None, expected_seq: int | None = None) -> 
 
 
 async def append_at(
-    conn: asyncpg.Connection,
+    conn: Connection,
     statement: Statement,
     ref: RunRef,
     head: Head | None,
@@ -246,8 +251,10 @@ async def append_at(
 ) -> list[Event]:
     """Append ``new`` to a run whose head (as read: ``head``) must be at ``expected_seq``; durable once committed.
 
-    Raises :class:`Conflict` when the head moved, :class:`RunFinished` after a
-    terminal event, :class:`RunNotFound` for an unknown run. Writes nothing then.
+    Raises :class:`Conflict` when ``head`` is not at ``expected_seq``,
+    :class:`RunFinished` after a terminal event, :class:`RunNotFound` for an
+    unknown run, and :class:`HeadMoved` when the head moved after it was read.
+    Writes nothing then.
     """
     if head is None or head.terminal or head.seq != expected_seq:
         raise refusal(ref, head, expected_seq)
@@ -259,5 +266,5 @@ async def append_at(
     batch.add(ref, head, events)
     sql, args = statement.plan(batch, events)
     if not await conn.fetch(sql, *args):
-        raise Conflict(ref.run_id, expected_seq, -1, None)  # the head moved since it was read
+        raise HeadMoved(ref)
     return events

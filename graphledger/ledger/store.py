@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -25,6 +25,7 @@ from graphledger.ledger.statement import Projector, Statement
 from graphledger.ledger.tail import Hub
 from graphledger.ledger.writer import Writer
 
+Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 APPLICATION_NAME = "graphledger"
 CONNECT_TIMEOUT = 2.0
 """Seconds to open a connection: a database that does not answer is unavailable, not slow."""
@@ -127,7 +128,7 @@ class Ledger:
                 yield Session(conn, self._statement)
 
     @asynccontextmanager
-    async def transaction(self, *, isolation: str = "read_committed", readonly: bool = False) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, isolation: Isolation = "read_committed", readonly: bool = False) -> AsyncIterator[Transaction]:
         """A transaction; once it commits, its appends reach this process's subscribers and writer."""
         with translate():
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:

@@ -41,6 +41,7 @@ _log = logging.getLogger("graphledger.tail")
 
 _CLOSED = object()
 CONNECT_TIMEOUT = 2.0
+_RECONNECT: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.PostgresError)
 APPLICATION_NAME = "graphledger-tail"
 """Prefix of the application_name both tail connections of a hub carry (see pg_stat_activity)."""
 
@@ -250,14 +251,14 @@ class Hub:
                 await self._listener.add_listener(channel, self._on_hint)
         callback()
 
-    def _on_hint(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
+    def _on_hint(self, _conn: object, _pid: int, channel: str, _payload: object) -> None:
         for callback in self._hints.get(channel, ()):
             callback()
 
     # -- the two connections -------------------------------------------------------
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        for item in payload.split(","):
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        for item in str(payload).split(","):
             run_text, _, seq_text = item.partition(":")
             try:
                 run_id, last_seq = UUID(run_text), int(seq_text)
@@ -301,7 +302,7 @@ class Hub:
                     except TimeoutError:
                         async with asyncio.timeout(self.ping_interval):
                             await conn.fetchval("SELECT 1")
-            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            except _RECONNECT as exc:
                 _log.warning("tail listener lost its connection (%s); reconnecting", exc)
             finally:
                 self.listening.clear()
@@ -346,7 +347,7 @@ class Hub:
                 async with self._reader_lock:
                     events = await read.read_runs(await self._connection(), cursors, self.read_limit)
                 self.reads += 1
-            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            except _RECONNECT as exc:
                 # Subscribers wait (their streams keep their heartbeats) and get every
                 # event once the database answers again.
                 _log.warning("tail reader failed (%s); retrying in %.2f s", exc, backoff)

@@ -17,6 +17,7 @@ import asyncpg
 
 from graphledger.ledger.errors import ThreadNotFound
 from graphledger.ledger.events import jsonb_text
+from graphledger.ledger.read import Connection
 
 _COLUMNS = "thread_id, created_at, updated_at, metadata, deleted_at"
 GET_SQL = f"SELECT {_COLUMNS} FROM threads WHERE thread_id = $1"
@@ -61,7 +62,7 @@ class Threads:
 
     __slots__ = ("_conn",)
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def insert(self, thread_id: UUID, metadata: Mapping[str, Any] | None = None) -> Thread | None:

@@ -29,6 +29,12 @@ class _Pending:
     event: Event | None = None  # chained onto the run's tip at submit, when the tip is known
 
 
+def _chained(pending: _Pending) -> Event:
+    """A waiting event as numbered and hashed onto its run's head (every event of a run with a known head is)."""
+    assert pending.event is not None
+    return pending.event
+
+
 @dataclass(slots=True)
 class _RunQueue:
     ref: RunRef
@@ -55,7 +61,7 @@ class _RunQueue:
         self.head = self.tip = None
 
 
-RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, *UNAVAILABLE)
+RETRYABLE: tuple[type[BaseException], ...] = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, *UNAVAILABLE)
 """Failures after which a flush is tried again, as often as it takes: its outcome is settled from the heads."""
 
 
@@ -322,9 +328,9 @@ class Writer:
                 continue
             n = min(len(queue.items), budget)
             budget -= n
-            events = [queue.items[i].event for i in range(n)]
-            flushed.extend(events)  # type: ignore[arg-type]
-            planned.append((queue, n, batch.add(queue.ref, queue.head, events)))  # type: ignore[arg-type]
+            events = [_chained(queue.items[i]) for i in range(n)]
+            flushed.extend(events)
+            planned.append((queue, n, batch.add(queue.ref, queue.head, events)))
         if not planned:
             self._committed(committed)
             return

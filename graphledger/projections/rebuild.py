@@ -69,7 +69,7 @@ class RebuildReport:
 def _ddl(names: Sequence[str]) -> list[str]:
     shadow = sa.MetaData()
     statements = []
-    dialect = postgresql.dialect()
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves the dialect class unannotated
     for name in names:
         table = TABLES[name].to_metadata(shadow, schema=SHADOW)
         statements.append(str(CreateTable(table).compile(dialect=dialect)))
@@ -132,6 +132,7 @@ async def rebuild(conn: asyncpg.Connection, only: Collection[str] = ALL, *, prog
         async with conn.transaction(isolation="repeatable_read"):
             snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
             counts = await conn.fetchrow(COUNT_SQL, folder.kinds)
+            assert counts is not None  # an aggregate always has a row
             total, projected = counts["events"], counts["projected"]
             folded = 0
             cursor = await conn.cursor(SCAN_SQL, folder.kinds)

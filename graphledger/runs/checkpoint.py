@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from uuid import UUID
 
-import asyncpg
 import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
@@ -29,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from graphledger.ledger.errors import DatabaseUnavailable
+from graphledger.ledger.read import Connection
 
 _log = logging.getLogger("graphledger.runs")
 T = TypeVar("T")
@@ -61,7 +61,7 @@ async def setup(dsn: str) -> None:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         await conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK,))
         try:
-            await AsyncPostgresSaver(conn).setup()  # type: ignore[arg-type]
+            await AsyncPostgresSaver(conn).setup()
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
 
@@ -143,7 +143,7 @@ async def current_values(checkpointer: AsyncPostgresSaver, thread_id: UUID, *, t
     return state.checkpoint["channel_values"] if state is not None else None
 
 
-async def rollback(conn: asyncpg.Connection, thread_id: UUID, run_id: UUID) -> int:
+async def rollback(conn: Connection, thread_id: UUID, run_id: UUID) -> int:
     """Delete the checkpoints run ``run_id`` wrote on its thread; return how many there were."""
     async with conn.transaction():
         count: int = await conn.fetchval(COUNT_SQL, str(thread_id), str(run_id))
@@ -151,7 +151,7 @@ async def rollback(conn: asyncpg.Connection, thread_id: UUID, run_id: UUID) -> i
     return count
 
 
-async def forget(conn: asyncpg.Connection, thread_id: UUID) -> None:
+async def forget(conn: Connection, thread_id: UUID) -> None:
     """Delete every checkpoint of a thread (its state), in the caller's transaction."""
     for sql in FORGET_SQL:
         await conn.execute(sql, str(thread_id))

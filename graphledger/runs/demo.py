@@ -92,14 +92,14 @@ class DemoChatModel(BaseChatModel):
         }
         for index, word in enumerate(words):
             usage = first_usage if index == 0 else None
-            yield AIMessageChunk(content=word, usage_metadata=usage)  # type: ignore[arg-type]
+            yield AIMessageChunk(content=word, usage_metadata=usage)  # type: ignore[arg-type]  # a plain dict for LangChain's UsageMetadata TypedDict
         reasoning = 3
         output = len(words) + reasoning + (1 if call else 0)
         last_usage = {"input_tokens": 0, "output_tokens": output, "total_tokens": output, "output_token_details": {"reasoning": reasoning}}
         yield AIMessageChunk(
             content="",
-            tool_call_chunks=[call] if call else [],  # type: ignore[list-item]
-            usage_metadata=last_usage,  # type: ignore[arg-type]
+            tool_call_chunks=[call] if call else [],  # type: ignore[list-item]  # a plain dict for ToolCallChunk
+            usage_metadata=last_usage,  # type: ignore[arg-type]  # a plain dict for UsageMetadata
             response_metadata={"model_name": self.model_name, "finish_reason": "tool_calls" if call else "stop"},
             chunk_position="last",
         )
@@ -141,7 +141,7 @@ class DemoChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # Takes as long as streaming does (token_delay), streamed or not.
-        return self._result([g.message async for g in self._astream(messages, stop, None, **kwargs)])  # type: ignore[misc]
+        return self._result([g.message async for g in self._astream(messages, stop, None, **kwargs)])
 
     @staticmethod
     def _result(chunks: list[Any]) -> ChatResult:

@@ -159,7 +159,7 @@ def _usage_of(response: LLMResult) -> tuple[Any, str | None]:
             if isinstance(generation, ChatGeneration):
                 message = generation.message
                 if getattr(message, "usage_metadata", None):
-                    usage = add_usage(usage, message.usage_metadata)  # type: ignore[attr-defined]
+                    usage = add_usage(usage, message.usage_metadata)  # type: ignore[attr-defined]  # only AI messages have it: checked above
                 meta = message.response_metadata or {}
                 model = model or meta.get("model_name") or meta.get("model")
     if usage is None and response.llm_output:
@@ -386,7 +386,7 @@ class Recorder:
         return last
 
 
-def _command_body(command: Command) -> dict[str, Any]:
+def _command_body(command: Command[Any]) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if command.resume is not None:
         body["resume"] = command.resume

@@ -102,8 +102,10 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
 
 
 def _nodes(name: str, value: Any) -> str | list[str] | None:
-    if value is None or value == "*":
-        return value  # type: ignore[no-any-return]
+    if value is None:
+        return None
+    if value == "*":
+        return "*"
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
     raise InvalidRequest(f'{name} must be "*" or a list of node names')
