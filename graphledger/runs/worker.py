@@ -197,7 +197,9 @@ class Worker:
         elif stop.reason == "timeout":
             await recording.time_out(self.run_timeout or 0)
         elif stop.reason == "shutdown":
-            if await recording.release(self.owner, "shutdown", attempt) is None:
+            # Safe to repeat: only the lease holder releases a running run, once.
+            released = await self._until_reachable(f"releasing run {ref.run_id}", lambda: recording.release(self.owner, "shutdown", attempt))
+            if released is None:
                 _log.info("run %s was not released: it had been reaped or ended meanwhile", ref.run_id)
         elif error is not None:
             if not isinstance(error, LedgerError):
