@@ -152,6 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from graphledger.http.app import create_app
+    from graphledger.http.server import Server
     from graphledger.ledger.migrate import upgrade
     from graphledger.runs import GraphRegistry, RunSettings
 
@@ -164,7 +165,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         drain_seconds=args.drain,
     )
 
-    # uvicorn handles SIGINT/SIGTERM while it serves (a graceful shutdown) and
+    # uvicorn handles SIGINT/SIGTERM while it serves (a graceful shutdown, in
+    # which runs are drained and handed over: see graphledger.http.server) and
     # then re-raises the signal to the handler found before it: ours, which
     # unwinds through `database()` so that the embedded server is stopped too.
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -173,7 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _migrate(upgrade, dsn)
         app = create_app(dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
-        server = uvicorn.Server(config)
+        server = Server(config, app, drain_seconds=args.drain)
         server.run()
         if not server.started:
             raise CommandError(f"could not serve on {args.host}:{args.port}")
@@ -475,7 +477,7 @@ def parser() -> Parser:
     serve.add_argument(
         "--max-body-bytes", type=_count, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies are refused with 413 (default 10 MiB)"
     )
-    serve.add_argument("--drain", type=_seconds, default=10.0, help="on shutdown, seconds running runs may finish before they are interrupted")
+    serve.add_argument("--drain", type=_seconds, default=10.0, help="on shutdown, seconds running runs may finish before they are released to other processes (default 10)")
 
     db_url = command(
         "db-url",

@@ -127,6 +127,24 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, str(exc.detail), exc.headers)
 
 
+async def drain(app: Starlette) -> None:
+    """Hand this process's share of the work over: its runs drain and are released, then its SSE streams end.
+
+    Called by the server as soon as it stops accepting connections (see
+    :mod:`graphledger.http.server`), and again, to no effect, by the
+    lifespan's shutdown. The runs still executing after ``drain_seconds`` are
+    released to other processes; every stream then ends without a terminal
+    event, so its client reconnects with ``Last-Event-ID`` elsewhere. A run
+    that finished during the drain has sent its stream's last frame by then.
+    """
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    if runtime is not None:
+        await runtime.drain()
+    streams: sse.Streams | None = getattr(app.state, "streams", None)
+    if streams is not None:
+        streams.close()
+
+
 def create_app(
     dsn: str,
     *,
@@ -143,11 +161,13 @@ def create_app(
         app.state.ledger = await projections.connect(dsn)
         app.state.graphs = graphs
         app.state.heartbeat = heartbeat_seconds
+        app.state.streams = sse.Streams()
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)
         try:
             await app.state.runtime.start()
             yield
         finally:
+            await drain(app)
             await app.state.runtime.close()
             await app.state.ledger.close()
 

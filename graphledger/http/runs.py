@@ -101,7 +101,7 @@ async def _stream_created(request: Request, stateless: bool) -> StreamingRespons
     ref = RunRef(created.thread_id, created.run_id)
     frames = sse_stream(
         request.app.state.ledger, ref, after_seq=0, modes=sse_modes(run_request.stream_mode),
-        on_disconnect=run_request.on_disconnect, heartbeat=request.app.state.heartbeat,
+        on_disconnect=run_request.on_disconnect, heartbeat=request.app.state.heartbeat, streams=request.app.state.streams,
     )
     return sse_response(frames, ref, created=True)
 
@@ -218,6 +218,7 @@ async def join_stream(request: Request) -> StreamingResponse:
     frames = sse_stream(
         ledger, ref, after_seq=after, modes=modes, metadata_first=metadata_first,
         on_disconnect="cancel" if cancel_on_disconnect else "continue", heartbeat=request.app.state.heartbeat,
+        streams=request.app.state.streams,
     )
     return sse_response(frames, ref)
 

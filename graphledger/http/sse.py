@@ -6,6 +6,11 @@ then live ones from the process's tail, a heartbeat comment after
 ``heartbeat`` idle seconds, the stream closing after the terminal event.
 ``Last-Event-ID: n`` resumes after ``seq`` n on any run, live or finished,
 from any process; ``-1`` or ``0`` replays from the start.
+
+A process that is stopping ends its open streams (:meth:`Streams.close`)
+without a terminal event, right after a frame: a client sees a clean end, finds
+the run still pending or running, and reconnects with ``Last-Event-ID``, to
+another process.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -30,9 +36,34 @@ _log = logging.getLogger("graphledger.http")
 HEARTBEAT_SECONDS = 5.0
 MAX_FRAMES_PER_WRITE = 256
 _HEARTBEAT = object()  # queued by a stream's idle timer
+_CLOSE = object()  # queued by Streams.close
 _background: set[asyncio.Task[None]] = set()  # cancels of abandoned streams, kept referenced until done
 
 
+class Streams:
+    """The SSE streams open in this process, so that a stopping process can end them all."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._queues: set[asyncio.Queue[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def close(self) -> None:
+        """End every open stream after its current write, and every stream opened from now on at once."""
+        self.closing = True
+        for queue in self._queues:
+            # A full queue's stream is busy writing and checks ``closing``
+            # before its next write; it needs no wake-up.
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(_CLOSE)
+
+    def _open(self, queue: asyncio.Queue[Any]) -> None:
+        self._queues.add(queue)
+
+    def _done(self, queue: asyncio.Queue[Any]) -> None:
+        self._queues.discard(queue)
 
 
 async def _pump(ledger: Ledger, ref: RunRef, after_seq: int, queue: asyncio.Queue[Event | None | object]) -> None:
@@ -54,10 +85,17 @@ async def sse_stream(
     metadata_first: Event | None = None,
     on_disconnect: str = "continue",
     heartbeat: float = HEARTBEAT_SECONDS,
+    streams: Streams | None = None,
 ) -> AsyncIterator[bytes]:
-    """The frames of a run's events after ``after_seq``, heartbeats while idle, until the terminal event."""
-    finished = False
+    """The frames of a run's events after ``after_seq``, heartbeats while idle, until the terminal event.
+
+    With ``streams``, the stream is one of them and ends early, without a
+    terminal event, when they are closed.
+    """
+    finished = False  # ended as it should: after the terminal event, or closed by this server
     queue: asyncio.Queue[Event | None | object] = asyncio.Queue(maxsize=1000)
+    if streams is not None:
+        streams._open(queue)
     loop = asyncio.get_running_loop()
     pump = loop.create_task(_pump(ledger, ref, after_seq, queue))
     last_sent = loop.time()
@@ -83,7 +121,12 @@ async def sse_stream(
                 yield first
                 last_sent = loop.time()
         while True:
+            if streams is not None and streams.closing:
+                finished = True
+                return
             event = await queue.get()
+            if event is _CLOSE:
+                continue  # seen above
             if event is _HEARTBEAT:
                 yield HEARTBEAT
                 last_sent = loop.time()
@@ -98,7 +141,7 @@ async def sse_stream(
                     failure = None if pump.cancelled() else pump.exception()
                     end = True
                     break
-                if event is not _HEARTBEAT:
+                if event is not _HEARTBEAT and event is not _CLOSE:
                     assert isinstance(event, Event)
                     data = frame(event, modes)
                     if data is not None:
@@ -118,6 +161,8 @@ async def sse_stream(
                 finished = True
                 return
     finally:
+        if streams is not None:
+            streams._done(queue)
         timer.cancel()
         pump.cancel()
         # Not cancel_and_wait: a stream is stopped inside an anyio cancel scope,

@@ -22,6 +22,8 @@ RUN_SUCCEEDED = "run.succeeded"
 RUN_FAILED = "run.failed"
 RUN_TIMED_OUT = "run.timed_out"
 RUN_INTERRUPTED = "run.interrupted"
+RUN_RELEASED = "run.released"
+"""A worker gave a running run back unfinished (its process is stopping): the run is pending again, to be resumed."""
 LLM_USAGE = "llm.usage"
 
 STREAM_PREFIX = "stream:"
@@ -41,6 +43,7 @@ STATUS_AFTER: dict[str, str] = {
     RUN_FAILED: "error",
     RUN_TIMED_OUT: "timeout",
     RUN_INTERRUPTED: "interrupted",
+    RUN_RELEASED: "pending",
 }
 """The run status each lifecycle kind leads to (kinds not listed leave it as it is)."""
 

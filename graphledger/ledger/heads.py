@@ -80,6 +80,15 @@ FROM unnest($2::uuid[], $3::uuid[]) AS k(thread_id, run_id)
 WHERE r.thread_id = k.thread_id AND r.run_id = k.run_id AND r.lease_owner = $1 AND r.status = 'running'
 RETURNING r.thread_id, r.run_id
 """
+# Only the holder gives a lease back, and only while the run is running: a
+# run reaped or ended meanwhile is not its to release. The UPDATE takes the
+# row lock, which the releasing transaction holds until its run.released
+# event commits, so no claim can see the run pending without that event.
+GIVE_BACK_SQL = """
+UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL
+WHERE thread_id = $1 AND run_id = $2 AND lease_owner = $3 AND status = 'running'
+RETURNING run_id
+"""
 # A running run with no lease (started by a writer that takes none) is judged
 # by its last append instead. No lease is judged until the database has been
 # up for $4 seconds (a lease and its grace): a restart stopped every renewal,
@@ -184,6 +193,10 @@ class Heads:
 
     async def set_lease(self, ref: RunRef, owner: str, seconds: float) -> None:
         await self._conn.execute(SET_LEASE_SQL, ref.thread_id, ref.run_id, owner, float(seconds))
+
+    async def give_back(self, ref: RunRef, owner: str) -> bool:
+        """Clear ``owner``'s lease on a running run, locking its row; False if ``owner`` does not hold it."""
+        return await self._conn.fetchval(GIVE_BACK_SQL, ref.thread_id, ref.run_id, owner) is not None
 
     async def renew(self, owner: str, refs: Iterable[RunRef], seconds: float) -> set[RunRef]:
         """Extend ``owner``'s leases on ``refs``; the runs it still holds."""

@@ -212,6 +212,10 @@ class Ledger:
         """:meth:`feed` a payload already encoded as canonical JSON text (by :func:`~graphledger.ledger.events.encode_json`)."""
         self._writer.feed(ref, NewEvent(validate_kind(kind), data))
 
+    async def sync(self, ref: RunRef) -> None:
+        """Wait until every event fed or submitted for the run so far is durable (or raise why it is not)."""
+        await self._writer.sync(ref)
+
     # -- reading ---------------------------------------------------------------------
 
     async def run_ref(self, run_id: UUID) -> RunRef:

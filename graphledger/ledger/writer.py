@@ -193,6 +193,24 @@ class Writer:
         """Append one event and wait until it is committed."""
         return await self.submit(ref, event, urgent=urgent)
 
+    async def sync(self, ref: RunRef) -> None:
+        """Wait until every event queued for ``ref`` so far is committed; raise why one never will be.
+
+        A transaction that appends to a run this writer was fed events for
+        must call this first: the events go in ``seq`` order, and a head moved
+        by the transaction would otherwise be followed by the older events.
+        """
+        queue = self._runs.get(ref)
+        if queue is not None and queue.items:
+            last = queue.items[-1]
+            if last.future is None:  # a fed chunk: give it a future to wait on
+                last.future = asyncio.get_running_loop().create_future()
+            self._urgent.set()
+            await asyncio.shield(last.future)
+        error = self._errors.pop(ref, None)
+        if error is not None:
+            raise error
+
     async def _run(self) -> None:
         """Start flushes while events wait, at most ``max_inflight`` at once."""
         idle: list[asyncpg.Connection | None] = [None] * self.max_inflight

@@ -151,6 +151,12 @@ async def rollback(conn: Connection, thread_id: UUID, run_id: UUID) -> int:
     return count
 
 
+async def written_by(conn: Connection, thread_id: UUID, run_id: UUID) -> int:
+    """How many checkpoints run ``run_id`` has written on its thread (a released run with some resumes from them)."""
+    count: int = await conn.fetchval(COUNT_SQL, str(thread_id), str(run_id))
+    return count
+
+
 async def forget(conn: Connection, thread_id: UUID) -> None:
     """Delete every checkpoint of a thread (its state), in the caller's transaction."""
     for sql in FORGET_SQL:

@@ -14,6 +14,10 @@ not at all:
 * **claim** takes pending runs with ``FOR UPDATE SKIP LOCKED``, a thread's
   runs strictly in admission order and never while another of its runs is
   running, sets the lease and appends ``run.started``;
+* **release** gives a running run back unfinished (its worker's process is
+  stopping): the lease is cleared, the run's secrets are put back and
+  ``run.released`` makes it pending again, so that any worker claims it and
+  resumes it as the run's next attempt;
 * **renew** extends the leases a worker still holds; **reap** ends runs whose
   lease expired more than a grace period ago with ``run.failed`` (the loops
   that call them are in :mod:`graphledger.runs.leases`).
@@ -28,12 +32,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from graphledger.ledger import Ledger
-from graphledger.ledger.errors import RunNotFound, ThreadNotFound
+from graphledger.ledger.errors import LedgerError, RunNotFound, ThreadNotFound
 from graphledger.ledger.events import (
     EXECUTOR_SERVER,
     RUN_CANCEL_REQUESTED,
+    RUN_CREATED,
     RUN_FAILED,
     RUN_INTERRUPTED,
+    RUN_RELEASED,
     RUN_STARTED,
     STREAM_ERROR,
     TERMINAL_STATUSES,
@@ -71,6 +77,13 @@ class Claimed:
     ref: RunRef
     request: RunRequest
     started: Event
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt of the run this is: 1, or more when an earlier one was released."""
+        value = self.started.value
+        attempt = value.get("attempt") if isinstance(value, dict) else None
+        return attempt if isinstance(attempt, int) else 1
 
 
 def _event(kind: str, payload: Any) -> NewEvent:
@@ -182,9 +195,21 @@ async def cancel(ledger: Ledger, ref: RunRef, action: str = "interrupt", *, reas
     return Cancelled(ref, "interrupted" if status == "pending" else status, requested=True)
 
 
-async def _start_locked(tx: Transaction, ref: RunRef, owner: str, lease_seconds: float) -> Event:
+async def _next_attempt(tx: Transaction, ref: RunRef, last_kind: str | None) -> int:
+    """The attempt a start of the run begins: 1 straight after admission, else one more than the last start."""
+    if last_kind == RUN_CREATED:
+        return 1  # the common case, known from the head: no read
+    started = await tx.last_of_kind(ref, RUN_STARTED)
+    if started is None:
+        return 1
+    previous = started.value.get("attempt") if isinstance(started.value, dict) else None
+    return (previous if isinstance(previous, int) else 1) + 1
+
+
+async def _start_locked(tx: Transaction, ref: RunRef, owner: str, lease_seconds: float, attempt: int) -> Event:
     await tx.heads.set_lease(ref, owner, lease_seconds)
-    (event,) = await tx.append(ref, [_event(RUN_STARTED, {"worker": owner, "lease_seconds": lease_seconds})])
+    payload = {"worker": owner, "lease_seconds": lease_seconds, "attempt": attempt}
+    (event,) = await tx.append(ref, [_event(RUN_STARTED, payload)])
     return event
 
 
@@ -196,9 +221,11 @@ async def claim(ledger: Ledger, owner: str, *, limit: int, lease_seconds: float)
     async with ledger.transaction() as tx:
         refs = await tx.heads.claimable(limit)
         created = await tx.first_events(refs)
+        heads = await tx.heads.load(refs)
         for ref in refs:
             request = RunRequest.recorded(created[ref].value, await tx.secrets.take(ref))
-            claimed.append(Claimed(ref, request, await _start_locked(tx, ref, owner, lease_seconds)))
+            attempt = await _next_attempt(tx, ref, heads[ref].kind)
+            claimed.append(Claimed(ref, request, await _start_locked(tx, ref, owner, lease_seconds, attempt)))
     return claimed
 
 
@@ -208,7 +235,36 @@ async def start(ledger: Ledger, ref: RunRef, owner: str, *, lease_seconds: float
         status = await tx.heads.lock(ref)
         if status != "pending":
             raise NotPending(f"run {ref.run_id} is {status}, not pending: it cannot be started")
-        return await _start_locked(tx, ref, owner, lease_seconds)
+        head = await tx.heads.require(ref)
+        return await _start_locked(tx, ref, owner, lease_seconds, await _next_attempt(tx, ref, head.kind))
+
+
+async def release(
+    ledger: Ledger, ref: RunRef, owner: str, *, reason: str, attempt: int = 1, secrets: Mapping[str, Any] | None = None
+) -> Event | None:
+    """Give a running run that ``owner`` holds back unfinished; return its ``run.released``, or None if not ``owner``'s.
+
+    The run becomes pending again and claimable by any worker, which resumes
+    it as attempt ``attempt + 1``. The run's events fed to this process's
+    writer are written first, so ``run.released`` follows every one of them.
+    ``secrets`` (the request's secret config values) wait for the next
+    claimer, as they did before the first claim. A run that was reaped, or
+    ended by someone else meanwhile, is left as it is.
+    """
+    try:
+        await ledger.sync(ref)
+    except LedgerError as exc:  # those events are not in the log; what is there stays gapless
+        _log.warning("run %s: events before its release were not written: %s", ref.run_id, exc)
+    async with ledger.transaction() as tx:
+        # The lease is cleared only if ``owner`` holds it on a running run, and
+        # the row stays locked until run.released commits with it: a claim
+        # (FOR UPDATE SKIP LOCKED) never sees the run pending before that.
+        if not await tx.heads.give_back(ref, owner):
+            return None
+        if secrets:
+            await tx.secrets.put(ref, secrets)
+        (event,) = await tx.append(ref, [_event(RUN_RELEASED, {"worker": owner, "reason": reason, "attempt": attempt})])
+    return event
 
 
 async def renew(ledger: Ledger, owner: str, refs: Iterable[RunRef], *, lease_seconds: float) -> set[RunRef]:

@@ -202,6 +202,8 @@ class Recording:
         self.chunks = 0
         self.ended: Event | None = None
         self.graph_thread_id = str(ref.thread_id)
+        self.resume = False
+        """Continue the graph from the thread's latest checkpoint (input None) rather than from the request's input."""
 
     def config(self, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The run's config for LangGraph: ``base`` (else the request's) with the run's ids and the usage handler.
@@ -218,6 +220,9 @@ class Recording:
         return config
 
     def graph_input(self) -> Any:
+        """What the graph is invoked with: None to resume from the latest checkpoint, else the request's command or input."""
+        if self.resume:
+            return None
         return Command(**self.request.command) if self.request.command else self.request.input
 
     def feed(self, kind: str, payload: Any) -> None:
@@ -282,6 +287,15 @@ class Recording:
     async def time_out(self, seconds: float) -> Event | None:
         error = {"type": "TimeoutError", "message": f"the run did not finish within {seconds:g} s"}
         return await self._end(RUN_TIMED_OUT, {"error": error}, error)
+
+    async def release(self, owner: str, reason: str, attempt: int) -> Event | None:
+        """Give the run back unfinished (see :func:`lifecycle.release <graphledger.runs.lifecycle.release>`).
+
+        The LLM calls still open are recorded first, as incomplete: the tokens
+        this attempt spent count. None if ``owner`` no longer held the run.
+        """
+        self.usage.close()
+        return await lifecycle.release(self.ledger, self.ref, owner, reason=reason, attempt=attempt, secrets=self.request.secrets)
 
     async def interrupt(self, reason: str, action: str | None = None) -> Event | None:
         payload = {"reason": reason}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class Runtime:
         self.reaper: Reaper | None = None
         self.checkpointer: Any = None
         self._stack = AsyncExitStack()
+        # drain() may be called by the server's shutdown and by close() at
+        # once: the second caller waits for the first, and finds nothing left.
+        self._draining = asyncio.Lock()
 
     async def start(self) -> None:
         s = self.settings
@@ -72,10 +76,15 @@ class Runtime:
             await self.close()
             raise
 
+    async def drain(self) -> None:
+        """Stop executing: running runs get ``drain_seconds`` to finish, the rest are released to other processes."""
+        async with self._draining:
+            if self.worker is not None:
+                await self.worker.stop(self.settings.drain_seconds)
+                self.worker = None
+
     async def close(self) -> None:
-        if self.worker is not None:
-            await self.worker.stop(self.settings.drain_seconds)
-            self.worker = None
+        await self.drain()
         if self.reaper is not None:
             await self.reaper.close()
             self.reaper = None

@@ -2,16 +2,18 @@
 
 The HTTP layer sends these frames live and on resume; ``graphledger replay
 --sse`` prints the same bytes from the stored events. ``run.created`` is sent
-as ``metadata``, ``stream:<mode>[|<ns>]`` as ``<mode>[|<ns>]`` (only the modes
-the run asked for), ``stream:error`` as ``error``; every frame's ``id`` is the
-event's ``seq``. Other events (lifecycle, LLM usage) are not part of the stream.
+as ``metadata`` (attempt 1), ``stream:<mode>[|<ns>]`` as ``<mode>[|<ns>]`` (only
+the modes the run asked for), ``stream:error`` as ``error``; the ``run.started``
+of a later attempt (a released run resumed) is sent as ``metadata`` with its
+attempt. Every frame's ``id`` is the event's ``seq``. Other events (lifecycle,
+LLM usage) are not part of the stream.
 """
 
 from __future__ import annotations
 
 import json
 
-from graphledger.ledger.events import RUN_CREATED, STREAM_ERROR, STREAM_PREFIX, Event
+from graphledger.ledger.events import RUN_CREATED, RUN_STARTED, STREAM_ERROR, STREAM_PREFIX, Event
 from graphledger.runs.request import STREAM_MODES
 
 HEARTBEAT = b": heartbeat\n\n"
@@ -23,10 +25,27 @@ def sse_modes(requested: list[str]) -> set[str]:
     return {STREAM_MODES[m] for m in requested}
 
 
+def metadata(run_id: object, attempt: int) -> str:
+    """The data of a ``metadata`` frame."""
+    return json.dumps({"run_id": str(run_id), "attempt": attempt}, separators=(",", ":"))
+
+
+def attempt_of(event: Event) -> int:
+    """The attempt a ``run.started`` event begins (1 when it does not say)."""
+    value = event.value
+    attempt = value.get("attempt") if isinstance(value, dict) else None
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
+
+
 def frame(event: Event, modes: set[str]) -> bytes | None:
     """The SSE frame of a stored event, or None when the stream does not carry it."""
     if event.kind == RUN_CREATED:
-        name, data = "metadata", json.dumps({"run_id": str(event.run_id), "attempt": 1}, separators=(",", ":"))
+        name, data = "metadata", metadata(event.run_id, 1)
+    elif event.kind == RUN_STARTED:
+        attempt = attempt_of(event)
+        if attempt == 1:
+            return None  # the first attempt was announced by run.created
+        name, data = "metadata", metadata(event.run_id, attempt)
     elif event.kind == STREAM_ERROR:
         name, data = "error", event.data
     elif event.kind.startswith(STREAM_PREFIX):

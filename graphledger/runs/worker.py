@@ -8,7 +8,10 @@ lease it renews, and follows each run's own events: a
 ``run.cancel_requested`` appended by any process stops the graph, and the
 worker ends the run (restoring the thread's state first for a rollback).
 On shutdown it stops claiming, lets running runs finish for up to
-``drain_seconds``, and interrupts the rest.
+``drain_seconds``, and releases the rest: each graph is stopped and its run
+given back (``run.released``, pending again). Another worker, in this process
+or another, claims it and resumes it as the run's next attempt, from the
+thread's latest checkpoint when the run had written one, else from its input.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ RETRY_MIN, RETRY_MAX = 0.1, 2.0  # seconds between tries while the database is u
 class _Stop:
     """Why a run's graph is being stopped (the first reason wins)."""
 
-    reason: str | None = None  # cancel, timeout, shutdown, lease
+    reason: str | None = None  # cancel, timeout, shutdown (released), lease
     action: str = "interrupt"
     task: asyncio.Task[Any] | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -95,7 +98,7 @@ class Worker:
         self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop(), name="graphledger-worker")
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
-        """Stop claiming; wait up to ``drain_seconds`` for running runs, then interrupt the rest."""
+        """Stop claiming; wait up to ``drain_seconds`` for running runs, then release the rest to other workers."""
         self._closing = True
         await cancel_and_wait(self._loop_task)
         if self._tasks:
@@ -141,6 +144,7 @@ class Worker:
         try:
             error: BaseException | None = None
             try:
+                recording.resume = await self._resumes(claimed)
                 graph = await self.graphs.resolve(request.assistant_id, recording.config(), self.checkpointer)
                 stop.task = asyncio.get_running_loop().create_task(self._drive(recording, graph))
                 if stop.reason is not None:
@@ -151,10 +155,12 @@ class Worker:
                     await asyncio.wait({stop.task})
                 if not stop.task.cancelled():
                     error = stop.task.exception()
+                    if stop.reason == "shutdown":
+                        stop.reason = None  # the graph ended before it could be stopped: record how
             except Exception as exc:  # the graph could not be made
                 error = exc
             self.leases.release(ref)
-            await self._end(recording, stop, error)
+            await self._end(recording, stop, error, claimed.attempt)
         except LedgerError as exc:
             _log.error("run %s could not be ended: %s", ref.run_id, exc)
         finally:
@@ -164,11 +170,20 @@ class Worker:
             self.executed += 1
             self._wake.set()
 
+    async def _resumes(self, claimed: lifecycle.Claimed) -> bool:
+        """Whether a later attempt continues from the checkpoints the run wrote (it wrote none: it starts over)."""
+        if claimed.attempt == 1 or self.checkpointer is None:
+            return False
+        async with self.ledger.session() as session:
+            written = await checkpoint.written_by(session.connection, claimed.ref.thread_id, claimed.ref.run_id)
+        _log.info("run %s: attempt %d %s", claimed.ref.run_id, claimed.attempt, "resumes from its last checkpoint" if written else "starts over")
+        return written > 0
+
     async def _drive(self, recording: Recording, graph: Any) -> None:
         async for _ in recording.stream(graph):
             pass
 
-    async def _end(self, recording: Recording, stop: _Stop, error: BaseException | None) -> None:
+    async def _end(self, recording: Recording, stop: _Stop, error: BaseException | None, attempt: int = 1) -> None:
         ref = recording.ref
         if stop.reason == "lease":
             return  # the run was reaped or ended by someone else: nothing more to write
@@ -182,7 +197,10 @@ class Worker:
         elif stop.reason == "timeout":
             await recording.time_out(self.run_timeout or 0)
         elif stop.reason == "shutdown":
-            await recording.interrupt("shutdown")
+            # Safe to repeat: only the lease holder releases a running run, once.
+            released = await self._until_reachable(f"releasing run {ref.run_id}", lambda: recording.release(self.owner, "shutdown", attempt))
+            if released is None:
+                _log.info("run %s was not released: it had been reaped or ended meanwhile", ref.run_id)
         elif error is not None:
             if not isinstance(error, LedgerError):
                 _log.info("run %s failed: %s: %s", ref.run_id, type(error).__name__, error)

@@ -54,6 +54,7 @@ step = st.one_of(
         "caller": st.sampled_from(["agent", "tools", None]), "usage": usage, "latency_ms": st.one_of(st.none(), st.floats(0, 1e4)),
     })),
     st.tuples(st.just("run.started"), st.fixed_dictionaries({"worker": st.sampled_from(["w1", "w2"])})),
+    st.tuples(st.just("run.released"), st.fixed_dictionaries({"worker": st.sampled_from(["w1", "w2"]), "reason": st.just("shutdown")})),
     st.tuples(st.just("run.cancel_requested"), st.just({"action": "interrupt"})),
 )
 ending = st.sampled_from([None, ("run.succeeded", {}), ("run.interrupted", {}), ("run.failed", {"error": {"type": "E", "message": "x"}})])

@@ -33,6 +33,10 @@ async def workload(ledger: Ledger, runs: int, steps: int, seed: int) -> list[Run
 
     async def drive(ref: RunRef) -> None:
         await ledger.append(ref, "run.started", {"worker": "w"})
+        if rng.random() < 0.5:  # handed over to another worker mid-run
+            ledger.feed(ref, "stream:messages", [{"content": "tok"}, {}])
+            await ledger.append(ref, "run.released", {"worker": "w", "reason": "shutdown", "attempt": 1})
+            await ledger.append(ref, "run.started", {"worker": "w2", "attempt": 2})
         for step in range(steps):
             ledger.feed(ref, "stream:messages", [{"content": "tok"}, {}])
             if step % 3 == 0:

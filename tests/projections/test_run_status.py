@@ -48,11 +48,21 @@ def test_each_start_is_an_attempt() -> None:
     assert state is not None and (state.attempt, state.worker) == (2, "b")
 
 
+def test_a_released_run_is_pending_again_and_its_next_start_is_the_next_attempt() -> None:
+    released = replay(history(("run.created", {}), ("run.started", {"worker": "a"}), ("run.released", {"worker": "a", "reason": "shutdown"})))
+    assert released is not None and (released.status, released.attempt, released.worker, released.finished) == ("pending", 1, "a", False)
+    resumed = replay(history(
+        ("run.created", {}), ("run.started", {"worker": "a"}), ("run.released", {"worker": "a"}), ("run.started", {"worker": "b"}), ("run.succeeded", {}),
+    ))
+    assert resumed is not None and (resumed.status, resumed.attempt, resumed.worker) == ("success", 2, "b")
+
+
 def test_patches_compose_like_the_events_they_fold() -> None:
     events = history(
         ("run.created", {"assistant_id": "agent"}),
         ("run.started", {"worker": "a"}),
         ("stream:values", {}),
+        ("run.released", {"worker": "a", "reason": "shutdown"}),
         ("run.started", {}),
         ("run.failed", {"error": {"type": "KeyError", "message": "x"}}),
     )

@@ -166,7 +166,7 @@ async def test_a_run_past_its_timeout_ends_timed_out(ledger: Ledger, graphs: Gra
     assert status is not None and status.status == "timeout"
 
 
-async def test_shutdown_lets_short_runs_finish_and_interrupts_the_rest(ledger: Ledger, graphs: GraphRegistry, saver: Any) -> None:
+async def test_shutdown_lets_short_runs_finish_and_releases_the_rest(ledger: Ledger, graphs: GraphRegistry, saver: Any) -> None:
     worker = Worker(ledger, graphs, checkpointer=saver, lease_seconds=LEASE, poll_interval=0.2)
     await worker.start()
     long = (await admit(ledger, slow(), graphs=graphs)).ref
@@ -175,8 +175,20 @@ async def test_shutdown_lets_short_runs_finish_and_interrupts_the_rest(ledger: L
     await started(ledger, quick)
     await worker.stop(drain_seconds=2.0)
     assert (await join(ledger, quick)).kind == "run.succeeded"
-    end = await join(ledger, long)
-    assert end.kind == "run.interrupted" and end.value == {"reason": "shutdown"}
+    events = await ledger.read_run(long)
+    released = events[-1]
+    assert released.kind == "run.released"
+    assert released.value == {"worker": worker.owner, "reason": "shutdown", "attempt": 1}
+    assert not any(e.is_terminal for e in events)
+    # the call in flight when the run was released is recorded, incomplete, before the release
+    usage = [e for e in events if e.kind == "llm.usage"]
+    assert usage and usage[-1].value.get("incomplete") is True and usage[-1].seq < released.seq
+    status = await Projections(ledger).run_status(long)
+    assert status is not None and (status.status, status.attempt) == ("pending", 1)
+    async with raw(ledger) as conn:
+        row = await conn.fetchrow("SELECT status, lease_owner, lease_expires_at, claimable FROM runs WHERE run_id = $1", long.run_id)
+    assert dict(row) == {"status": "pending", "lease_owner": None, "lease_expires_at": None, "claimable": True}
+    assert (await ledger.verify(long)).ok
 
 
 async def test_a_worker_that_loses_its_lease_stops_writing(ledger: Ledger, worker: Worker, graphs: GraphRegistry) -> None:

@@ -87,7 +87,7 @@ async def test_concurrent_claimers_take_each_run_once_and_one_run_per_thread_at_
     again = await lifecycle.claim(ledger, "w", limit=100, lease_seconds=30)
     assert {c.ref for c in again} == set(admitted[len(threads): 2 * len(threads)])
     for item in again:
-        assert item.started.value == {"worker": "w", "lease_seconds": 30}
+        assert item.started.value == {"worker": "w", "lease_seconds": 30, "attempt": 1}
         assert item.request.input["messages"][0]["content"] == "1"
     await drain(ledger)
 
