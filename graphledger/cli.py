@@ -163,6 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         lease_grace_seconds=args.lease_grace,
         run_timeout=args.run_timeout,
         drain_seconds=args.drain,
+        **({"outage_seconds": args.outage} if args.outage is not None else {}),
     )
 
     # uvicorn handles SIGINT/SIGTERM while it serves (a graceful shutdown, in
@@ -478,6 +479,10 @@ def parser() -> Parser:
         "--max-body-bytes", type=_count, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies are refused with 413 (default 10 MiB)"
     )
     serve.add_argument("--drain", type=_seconds, default=10.0, help="on shutdown, seconds running runs may finish before they are released to other processes (default 10)")
+    serve.add_argument(
+        "--outage", type=_seconds, default=None,
+        help="seconds runs wait out a database outage before it fails them (default 600); their events wait as long as it takes",
+    )
 
     db_url = command(
         "db-url",
