@@ -73,14 +73,14 @@ def test_unreachable_database_is_one_line_and_non_zero(workdir: Path) -> None:
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 1
     lines = [line for line in output.splitlines() if line.startswith("graphledger: error:")]
-    assert len(lines) == 1 and "cannot migrate" in lines[0]
+    assert len(lines) == 1 and "cannot connect to postgresql://nobody:***@" in lines[0] and "secret" not in output
     assert "Traceback" not in output
 
 
 def test_bad_arguments_exit_non_zero(workdir: Path) -> None:
     process = graphledger("serve", "--port", "not-a-port", cwd=workdir)
     output = process.communicate(timeout=60)[0]
-    assert process.returncode == 2 and "invalid int value" in output
+    assert process.returncode == 2 and "'not-a-port' is not a port number" in output and len(output.strip().splitlines()) == 1
 
 
 def test_migrate_with_database_url(workdir: Path, server_dsn: str) -> None:
