@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, TextIO
 from uuid import UUID
 
 from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.ledger.access import AccessReport
 from graphledger.ledger.events import RUN_CREATED, STREAM_PREFIX
 from graphledger.ledger.export import Selection, export
 from graphledger.progress import Progress
@@ -229,3 +230,32 @@ def print_run(run: dict[str, Any], out: TextIO = sys.stdout) -> None:
     for message in run["messages"]:
         content = message["content"] if isinstance(message["content"], str) else json.dumps(message["content"])
         out.write(f"  [{message['type']}] {content[:200]}\n")
+
+
+# -- the access log -----------------------------------------------------------------
+
+
+async def list_access(
+    ledger: Ledger, *, since: datetime | None = None, until: datetime | None = None, identity: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Reads of the record, newest first (see :mod:`graphledger.ledger.access`)."""
+    async with ledger.session() as session:
+        entries = await session.access.list(since=since, until=until, identity=identity, limit=limit)
+    return [{"position": e.position, "ts": _iso(e.ts), **e.data, "hash": e.hash.hex()} for e in entries]
+
+
+async def verify_access(ledger: Ledger) -> AccessReport:
+    """Recompute the access log's chain in one snapshot."""
+    async with ledger.transaction(isolation="repeatable_read", readonly=True) as tx:
+        return await tx.access.verify()
+
+
+def print_access(entries: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    rows = [
+        (
+            e["position"], (e["ts"] or "")[:23], (e["actor"] or {}).get("identity", "-"), e["action"],
+            " ".join(f"{k}={v}" for k, v in e["resource"].items()), e["client"] or "-",
+        )
+        for e in entries
+    ]
+    out.write(table(rows, ["#", "WHEN", "WHO", "ACTION", "WHAT", "FROM"]) + "\n")

@@ -20,7 +20,7 @@ from uuid import UUID
 from graphledger import __version__
 from graphledger.embedded import DEFAULT_DIR, EmbeddedError, EmbeddedPostgres
 from graphledger.http import DEFAULT_MAX_BODY_BYTES
-from graphledger.ledger.errors import LedgerError
+from graphledger.ledger.errors import LedgerError, NoLedger
 from graphledger.ledger.events import RUN_STATUSES
 from graphledger.progress import Progress
 from graphledger.projections.project import ALL as PROJECTIONS
@@ -266,7 +266,6 @@ def _speed(text: str) -> float:
 @contextlib.contextmanager
 def _ledger(args: argparse.Namespace) -> Iterator[tuple[asyncio.AbstractEventLoop, Ledger]]:
     """A ledger on the command's database (no tail, no projections written), and the loop to use it on."""
-    import asyncpg
 
     from graphledger.ledger import Ledger
 
@@ -276,7 +275,7 @@ def _ledger(args: argparse.Namespace) -> Iterator[tuple[asyncio.AbstractEventLoo
             ledger = loop.run_until_complete(Ledger.connect(dsn, tail=False, pool_size=2))
             try:
                 yield loop, ledger
-            except asyncpg.UndefinedTableError:
+            except NoLedger:
                 raise CommandError("the database holds no ledger yet (run graphledger migrate or graphledger serve first)") from None
             finally:
                 loop.run_until_complete(ledger.close())
@@ -366,6 +365,25 @@ def cmd_runs(args: argparse.Namespace) -> None:
         print(json.dumps(runs, indent=2))
     else:
         audit.print_runs(runs)
+
+
+def cmd_access_log(args: argparse.Namespace) -> None:
+    from graphledger import audit
+
+    _check_window(args)
+    with _ledger(args) as (loop, ledger):
+        entries = loop.run_until_complete(
+            audit.list_access(ledger, since=args.since, until=args.until, identity=args.identity, limit=args.limit)
+        )
+        report = loop.run_until_complete(audit.verify_access(ledger)) if args.verify else None
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        audit.print_access(entries)
+    if report is not None:
+        if not report.ok:
+            raise CommandError(f"access log broken at entry {report.first_bad}: {report.reason}")
+        print(f"ok: the access log's chain holds ({audit.counted(report.entries, 'entry', 'entries')})", file=sys.stderr)
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -578,6 +596,22 @@ def parser() -> Parser:
     runs.add_argument("--until", type=_time, metavar="T", help="runs created before this time (ISO 8601; UTC unless given)")
     runs.add_argument("--limit", type=_count, default=50, metavar="N", help="at most this many runs (default 50)")
     runs.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    access = command(
+        "access-log",
+        help="who read the record: exports, event reads, verifications, streams",
+        description=(
+            "List the access log, newest first: every export, event read, verification and run stream served over HTTP, "
+            "with who asked (when the server authenticates), when and from where. The log is append-only and hash-chained."
+        ),
+        epilog="examples:\n  graphledger access-log\n  graphledger access-log --identity alice --since 2026-11-01 --json\n  graphledger access-log --verify",
+    )
+    access.add_argument("--since", type=_time, metavar="T", help="entries at or after this time (ISO 8601; UTC unless given)")
+    access.add_argument("--until", type=_time, metavar="T", help="entries before this time (ISO 8601; UTC unless given)")
+    access.add_argument("--identity", metavar="WHO", help="only the reads of this identity")
+    access.add_argument("--limit", type=_count, default=100, metavar="N", help="at most this many entries (default 100)")
+    access.add_argument("--verify", action="store_true", help="also recompute the log's hash chain (non-zero exit when it is broken)")
+    access.add_argument("--json", action="store_true", help="JSON for scripts")
 
     show = command(
         "show",

@@ -79,6 +79,21 @@ def error_response(status: int, detail: str, headers: Mapping[str, str] | None =
     return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
 
 
+def actor(request: Request) -> dict[str, Any] | None:
+    """Who is asking: the authenticated user as the record shows it (None when the server runs without auth)."""
+    found = request.scope.get("graphledger.actor")
+    return dict(found) if isinstance(found, Mapping) else None
+
+
+async def record_access(request: Request, action: str, **resource: Any) -> None:
+    """Record a read of the record in the access log (see :mod:`graphledger.ledger.access`) before it is answered."""
+    ledger: Ledger = request.app.state.ledger
+    target = {name: str(value) for name, value in resource.items() if value is not None}
+    client = request.client.host if request.client is not None else None
+    async with ledger.transaction() as tx:
+        await tx.access.record(actor=actor(request), action=action, resource=target, client=client)
+
+
 async def require(ledger: Ledger, thread_id: UUID, run_id: UUID | None = None) -> None:
     """404 unless the thread (and the run in it) exists; a deleted thread still does."""
     async with ledger.session() as session:

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from graphledger.http.common import iso, path_uuid, query_bool, query_int, query_time, require
+from graphledger.http.common import iso, path_uuid, query_bool, query_int, query_time, record_access, require
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
@@ -87,6 +87,7 @@ async def events(request: Request) -> JSONResponse:
     limit = query_int(request, "limit", 100, low=1, high=MAX_EVENTS)
     kinds = [k.strip() for text in request.query_params.getlist("kinds") for k in text.split(",") if k.strip()] or None
     await _check(request, ref.thread_id, ref.run_id)
+    await record_access(request, "events.read", thread_id=ref.thread_id, run_id=ref.run_id, after=after, kinds=",".join(kinds or []) or None)
     ledger: Ledger = request.app.state.ledger
     found = await ledger.read_run(ref, after, limit + 1, kinds=kinds)
     page = found[:limit]
@@ -128,6 +129,8 @@ async def usage(request: Request) -> JSONResponse:
 async def verify(request: Request) -> JSONResponse:
     """Recompute a run's hash chain from the stored events (see docs/hash-chain.md)."""
     ref = RunRef(path_uuid(request, "thread_id"), path_uuid(request, "run_id"))
+    await _check(request, ref.thread_id, ref.run_id)
+    await record_access(request, "run.verify", thread_id=ref.thread_id, run_id=ref.run_id)
     report = await request.app.state.ledger.verify(ref)
     return JSONResponse(
         {
@@ -149,6 +152,7 @@ async def export_download(request: Request) -> StreamingResponse:
     """The NDJSON export of a thread's runs (or of one run), streamed (see docs/export.md)."""
     thread_id, run_id = path_uuid(request, "thread_id"), _run_id(request)
     await _check(request, thread_id, run_id)
+    await record_access(request, "export", thread_id=thread_id, run_id=run_id)
     selection = Selection(run_id=run_id) if run_id is not None else Selection(thread_id=thread_id)
     chunks = export(request.app.state.ledger, selection)
     try:

@@ -28,6 +28,7 @@ from graphledger.http.common import (
     path_uuid,
     query_bool,
     query_int,
+    record_access,
     require,
 )
 from graphledger.http.sse import check_resumable, last_event_id, sse_response, sse_stream
@@ -207,6 +208,7 @@ async def join_stream(request: Request) -> StreamingResponse:
         modes &= sse_modes(stream_modes(wanted))
     if after is not None:
         await check_resumable(ledger, ref, after)
+    await record_access(request, "run.stream", thread_id=ref.thread_id, run_id=ref.run_id, after=after)
     if request.method == "POST":
         await cancel(ledger, ref, _action(request))
     metadata_first = None

@@ -60,6 +60,10 @@ class DatabaseUnavailable(LedgerError):
     """The database cannot be reached."""
 
 
+class NoLedger(LedgerError):
+    """The database holds no ledger yet (or an older schema): run ``graphledger migrate``."""
+
+
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable
     TimeoutError,  # no connection within the pool's time
@@ -79,6 +83,8 @@ def translate() -> Iterator[None]:
         yield
     except UNAVAILABLE as exc:
         raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
+        raise NoLedger(f"the database holds no ledger of this version ({exc}): run graphledger migrate") from exc
     except asyncpg.UntranslatableCharacterError as exc:
         raise InvalidPayload(f"payload rejected by the database: {exc}") from exc
     except asyncpg.InvalidTextRepresentationError as exc:

@@ -103,3 +103,28 @@ events = sa.Table(
     sa.Index("events_feed_idx", "tx", "global_position"),
     sa.Index("events_thread_position_idx", "thread_id", "global_position"),
 )
+
+access_log = sa.Table(
+    "access_log",
+    metadata,
+    # Who read which part of the record (see ledger/access.py): append-only, one hash chain.
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("data", postgresql.JSON, nullable=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("position", name="access_log_pkey"),
+    sa.CheckConstraint("position >= 1", name="access_log_position_check"),
+    sa.CheckConstraint("octet_length(hash) = 32", name="access_log_hash_check"),
+    sa.Index("access_log_ts_idx", "ts"),
+)
+
+access_log_head = sa.Table(
+    "access_log_head",
+    metadata,
+    # One row: the last entry's position and hash, locked by each new entry's transaction.
+    sa.Column("id", sa.Integer, nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("hash", sa.LargeBinary, nullable=False, server_default=sa.text("'\\x" + "00" * 32 + "'::bytea")),
+    sa.PrimaryKeyConstraint("id", name="access_log_head_pkey"),
+    sa.CheckConstraint("id = 1", name="access_log_head_one_row"),
+)

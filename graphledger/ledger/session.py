@@ -22,6 +22,7 @@ import asyncpg
 from asyncpg.cursor import CursorFactory
 
 from graphledger.ledger import read
+from graphledger.ledger.access import AccessLog
 from graphledger.ledger.events import RUN_CREATED, STATUS_AFTER, Event, NewEvent, RunRef
 from graphledger.ledger.heads import Heads
 from graphledger.ledger.read import Connection
@@ -39,6 +40,7 @@ class Session:
         self.heads = Heads(conn)
         self.threads = Threads(conn)
         self.secrets = Secrets(conn)
+        self.access = AccessLog(conn)
         self._statement = statement
 
     async def read_run(self, ref: RunRef, after_seq: int = 0, limit: int = 10_000, *, kinds: Sequence[str] | None = None) -> list[Event]:

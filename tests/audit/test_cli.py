@@ -162,6 +162,7 @@ DATABASE_COMMANDS = {
     "verify --run": ["verify", "--run", NO_RUN],
     "replay": ["replay", NO_RUN],
     "rebuild": ["rebuild"],
+    "access-log": ["access-log"],
     "migrate": ["migrate"],
     "serve": ["serve", "--port", "{port}"],
 }
@@ -298,3 +299,29 @@ async def test_a_reader_that_goes_away_stops_the_command_quietly(dsn: str, recor
 
     code, error = await asyncio.to_thread(run)
     assert code == 141 and b"Traceback" not in error and b"BrokenPipe" not in error, error
+
+
+async def test_access_log_lists_reads_filters_them_and_verifies_its_chain(dsn: str) -> None:
+    async with await Ledger.connect(dsn, tail=False) as ledger:
+        for who, action in (("alice", "export"), ("bob", "events.read"), ("alice", "run.verify")):
+            async with ledger.transaction() as tx:
+                await tx.access.record(actor={"identity": who}, action=action, resource={"run_id": "r1"}, client="10.0.0.7")
+    listed = json.loads((await acli("access-log", "--json", "--identity", "alice", dsn=dsn)).stdout)
+    assert [e["action"] for e in listed][:2] == ["run.verify", "export"]
+    assert all(e["actor"]["identity"] == "alice" and e["client"] == "10.0.0.7" for e in listed)
+    table = await acli("access-log", "--verify", dsn=dsn)
+    assert table.returncode == 0, table.stderr
+    text = table.stdout.decode()
+    assert "WHO" in text and "bob" in text and "events.read" in text and "run_id=r1" in text
+    assert table.stderr.decode().startswith("ok: the access log's chain holds (")
+    bad = await acli("access-log", "--since", "2026-11-02", "--until", "2026-11-01", dsn=dsn)
+    assert bad.returncode != 0 and "--since" in one_error_line(bad)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ALTER TABLE access_log DISABLE TRIGGER access_log_append_only")
+        await conn.execute("DELETE FROM access_log WHERE position = (SELECT min(position) FROM access_log)")
+        await conn.execute("ALTER TABLE access_log ENABLE TRIGGER access_log_append_only")
+    finally:
+        await conn.close()
+    broken = await acli("access-log", "--verify", dsn=dsn)
+    assert broken.returncode == 1 and "access log broken at entry 1" in one_error_line(broken)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
@@ -218,3 +218,27 @@ async def test_the_export_downloads_and_verifies(sdk: LangGraphClient, http: htt
     busy = await http.get(f"/threads/{tid}/runs/{slow['run_id']}/export")
     assert busy.status_code == 409 and "has not ended" in busy.json()["detail"]
     await sdk.runs.cancel(tid, slow["run_id"], wait=True)
+
+
+async def test_reads_of_the_record_are_in_the_access_log(sdk: LangGraphClient, http: httpx.AsyncClient, dsn: str) -> None:
+    tid, rid = await finished_run(sdk)
+    conn = await asyncpg.connect(dsn)
+    try:
+        before = await conn.fetchval("SELECT position FROM access_log_head")
+        assert (await http.get(f"/threads/{tid}/runs/{rid}/events")).status_code == 200
+        assert (await http.get(f"/threads/{tid}/runs/{rid}/verify")).status_code == 200
+        assert (await http.get(f"/threads/{tid}/runs/{rid}/export")).status_code == 200
+        assert (await http.get(f"/threads/{tid}/export")).status_code == 200
+        async with http.stream("GET", f"/threads/{tid}/runs/{rid}/stream", headers={"Last-Event-ID": "0"}) as stream:
+            assert stream.status_code == 200
+            [_ async for _ in stream.aiter_bytes()]
+        assert (await http.get(f"/threads/{tid}/runs/{rid}/messages")).status_code == 200  # not a read the log records
+        assert (await http.get(f"/threads/{tid}/runs/{uuid4()}/events")).status_code == 404  # nothing read: nothing recorded
+        rows = await conn.fetch("SELECT data::jsonb AS data FROM access_log WHERE position > $1 ORDER BY position", before)
+    finally:
+        await conn.close()
+    entries = [json.loads(r["data"]) for r in rows]
+    assert [e["action"] for e in entries] == ["events.read", "run.verify", "export", "export", "run.stream"]
+    assert all(e["client"] == "127.0.0.1" and e["actor"] is None and e["resource"]["thread_id"] == tid for e in entries)
+    assert entries[0]["resource"] == {"thread_id": tid, "run_id": rid, "after": "0"}
+    assert "run_id" not in entries[3]["resource"]
