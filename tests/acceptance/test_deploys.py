@@ -10,13 +10,11 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import httpx
-import pytest
 
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.projections import Projections
@@ -37,20 +35,6 @@ def body(tokens: int, text: str = "count these words please") -> dict[str, Any]:
         "config": {"configurable": {"tokens": tokens, "token_delay": 0.01}},
         "stream_mode": MODES,
     }
-
-
-@pytest.fixture
-def servers(dsn: str, tmp_path: Path) -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def client(projected: Ledger) -> Ledger:
-    """The test process's own ledger: it reads what the servers wrote."""
-    return projected
 
 
 class Follower:

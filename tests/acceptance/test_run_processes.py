@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.projections import Projections
@@ -35,20 +32,6 @@ def slow(text: str = "a long answer") -> RunRequest:
             "stream_mode": ["messages-tuple"],
         }
     )
-
-
-@pytest.fixture
-def servers(dsn: str, tmp_path: Path) -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def client(projected: Ledger) -> Ledger:
-    """The test process's own ledger and listener."""
-    return projected
 
 
 async def until(ledger: Ledger, ref: RunRef, kind: str) -> Event:
