@@ -25,6 +25,7 @@ from graphledger import projections
 from graphledger.embedded import EmbeddedPostgres
 from graphledger.http.app import create_app
 from graphledger.ledger import RunRef
+from graphledger.ledger.errors import DatabaseUnavailable
 from graphledger.ledger.migrate import upgrade
 from graphledger.runs import GraphRegistry, RunSettings, checkpoint, demo
 from graphledger.runs.sse import frame, sse_modes
@@ -228,3 +229,83 @@ async def test_a_run_admitted_right_before_an_outage_is_executed_after_it(base_u
     async with await projections.connect(database.dsn, tail=False) as ledger:
         ref = RunRef(UUID(thread), UUID(created["run_id"]))
         assert (await projections.Projections(ledger).run_status(ref)).status == "success"
+
+
+class Proxy:
+    """A TCP proxy to the database that the test can cut and restore: a network partition, the server itself untouched."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.open = True
+        self.links: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.links |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        self.open = False
+        for writer in self.links:
+            writer.close()
+        self.links.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_process_that_lost_the_database_judges_no_lease_until_holders_could_renew(database: Database) -> None:
+    """The database never restarted (so it cannot tell), but this process lost it: it waits a lease and its grace."""
+    from urllib.parse import urlsplit
+
+    from graphledger.runs.leases import Reaper
+
+    parts = urlsplit(database.dsn)
+    proxy = Proxy(parts.port or 5432)
+    port = await proxy.start()
+    through = database.dsn.replace(f":{parts.port}/", f":{port}/")
+    settle = 1.5
+    async with await projections.connect(database.dsn, tail=False) as direct, await projections.connect(through, tail=False) as cut_off:
+        thread = await direct.create_thread()
+        ref = RunRef(thread, (await direct.create_run(thread)).run_id)
+        await direct.append(ref, "run.started", {"worker": "a holder far away"})
+        async with direct.transaction() as tx:
+            await tx.heads.set_lease(ref, "a holder far away", -60)  # expired a minute ago, as after an outage
+        reaper = Reaper(cut_off, grace_seconds=0, idle_seconds=LEASE, settle_seconds=settle)
+        async with direct.session() as session:  # the database itself has been up long enough: only this process can tell
+            up = await session.connection.fetchval("SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8")
+        await asyncio.sleep(max(0.0, settle + 0.2 - up))
+        try:
+            proxy.cut()
+            with pytest.raises(DatabaseUnavailable):
+                await reaper.tick()
+            proxy.open = True
+            await reaper.tick()  # the database answers again: holders get their time to renew
+            assert (await projections.Projections(direct).run_status(ref)).status == "running"
+            await asyncio.sleep(settle + 0.1)
+            await reaper.tick()
+            assert (await projections.Projections(direct).run_status(ref)).status == "error"
+        finally:
+            await proxy.close()
