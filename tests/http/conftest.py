@@ -14,6 +14,7 @@ import uvicorn
 from langgraph_sdk.client import LangGraphClient
 
 from graphledger.http.app import create_app
+from graphledger.http.server import Server
 from graphledger.runs import GraphRegistry, RunSettings, demo
 
 
@@ -27,7 +28,9 @@ def free_port() -> int:
 async def serve(app: Any) -> AsyncIterator[str]:
     """``app`` served by uvicorn on a free port of 127.0.0.1 in this event loop; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    # The server `graphledger serve` runs: its shutdown is bounded (drain, then a grace), open streams or not.
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = Server(config, app, drain_seconds=1.0, grace_seconds=5.0)
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
         assert not task.done(), task.exception() if task.done() else None
