@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import resource
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -55,6 +55,7 @@ class Outcome:
 
     thread_id: str
     run_id: str | None = None
+    sent_at: float = 0.0  # wall clock
     first_event_s: float | None = None
     done_s: float | None = None
     error: str | None = None
@@ -70,9 +71,10 @@ class Report:
     cpu_s: float = 0.0
 
 
-async def one_client(http: httpx.AsyncClient, thread_id: str, start: float) -> Outcome:
+async def one_client(http: httpx.AsyncClient, thread_id: str) -> Outcome:
     out = Outcome(thread_id)
     sent = time.perf_counter()
+    out.sent_at = time.time()
     try:
         async with http.stream("POST", f"/threads/{thread_id}/runs/stream", json=BODY) as response:
             if response.status_code != 200:
@@ -106,8 +108,8 @@ async def one_client(http: httpx.AsyncClient, thread_id: str, start: float) -> O
     return out
 
 
-async def generate(port: int, thread_ids: list[str], start_at: float) -> Report:
-    """One load-generator process: one httpx client per thread, all sent at ``start_at`` (wall clock)."""
+async def generate(port: int, thread_ids: list[str], barrier: Any) -> Report:
+    """One load-generator process: one httpx client per thread, all sent once every process passed ``barrier``."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) for _ in thread_ids]
     report = Report()
@@ -122,10 +124,10 @@ async def generate(port: int, thread_ids: list[str], start_at: float) -> Report:
                 await asyncio.sleep(LAG_TICK)
                 lags.append(time.perf_counter() - before - LAG_TICK)
 
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        barrier.wait()  # blocks the loop, which has nothing else to do yet
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         ticker = asyncio.create_task(measure_lag())
-        report.outcomes = list(await asyncio.gather(*(one_client(c, t, start_at) for c, t in zip(clients, thread_ids))))
+        report.outcomes = list(await asyncio.gather(*(one_client(c, t) for c, t in zip(clients, thread_ids))))
         running = False
         await ticker
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -137,8 +139,8 @@ async def generate(port: int, thread_ids: list[str], start_at: float) -> Report:
     return report
 
 
-def generator_process(port: int, thread_ids: list[str], start_at: float) -> Report:
-    return asyncio.run(generate(port, thread_ids, start_at))
+def generator_process(port: int, thread_ids: list[str], barrier: Any) -> Report:
+    return asyncio.run(generate(port, thread_ids, barrier))
 
 
 async def check_runs(port: int, outcomes: list[Outcome]) -> None:
@@ -160,15 +162,17 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
             # One run alone first: what a client sees on an idle server (also warms the graph up).
             thread_id = (await http.post("/threads", json={})).json()["thread_id"]
-            alone = await one_client(http, thread_id, 0.0)
+            alone = await one_client(http, thread_id)
             print(f"alone:  one client: first event {alone.first_event_s * 1000:.1f} ms, done {alone.done_s:.3f} s, error {alone.error}", flush=True)
-            with spawn.Pool(args.processes) as pool:
+            with spawn.Pool(args.processes) as pool, spawn.Manager() as manager:
+                # Each round's tasks wait at a barrier, so they run in as many distinct processes.
+                barrier = manager.Barrier(args.processes + 1)
                 for n in range(1, args.rounds + 1):
                     threads = [(await http.post("/threads", json={})).json()["thread_id"] for _ in range(args.clients)]
                     shares = [threads[i :: args.processes] for i in range(args.processes)]
-                    start_at = time.time() + 3.0  # time for every generator to open its connections
+                    pending = [pool.apply_async(generator_process, (port, share, barrier)) for share in shares]
+                    await loop.run_in_executor(None, barrier.wait, 120)  # every generator has its connections open
                     cpu_before = cpu_seconds(server.pid)
-                    pending = [pool.apply_async(generator_process, (port, share, start_at)) for share in shares]
                     reports: list[Report] = [await loop.run_in_executor(None, p.get, 600) for p in pending]
                     server_cpu = cpu_seconds(server.pid) - cpu_before
                     outcomes = [o for r in reports for o in r.outcomes]
@@ -177,12 +181,13 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
                     firsts = [o.first_event_s for o in outcomes if o.first_event_s is not None]
                     dones = [o.done_s for o in outcomes if o.done_s is not None]
                     errors = [o.error for o in outcomes if o.error is not None]
+                    spread = (max(o.sent_at for o in outcomes) - min(o.sent_at for o in outcomes)) * 1000
                     print(
                         f"round {n}: {len(outcomes)} clients: first event p50 {percentile(firsts, 0.5) * 1000:.0f} ms, "
                         f"p99 {percentile(firsts, 0.99) * 1000:.0f} ms, max {max(firsts, default=0) * 1000:.0f} ms; "
                         f"done p50 {percentile(dones, 0.5):.2f} s, p99 {percentile(dones, 0.99):.2f} s; errors {len(errors)}; "
                         f"server CPU {server_cpu:.1f} s; "
-                        f"generators ({args.processes}): CPU {sum(r.cpu_s for r in reports):.1f} s, "
+                        f"generators ({args.processes}): requests sent within {spread:.0f} ms, CPU {sum(r.cpu_s for r in reports):.1f} s, "
                         f"loop lag p99 {max(r.lag_p99_ms for r in reports):.1f} ms, max {max(r.lag_max_ms for r in reports):.1f} ms",
                         flush=True,
                     )
