@@ -243,10 +243,22 @@ class Ledger:
         async with self.session() as session:
             return await read.read_feed(session.connection, after, limit)
 
-    async def tail(self, run: UUID | RunRef, after_seq: int = 0) -> AsyncIterator[Event]:
-        """Every event of a run after ``after_seq``: stored ones first, then live ones, ending after the terminal event."""
+    async def tail(self, run: UUID | RunRef, after_seq: int = 0, *, live: bool = False) -> AsyncIterator[Event]:
+        """Every event of a run after ``after_seq``: stored ones first, then live ones, ending after the terminal event.
+
+        ``live=True`` (with a :class:`RunRef`) says the caller knows the run
+        exists and that event ``after_seq`` is not terminal (it appended or
+        received that event itself: it admitted or started the run), so the
+        run's end is still to come: the head is then not looked up, a round
+        trip on the tail's one shared connection that a burst of new streams
+        would queue for.
+        """
         if self._hub is None:
             raise RuntimeError("this ledger was connected with tail=False")
+        if live and isinstance(run, RunRef):
+            async for event in self._hub.follow(run, after_seq):
+                yield event
+            return
         with translate():
             ref, last_seq, finished = await self._hub.head(run.run_id if isinstance(run, RunRef) else run)
         if isinstance(run, RunRef) and run.thread_id != ref.thread_id:
