@@ -19,6 +19,7 @@ from graphledger.ledger.events import (
     RunRef,
     validate_kind,
 )
+from graphledger.ledger.hints import Hints
 from graphledger.ledger.read import FeedCursor
 from graphledger.ledger.session import Session, Transaction
 from graphledger.ledger.statement import Projector, Statement
@@ -47,6 +48,10 @@ class Ledger:
         self._writer = writer
         self._hub = hub
         self._statement = statement
+        # Transactions opened with notify=False (admissions) append without
+        # notifications; their hints are sent after the commit.
+        self._quiet_statement = Statement(statement.projector, notify=False)
+        self._hints = Hints(lambda: asyncpg.connect(dsn, server_settings={"application_name": APPLICATION_NAME}, timeout=CONNECT_TIMEOUT))
 
     @classmethod
     async def connect(
@@ -93,6 +98,7 @@ class Ledger:
         return ledger
 
     async def close(self) -> None:
+        await self._hints.close()
         await self._writer.close()
         if self._hub is not None:
             await self._hub.close()
@@ -128,13 +134,23 @@ class Ledger:
                 yield Session(conn, self._statement)
 
     @asynccontextmanager
-    async def transaction(self, *, isolation: Isolation = "read_committed", readonly: bool = False) -> AsyncIterator[Transaction]:
-        """A transaction; once it commits, its appends reach this process's subscribers and writer."""
+    async def transaction(
+        self, *, isolation: Isolation = "read_committed", readonly: bool = False, notify: bool = True
+    ) -> AsyncIterator[Transaction]:
+        """A transaction; once it commits, its appends reach this process's subscribers and writer.
+
+        With ``notify=False`` its appends notify other processes only after
+        the commit, coalesced with other such transactions' (see
+        :class:`~graphledger.ledger.hints.Hints`): for transactions that come
+        in bursts, such as admissions.
+        """
         with translate():
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                tx = Transaction(conn, self._statement)
+                tx = Transaction(conn, self._statement if notify else self._quiet_statement)
                 async with conn.transaction(isolation=isolation, readonly=readonly):
                     yield tx
+        if not notify and tx.appended:
+            self._hints.send(tx.appended)
         self._committed(tx)
 
     def _committed(self, tx: Transaction) -> None:
