@@ -194,6 +194,10 @@ class Head:
         return self.kind in TERMINAL_KINDS
 
 
+NEW_RUN_HEAD = Head(0, chain.GENESIS, None)
+"""The head of a run row just inserted (the table's defaults): no event yet."""
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

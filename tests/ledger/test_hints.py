@@ -43,6 +43,8 @@ async def create_quietly(ledger: Ledger, thread_id: uuid.UUID) -> Event:
 
 async def test_a_quiet_transaction_is_announced_once_after_its_commit(ledger: Ledger, heard: asyncio.Queue[tuple[str, str]]) -> None:
     created = await create_quietly(ledger, await ledger.create_thread())
+    (stored,) = await ledger.read_run(RunRef(created.thread_id, created.run_id))
+    assert stored.hash == created.hash  # chained on the genesis head without reading it
     assert sorted(await drain(heard)) == [(CHANNEL, f"{created.run_id}:1"), (RUNS_CHANNEL, "")]
 
 
