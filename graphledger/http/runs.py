@@ -100,9 +100,15 @@ async def create_run(request: Request) -> JSONResponse:
 async def _stream_created(request: Request, stateless: bool) -> StreamingResponse:
     run_request, created = await _admit(request, stateless=stateless)
     ref = RunRef(created.thread_id, created.run_id)
+    # The metadata frame is the committed run.created event we already hold:
+    # sent at once, without a head lookup and a read of the table by the
+    # tail, which under a burst of admissions queue behind one another. The
+    # tail follows from the event after it, and needs no head lookup either:
+    # this request appended that event, and it is not terminal.
     frames = sse_stream(
-        request.app.state.ledger, ref, after_seq=0, modes=sse_modes(run_request.stream_mode),
-        on_disconnect=run_request.on_disconnect, heartbeat=request.app.state.heartbeat, streams=request.app.state.streams,
+        request.app.state.ledger, ref, after_seq=created.seq, modes=sse_modes(run_request.stream_mode),
+        metadata_first=created, live=True, on_disconnect=run_request.on_disconnect, heartbeat=request.app.state.heartbeat,
+        streams=request.app.state.streams,
     )
     return sse_response(frames, ref, created=True)
 

@@ -66,9 +66,9 @@ class Streams:
         self._queues.discard(queue)
 
 
-async def _pump(ledger: Ledger, ref: RunRef, after_seq: int, queue: asyncio.Queue[Event | None | object]) -> None:
+async def _pump(ledger: Ledger, ref: RunRef, after_seq: int, queue: asyncio.Queue[Event | None | object], live: bool) -> None:
     try:
-        async for event in ledger.tail(ref, after_seq):
+        async for event in ledger.tail(ref, after_seq, live=live):
             await queue.put(event)
     finally:
         # The end marker; when cancelled with a full queue, no one reads it anyway.
@@ -83,11 +83,14 @@ async def sse_stream(
     after_seq: int,
     modes: set[str],
     metadata_first: Event | None = None,
+    live: bool = False,
     on_disconnect: str = "continue",
     heartbeat: float = HEARTBEAT_SECONDS,
     streams: Streams | None = None,
 ) -> AsyncIterator[bytes]:
     """The frames of a run's events after ``after_seq``, heartbeats while idle, until the terminal event.
+
+    ``metadata_first`` is sent before them; ``live`` as in :meth:`Ledger.tail`.
 
     With ``streams``, the stream is one of them and ends early, without a
     terminal event, when they are closed.
@@ -97,7 +100,7 @@ async def sse_stream(
     if streams is not None:
         streams._open(queue)
     loop = asyncio.get_running_loop()
-    pump = loop.create_task(_pump(ledger, ref, after_seq, queue))
+    pump = loop.create_task(_pump(ledger, ref, after_seq, queue, live))
     last_sent = loop.time()
 
     timer: asyncio.TimerHandle

@@ -27,7 +27,7 @@ from graphledger.ledger.events import RUN_CREATED, STATUS_AFTER, Event, NewEvent
 from graphledger.ledger.heads import Heads
 from graphledger.ledger.read import Connection
 from graphledger.ledger.secrets import Secrets
-from graphledger.ledger.statement import Head, HeadMoved, Statement, append_at, refusal
+from graphledger.ledger.statement import NEW_RUN_HEAD, Head, HeadMoved, Statement, append_at, refusal
 from graphledger.ledger.threads import Threads
 
 
@@ -104,6 +104,9 @@ class Transaction(Session):
         """Insert a run's head row and append its ``run.created`` event with payload ``created``."""
         new = NewEvent.of(RUN_CREATED, dict(created))  # refused before anything is written
         await self.heads.insert(ref, created)
+        # The row was just inserted: its head is the table's defaults, no need to read it back
+        # (a round trip). The append still checks it.
+        self.heads_after[ref] = NEW_RUN_HEAD
         (event,) = await self.append(ref, [new], expected_seq=0)
         return event
 

@@ -92,7 +92,20 @@ def _placeholders(names: Iterable[str], first: int = 1) -> dict[str, str]:
 _OWN = _placeholders([f"head_{name}" for name, _ in HEAD_PARAMS] + [f"event_{name}" for name, _ in EVENT_PARAMS])
 
 
-def _sql(extension: str) -> str:
+_NOTIFIED_CTE = f"""
+, notified AS (
+    SELECT pg_notify('{CHANNEL}', string_agg(n.run_id::text || ':' || n.last_seq, ','))
+    FROM (SELECT run_id, last_seq, (row_number() OVER ()) / {NOTIFY_RUNS_PER_MESSAGE} AS part FROM head) n
+    GROUP BY n.part
+    UNION ALL
+    -- A run was admitted or ended: workers may have a run to claim.
+    (SELECT pg_notify('{RUNS_CHANNEL}', '') FROM head h JOIN batch b ON b.idx = h.idx
+     WHERE b.status IS NOT NULL AND b.status <> 'running' LIMIT 1)
+)"""
+
+
+def _sql(extension: str, notify: bool = True) -> str:
+    """The statement; with ``notify=False`` without its notifications (see :class:`Statement`)."""
     heads = _arrays([(f"head_{n}", k) for n, k in HEAD_PARAMS], _OWN)
     events = _arrays([(f"event_{n}", k) for n, k in EVENT_PARAMS], _OWN)
     return f"""
@@ -120,16 +133,9 @@ WITH batch AS (
     JOIN head h ON h.idx = e.idx
     ORDER BY e.ord
     RETURNING thread_id, run_id, seq, global_position
-), notified AS (
-    SELECT pg_notify('{CHANNEL}', string_agg(n.run_id::text || ':' || n.last_seq, ','))
-    FROM (SELECT run_id, last_seq, (row_number() OVER ()) / {NOTIFY_RUNS_PER_MESSAGE} AS part FROM head) n
-    GROUP BY n.part
-    UNION ALL
-    -- A run was admitted or ended: workers may have a run to claim.
-    (SELECT pg_notify('{RUNS_CHANNEL}', '') FROM head h JOIN batch b ON b.idx = h.idx
-     WHERE b.status IS NOT NULL AND b.status <> 'running' LIMIT 1)
-){"," + extension if extension else ""}
-SELECT h.run_id, h.last_seq, (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM notified) AS notified
+){_NOTIFIED_CTE if notify else ""}{"," + extension if extension else ""}
+SELECT h.run_id, h.last_seq, (SELECT count(*) FROM inserted) AS inserted{
+    ", (SELECT count(*) FROM notified) AS notified" if notify else ""}
 FROM head h
 """
 
@@ -138,16 +144,27 @@ APPEND_SQL = _sql("")
 
 
 class Statement:
-    """The append statement, with a projector's CTEs when one is given: its SQL and its arguments."""
+    """The append statement, with a projector's CTEs when one is given: its SQL and its arguments.
 
-    def __init__(self, projector: Projector | None = None) -> None:
+    With ``notify=False`` the statement sends no notifications; whoever uses
+    it sends them once the transaction has committed
+    (:class:`~graphledger.ledger.hints.Hints`). Inside a longer transaction
+    that matters: PostgreSQL takes one database-wide lock at the commit of a
+    transaction that notified, and holds it until that commit is flushed to
+    disk, so such commits are flushed one after another instead of many in
+    one flush, and a burst of admissions queues for that lock.
+    """
+
+    def __init__(self, projector: Projector | None = None, *, notify: bool = True) -> None:
         self.projector = projector
+        self.notify = notify
+        self._plain_sql = APPEND_SQL if notify else _sql("", notify=False)
         if projector is None:
-            self.projected_sql = APPEND_SQL
+            self.projected_sql = self._plain_sql
             self._names: tuple[str, ...] = ()
         else:
             self._names = tuple(projector.params)
-            self.projected_sql = _projected_sql(projector)
+            self.projected_sql = _projected_sql(projector, notify)
 
     def plan(self, batch: Batch, events: Sequence[Event]) -> tuple[str, list[Any]]:
         """The SQL and arguments that append ``batch`` (whose events are ``events``)."""
@@ -156,11 +173,11 @@ class Statement:
             extra = self.projector.args(events)
             if extra is not None:
                 return self.projected_sql, [*args, *(extra[name] for name in self._names)]
-        return APPEND_SQL, args
+        return self._plain_sql, args
 
 
-def _projected_sql(projector: Projector) -> str:
-    return _sql(projector.ctes(_placeholders(projector.params, len(_OWN) + 1)))
+def _projected_sql(projector: Projector, notify: bool = True) -> str:
+    return _sql(projector.ctes(_placeholders(projector.params, len(_OWN) + 1)), notify)
 
 
 @dataclass(slots=True)
@@ -175,6 +192,10 @@ class Head:
     @property
     def terminal(self) -> bool:
         return self.kind in TERMINAL_KINDS
+
+
+NEW_RUN_HEAD = Head(0, chain.GENESIS, None)
+"""The head of a run row just inserted (the table's defaults): no event yet."""
 
 
 def utcnow() -> datetime:

@@ -19,6 +19,7 @@ from graphledger.ledger.events import (
     RunRef,
     validate_kind,
 )
+from graphledger.ledger.hints import Hints
 from graphledger.ledger.read import FeedCursor
 from graphledger.ledger.session import Session, Transaction
 from graphledger.ledger.statement import Projector, Statement
@@ -31,6 +32,19 @@ CONNECT_TIMEOUT = 2.0
 """Seconds to open a connection: a database that does not answer is unavailable, not slow."""
 ACQUIRE_TIMEOUT = 30.0
 """Seconds a caller waits for a free connection of the pool before it is told the database is unavailable."""
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing to send.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release, a round trip before the next waiter gets
+    the connection: the longest step of an admission's hold under load.
+    Nothing here leaves session state on a pooled connection (no SET, LISTEN
+    or advisory lock; cursors live inside transactions), and code that ever
+    does must undo it itself. A transaction left open is still rolled back:
+    asyncpg does that before calling this.
+    """
 
 
 class Ledger:
@@ -47,6 +61,10 @@ class Ledger:
         self._writer = writer
         self._hub = hub
         self._statement = statement
+        # Transactions opened with notify=False (admissions) append without
+        # notifications; their hints are sent after the commit.
+        self._quiet_statement = Statement(statement.projector, notify=False)
+        self._hints = Hints(lambda: asyncpg.connect(dsn, server_settings={"application_name": APPLICATION_NAME}, timeout=CONNECT_TIMEOUT))
 
     @classmethod
     async def connect(
@@ -69,7 +87,7 @@ class Ledger:
         settings = {"application_name": APPLICATION_NAME}
         with translate():
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, server_settings=settings, timeout=CONNECT_TIMEOUT
+                dsn, min_size=1, max_size=pool_size, reset=_keep_session, server_settings=settings, timeout=CONNECT_TIMEOUT
             )
         hub = Hub(dsn, poll_interval=poll_interval) if tail else None
         statement = Statement(projector)
@@ -93,6 +111,7 @@ class Ledger:
         return ledger
 
     async def close(self) -> None:
+        await self._hints.close()
         await self._writer.close()
         if self._hub is not None:
             await self._hub.close()
@@ -128,13 +147,23 @@ class Ledger:
                 yield Session(conn, self._statement)
 
     @asynccontextmanager
-    async def transaction(self, *, isolation: Isolation = "read_committed", readonly: bool = False) -> AsyncIterator[Transaction]:
-        """A transaction; once it commits, its appends reach this process's subscribers and writer."""
+    async def transaction(
+        self, *, isolation: Isolation = "read_committed", readonly: bool = False, notify: bool = True
+    ) -> AsyncIterator[Transaction]:
+        """A transaction; once it commits, its appends reach this process's subscribers and writer.
+
+        With ``notify=False`` its appends notify other processes only after
+        the commit, coalesced with other such transactions' (see
+        :class:`~graphledger.ledger.hints.Hints`): for transactions that come
+        in bursts, such as admissions.
+        """
         with translate():
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                tx = Transaction(conn, self._statement)
+                tx = Transaction(conn, self._statement if notify else self._quiet_statement)
                 async with conn.transaction(isolation=isolation, readonly=readonly):
                     yield tx
+        if not notify and tx.appended:
+            self._hints.send(tx.appended)
         self._committed(tx)
 
     def _committed(self, tx: Transaction) -> None:
@@ -243,10 +272,22 @@ class Ledger:
         async with self.session() as session:
             return await read.read_feed(session.connection, after, limit)
 
-    async def tail(self, run: UUID | RunRef, after_seq: int = 0) -> AsyncIterator[Event]:
-        """Every event of a run after ``after_seq``: stored ones first, then live ones, ending after the terminal event."""
+    async def tail(self, run: UUID | RunRef, after_seq: int = 0, *, live: bool = False) -> AsyncIterator[Event]:
+        """Every event of a run after ``after_seq``: stored ones first, then live ones, ending after the terminal event.
+
+        ``live=True`` (with a :class:`RunRef`) says the caller knows the run
+        exists and that event ``after_seq`` is not terminal (it appended or
+        received that event itself: it admitted or started the run), so the
+        run's end is still to come: the head is then not looked up, a round
+        trip on the tail's one shared connection that a burst of new streams
+        would queue for.
+        """
         if self._hub is None:
             raise RuntimeError("this ledger was connected with tail=False")
+        if live and isinstance(run, RunRef):
+            async for event in self._hub.follow(run, after_seq):
+                yield event
+            return
         with translate():
             ref, last_seq, finished = await self._hub.head(run.run_id if isinstance(run, RunRef) else run)
         if isinstance(run, RunRef) and run.thread_id != ref.thread_id:

@@ -117,7 +117,9 @@ async def admit(
     thread_id = thread_id or uuid4()
     ref = RunRef(thread_id, run_id or uuid4())
     cancelled: list[RunRef] = []
-    async with ledger.transaction() as tx:
+    # notify=False: notified after the commit, not in it; admissions come in
+    # bursts, and commits that notify are flushed one at a time.
+    async with ledger.transaction(notify=False) as tx:
         if create:
             await tx.threads.insert(thread_id, thread_metadata)
         if await tx.threads.lock(thread_id):

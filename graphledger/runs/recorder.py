@@ -93,6 +93,11 @@ class UsageHandler(AsyncCallbackHandler):
     """
 
     run_inline = True  # awaited in place: no task per streamed token (its methods never wait)
+    # Only LLM events matter here. Without these, every node, tool and retry
+    # event calls an inherited no-op coroutine, and where the event is raised
+    # synchronously (a sync tool runs in a thread) LangChain runs that
+    # coroutine in a new event loop, created and closed per event.
+    ignore_chain = ignore_agent = ignore_retriever = ignore_retry = ignore_custom_event = True
 
     def __init__(self, recording: Recording) -> None:
         self.recording = recording

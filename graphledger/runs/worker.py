@@ -228,7 +228,8 @@ class Worker:
         delay = RETRY_MIN
         while True:
             try:
-                async for event in self.ledger.tail(ref, after_seq):
+                # live: event after_seq is run.started, which this worker appended, or a later non-terminal one.
+                async for event in self.ledger.tail(ref, after_seq, live=True):
                     after_seq = event.seq
                     if event.kind == RUN_CANCEL_REQUESTED:
                         action = event.value.get("action") if isinstance(event.value, dict) else None

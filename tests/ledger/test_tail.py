@@ -90,6 +90,30 @@ async def test_tail_of_a_finished_run_replays_and_ends(ledger: Ledger, appender:
     assert await collect(ledger, ref, after_seq=32) == []
 
 
+async def test_a_live_tail_needs_no_head_lookup_and_misses_nothing(
+    ledger: Ledger, appender: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = await new_run(appender)
+    started = await appender.append(ref, "run.started", {})  # appended before the tail subscribes: read from the table
+    assert ledger.hub is not None
+
+    async def no_head(run_id: object) -> None:
+        raise AssertionError("a live tail looked the head up")
+
+    monkeypatch.setattr(ledger.hub, "head", no_head)
+    tail = asyncio.create_task(asyncio.wait_for(_collect_live(ledger, ref, 1), 30))
+    await asyncio.sleep(0.05)
+    await stream(appender, ref, 50)
+    events = await tail
+    assert (events[0].seq, events[0].hash) == (started.seq, started.hash)
+    assert [e.seq for e in events] == list(range(2, 50 + 4))
+    assert events[-1].kind == "run.succeeded"
+
+
+async def _collect_live(ledger: Ledger, ref: RunRef, after_seq: int) -> list[Event]:
+    return [e async for e in ledger.tail(ref, after_seq, live=True)]
+
+
 async def test_thousand_subscribers_use_two_connections(ledger: Ledger, appender: Ledger, conn: asyncpg.Connection) -> None:
     refs = [await new_run(appender) for _ in range(50)]
     tails = [asyncio.create_task(collect(ledger, refs[i % 50])) for i in range(1000)]
