@@ -171,6 +171,9 @@ async def show_run(ledger: Ledger, run_id: UUID) -> dict[str, Any]:
     by_caller = await reads.usage_by("caller", thread_id=ref.thread_id, run_id=ref.run_id)
     page = await reads.messages(ref.thread_id, run_id=ref.run_id, limit=MAX_PAGE)
     chain = await ledger.verify(ref)
+    async with ledger.session() as session:
+        created = (await session.first_events([ref]))[ref].value
+    actor = created.get("actor") if isinstance(created, dict) else None
     return {
         "run_id": str(ref.run_id),
         "thread_id": str(ref.thread_id),
@@ -178,6 +181,7 @@ async def show_run(ledger: Ledger, run_id: UUID) -> dict[str, Any]:
         "status": status.status,
         "error": {"type": status.error_type, "message": status.error_message} if status.error_type else None,
         "created_at": _iso(status.created_at),
+        "created_by": actor if isinstance(actor, dict) else None,
         "started_at": _iso(status.started_at),
         "finished_at": _iso(status.finished_at),
         "duration_s": _duration(status.started_at, status.finished_at),
@@ -211,11 +215,19 @@ def print_runs(runs: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
     out.write(table(rows, ["RUN", "THREAD", "ASSISTANT", "STATUS", "TOKENS", "DURATION", "CREATED"]) + "\n")
 
 
+def _who(actor: dict[str, Any] | None) -> str:
+    """An actor as one line: identity and permissions; "-" when authentication was off."""
+    if actor is None:
+        return "-"
+    permissions = actor.get("permissions") or []
+    return f"{actor.get('identity')} ({', '.join(map(str, permissions))})" if permissions else str(actor.get("identity"))
+
+
 def print_run(run: dict[str, Any], out: TextIO = sys.stdout) -> None:
     duration = f"{run['duration_s']:.2f} s" if run["duration_s"] is not None else "-"
     summary = [
         ("run", run["run_id"]), ("thread", run["thread_id"]), ("assistant", run["assistant_id"]), ("status", run["status"]),
-        ("created", run["created_at"]), ("duration", duration), ("events", run["events"]),
+        ("created", run["created_at"]), ("created by", _who(run["created_by"])), ("duration", duration), ("events", run["events"]),
         ("hash chain", "intact" if run["chain_ok"] else "BROKEN"),
     ]
     if run["error"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -152,11 +153,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from graphledger.http.app import create_app
+    from graphledger.http.auth import load as load_auth
     from graphledger.http.server import Server
     from graphledger.ledger.migrate import upgrade
     from graphledger.runs import GraphRegistry, RunSettings
 
     graphs = GraphRegistry.configure(args.config, args.graph or ())
+    authorizer = load_auth(args.auth, args.config)
+    if authorizer is None and not _loopback(args.host):
+        if not args.allow_unauthenticated:
+            raise CommandError(
+                f"refusing to serve on {args.host} without authentication: configure auth (--auth ./auth.py:auth, or \"auth\" in "
+                "langgraph.json), listen on a loopback address, or pass --allow-unauthenticated"
+            )
+        print(f"graphledger: warning: serving on {args.host} without authentication: anyone who reaches it reads and runs everything", file=sys.stderr)
     settings = RunSettings(
         workers=args.workers,
         lease_seconds=args.lease,
@@ -174,12 +184,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         signal.signal(signum, _stop)
     with database(args, create=True) as dsn:
         _migrate(upgrade, dsn)
-        app = create_app(dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes)
+        app = create_app(dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes, auth=authorizer)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
         server = Server(config, app, drain_seconds=args.drain)
         server.run()
         if not server.started:
             raise CommandError(f"could not serve on {args.host}:{args.port}")
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``), reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
@@ -479,6 +499,14 @@ def parser() -> Parser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=_port, default=8123, help="TCP port to listen on (default 8123)")
+    serve.add_argument(
+        "--auth", metavar="SPEC", default=None,
+        help="a langgraph_sdk.Auth object, ./auth.py:auth or package.module:attr (default: \"auth\" of langgraph.json, if any)",
+    )
+    serve.add_argument(
+        "--allow-unauthenticated", action="store_true",
+        help="serve on a non-loopback address without authentication (refused otherwise)",
+    )
     serve.add_argument(
         "--config", type=Path, default=None, help="a langgraph.json whose \"graphs\" are served (default: ./langgraph.json if present)"
     )

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
 from graphledger.http import openapi, reads, runs, sse, threads
+from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
     HTTPError,
@@ -152,8 +153,13 @@ def create_app(
     settings: RunSettings | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     heartbeat_seconds: float = sse.HEARTBEAT_SECONDS,
+    auth: Authorizer | None = None,
 ) -> Any:
-    """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``."""
+    """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``.
+
+    With ``auth``, every route but ``/ok`` and ``/openapi.json`` authenticates
+    and authorizes (see :mod:`graphledger.http.auth`).
+    """
     graphs = graphs or GraphRegistry.configure()
 
     @asynccontextmanager
@@ -176,6 +182,9 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},
     )
+    app.state.authorizer = auth
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    if auth is not None:
+        app.add_middleware(Authenticate, authorizer=auth)  # before any route, and before a body is read
     app.add_middleware(InternalErrors)  # added last: outermost, it also sees what BodyLimit raises
     return app

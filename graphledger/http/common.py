@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from graphledger.http import DEFAULT_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
+from graphledger.http.identity import actor as actor
 from graphledger.ledger import Ledger, RunRef
 from graphledger.ledger.errors import (
     Conflict,
@@ -27,6 +28,7 @@ from graphledger.ledger.errors import (
     RunNotFound,
     ThreadNotFound,
 )
+from graphledger.ledger.threads import Visibility
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
 from graphledger.runs.errors import (
     InvalidRequest,
@@ -79,12 +81,6 @@ def error_response(status: int, detail: str, headers: Mapping[str, str] | None =
     return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
 
 
-def actor(request: Request) -> dict[str, Any] | None:
-    """Who is asking: the authenticated user as the record shows it (None when the server runs without auth)."""
-    found = request.scope.get("graphledger.actor")
-    return dict(found) if isinstance(found, Mapping) else None
-
-
 async def record_access(request: Request, action: str, **resource: Any) -> None:
     """Record a read of the record in the access log (see :mod:`graphledger.ledger.access`) before it is answered."""
     ledger: Ledger = request.app.state.ledger
@@ -94,13 +90,18 @@ async def record_access(request: Request, action: str, **resource: Any) -> None:
         await tx.access.record(actor=actor(request), action=action, resource=target, client=client)
 
 
-async def require(ledger: Ledger, thread_id: UUID, run_id: UUID | None = None) -> None:
-    """404 unless the thread (and the run in it) exists; a deleted thread still does."""
+async def require(ledger: Ledger, thread_id: UUID, run_id: UUID | None = None, visible: Visibility | None = None) -> None:
+    """404 unless the thread (and the run in it) exists and is ``visible``; a deleted thread still exists.
+
+    A run is visible iff its thread is: a run outside the caller's filter is
+    as unknown as one that never existed.
+    """
     async with ledger.session() as session:
-        if run_id is None:
-            if not await session.threads.exists(thread_id):
+        if not await session.threads.exists(thread_id, visible):
+            if run_id is None:
                 raise HTTPError(404, f"thread {thread_id} not found")
-        elif not await session.heads.exists(RunRef(thread_id, run_id)):
+            raise HTTPError(404, f"run {run_id} not found in thread {thread_id}")
+        if run_id is not None and not await session.heads.exists(RunRef(thread_id, run_id)):
             raise HTTPError(404, f"run {run_id} not found in thread {thread_id}")
 
 

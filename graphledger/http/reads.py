@@ -12,8 +12,8 @@ from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
-from starlette.routing import Route
 
+from graphledger.http.auth import authorize, guarded
 from graphledger.http.common import iso, path_uuid, query_bool, query_int, query_time, record_access, require
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.export import Selection, export
@@ -26,8 +26,10 @@ USAGE_GROUPS: tuple[Group, ...] = ("model", "caller", "status")
 
 
 async def _check(request: Request, thread_id: UUID, run_id: UUID | None = None) -> None:
-    """404 unless the thread (and the run in it) exists."""
-    await require(request.app.state.ledger, thread_id, run_id)
+    """Authorize reading the thread (or the run), then 404 unless it exists and is visible to the caller."""
+    value: dict[str, Any] = {"thread_id": thread_id} if run_id is None else {"thread_id": thread_id, "run_id": run_id}
+    visible = await authorize(request, value)
+    await require(request.app.state.ledger, thread_id, run_id, visible)
 
 
 def _run_id(request: Request) -> UUID | None:
@@ -178,12 +180,12 @@ async def export_download(request: Request) -> StreamingResponse:
 
 
 routes = [
-    Route("/threads/{thread_id}/messages", messages, methods=["GET"]),
-    Route("/threads/{thread_id}/usage", usage, methods=["GET"]),
-    Route("/threads/{thread_id}/runs/{run_id}/messages", messages, methods=["GET"]),
-    Route("/threads/{thread_id}/runs/{run_id}/events", events, methods=["GET"]),
-    Route("/threads/{thread_id}/runs/{run_id}/usage", usage, methods=["GET"]),
-    Route("/threads/{thread_id}/runs/{run_id}/verify", verify, methods=["GET"]),
-    Route("/threads/{thread_id}/export", export_download, methods=["GET"]),
-    Route("/threads/{thread_id}/runs/{run_id}/export", export_download, methods=["GET"]),
+    guarded("/threads/{thread_id}/messages", messages, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/usage", usage, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}/messages", messages, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}/events", events, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}/usage", usage, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}/verify", verify, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/export", export_download, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}/export", export_download, methods=["GET"], action="read"),
 ]

@@ -15,12 +15,12 @@ never sent it, and a stream after it would never end.
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
+from graphledger.http.auth import authorize, guarded
 from graphledger.http.common import (
     HTTPError,
     iso,
@@ -31,18 +31,21 @@ from graphledger.http.common import (
     record_access,
     require,
 )
+from graphledger.http.identity import actor
 from graphledger.http.sse import check_resumable, last_event_id, sse_response, sse_stream
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.events import FAILURE_KINDS, RUN_STATUSES
+from graphledger.ledger.threads import Visibility
 from graphledger.projections import Projections
 from graphledger.projections.run_status import RunStatus
 from graphledger.runs import RunRequest, admit, cancel, checkpoint, join
+from graphledger.runs.actor import AUTH_KEYS
 from graphledger.runs.recorder import stream_kind
 from graphledger.runs.request import CANCEL_ACTIONS, stream_modes
 from graphledger.runs.serialize import to_jsonable
 from graphledger.runs.sse import sse_modes
 
-NOT_KWARGS = ("assistant_id", "metadata", "multitask_strategy", "executor")
+NOT_KWARGS = ("assistant_id", "metadata", "multitask_strategy", "executor", "actor")
 """Fields of ``run.created`` that a run's JSON shows on their own, not under ``kwargs``."""
 
 
@@ -88,7 +91,28 @@ async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tu
         run_request.stream_mode.append("values")  # the final state is the last values chunk
     ledger: Ledger = request.app.state.ledger
     thread_id: UUID | None = None if stateless else path_uuid(request, "thread_id")
-    admitted = await admit(ledger, run_request, thread_id=thread_id, graphs=request.app.state.graphs)
+    run_id = uuid4()
+    value: dict[str, Any] = {
+        "thread_id": thread_id, "assistant_id": run_request.assistant_id, "run_id": run_id, "status": "pending",
+        "metadata": run_request.metadata, "prevent_insert_if_inflight": run_request.multitask_strategy == "reject",
+        "multitask_strategy": run_request.multitask_strategy, "if_not_exists": run_request.if_not_exists, "after_seconds": 0,
+        "kwargs": {k: v for k, v in run_request.record().items() if k not in ("assistant_id", "metadata", "multitask_strategy")},
+    }
+    visible = await authorize(request, value)  # may stamp value["metadata"] (an owner)
+    run_request.actor = actor(request)
+    thread_metadata = None
+    if run_request.actor is not None:
+        if not isinstance(value.get("metadata"), dict):
+            raise TypeError("an authorization handler set metadata to something other than a dict")
+        run_request.metadata = value["metadata"]
+        thread_metadata = run_request.metadata  # a thread the run creates carries it (an owner), so the run can see it
+        configurable = run_request.config.get("configurable")
+        if isinstance(configurable, dict):  # only the server says who the user is
+            run_request.config["configurable"] = {k: v for k, v in configurable.items() if k not in AUTH_KEYS}
+    admitted = await admit(
+        ledger, run_request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata,
+        graphs=request.app.state.graphs, visible=visible,
+    )
     return run_request, admitted.created
 
 
@@ -108,7 +132,7 @@ async def _stream_created(request: Request, stateless: bool) -> StreamingRespons
     frames = sse_stream(
         request.app.state.ledger, ref, after_seq=created.seq, modes=sse_modes(run_request.stream_mode),
         metadata_first=created, live=True, on_disconnect=run_request.on_disconnect, heartbeat=request.app.state.heartbeat,
-        streams=request.app.state.streams,
+        streams=request.app.state.streams, actor=run_request.actor,
     )
     return sse_response(frames, ref, created=True)
 
@@ -167,14 +191,24 @@ async def list_runs(request: Request) -> JSONResponse:
     status = request.query_params.get("status") or None
     if status is not None and status not in RUN_STATUSES:
         raise HTTPError(422, f"status must be one of {', '.join(RUN_STATUSES)}")
+    visible = await authorize(request, {"thread_id": thread_id, "status": status, "limit": limit, "offset": offset})
     ledger: Ledger = request.app.state.ledger
-    await require(ledger, thread_id)
+    await require(ledger, thread_id, visible=visible)
     found = await Projections(ledger).runs(thread_id=thread_id, status=status, limit=limit, offset=offset)
     return JSONResponse(await _runs_json(ledger, [r.status for r in found]))
 
 
+async def _visible_ref(request: Request, **value: Any) -> RunRef:
+    """The run the path names: 404 unless it exists and its thread is visible to the caller."""
+    ref = _ref(request)
+    visible = await authorize(request, {"thread_id": ref.thread_id, "run_id": ref.run_id, **value})
+    if visible is not None:
+        await require(request.app.state.ledger, ref.thread_id, ref.run_id, visible)
+    return ref
+
+
 async def get_run(request: Request) -> JSONResponse:
-    return JSONResponse(await fetch_run(request.app.state.ledger, _ref(request)))
+    return JSONResponse(await fetch_run(request.app.state.ledger, await _visible_ref(request)))
 
 
 def _action(request: Request) -> str:
@@ -184,11 +218,17 @@ def _action(request: Request) -> str:
     return action
 
 
+async def _cancel(request: Request, ref: RunRef, action: str, visible: Visibility | None) -> None:
+    await cancel(request.app.state.ledger, ref, action, actor=actor(request), visible=visible)
+
+
 async def cancel_run(request: Request) -> Response:
     ref = _ref(request)
     ledger: Ledger = request.app.state.ledger
     wait = query_bool(request, "wait")
-    await cancel(ledger, ref, _action(request))
+    action = _action(request)
+    visible = await authorize(request, {"thread_id": ref.thread_id, "run_id": ref.run_id, "action": action})
+    await _cancel(request, ref, action, visible)
     if wait:
         await join(ledger, ref)
         return JSONResponse(await fetch_run(ledger, ref))
@@ -196,14 +236,14 @@ async def cancel_run(request: Request) -> Response:
 
 
 async def join_run(request: Request) -> JSONResponse:
-    ref = _ref(request)
+    ref = await _visible_ref(request)
     ledger: Ledger = request.app.state.ledger
     end = await join(ledger, ref)
     return JSONResponse(await final_output(request, ref, end))
 
 
 async def join_stream(request: Request) -> StreamingResponse:
-    ref = _ref(request)
+    ref = await _visible_ref(request, **({"action": _action(request)} if request.method == "POST" else {}))
     ledger: Ledger = request.app.state.ledger
     after = last_event_id(request)
     cancel_on_disconnect = query_bool(request, "cancel_on_disconnect")
@@ -216,7 +256,7 @@ async def join_stream(request: Request) -> StreamingResponse:
         await check_resumable(ledger, ref, after)
     await record_access(request, "run.stream", thread_id=ref.thread_id, run_id=ref.run_id, after=after)
     if request.method == "POST":
-        await cancel(ledger, ref, _action(request))
+        await _cancel(request, ref, _action(request), None)  # visible: checked above
     metadata_first = None
     if after is None:
         # No Last-Event-ID: the metadata event, then what happens from now on.
@@ -226,20 +266,21 @@ async def join_stream(request: Request) -> StreamingResponse:
     frames = sse_stream(
         ledger, ref, after_seq=after, modes=modes, metadata_first=metadata_first,
         on_disconnect="cancel" if cancel_on_disconnect else "continue", heartbeat=request.app.state.heartbeat,
-        streams=request.app.state.streams,
+        streams=request.app.state.streams, actor=actor(request),
     )
     return sse_response(frames, ref)
 
 
 routes = [
-    Route("/threads/{thread_id}/runs", create_run, methods=["POST"]),
-    Route("/threads/{thread_id}/runs", list_runs, methods=["GET"]),
-    Route("/threads/{thread_id}/runs/stream", stream_run, methods=["POST"]),
-    Route("/threads/{thread_id}/runs/wait", wait_run, methods=["POST"]),
-    Route("/runs/stream", stream_stateless, methods=["POST"]),
-    Route("/runs/wait", wait_stateless, methods=["POST"]),
-    Route("/threads/{thread_id}/runs/{run_id}", get_run, methods=["GET"]),
-    Route("/threads/{thread_id}/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
-    Route("/threads/{thread_id}/runs/{run_id}/join", join_run, methods=["GET"]),
-    Route("/threads/{thread_id}/runs/{run_id}/stream", join_stream, methods=["GET", "POST"]),
+    guarded("/threads/{thread_id}/runs", create_run, methods=["POST"], action="create_run"),
+    guarded("/threads/{thread_id}/runs", list_runs, methods=["GET"], action="search"),
+    guarded("/threads/{thread_id}/runs/stream", stream_run, methods=["POST"], action="create_run"),
+    guarded("/threads/{thread_id}/runs/wait", wait_run, methods=["POST"], action="create_run"),
+    guarded("/runs/stream", stream_stateless, methods=["POST"], action="create_run"),
+    guarded("/runs/wait", wait_stateless, methods=["POST"], action="create_run"),
+    guarded("/threads/{thread_id}/runs/{run_id}", get_run, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}/cancel", cancel_run, methods=["POST"], action="update"),
+    guarded("/threads/{thread_id}/runs/{run_id}/join", join_run, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}/stream", join_stream, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}/stream", join_stream, methods=["POST"], action="update"),  # cancels, then joins
 ]

@@ -87,13 +87,15 @@ async def sse_stream(
     on_disconnect: str = "continue",
     heartbeat: float = HEARTBEAT_SECONDS,
     streams: Streams | None = None,
+    actor: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """The frames of a run's events after ``after_seq``, heartbeats while idle, until the terminal event.
 
     ``metadata_first`` is sent before them; ``live`` as in :meth:`Ledger.tail`.
 
     With ``streams``, the stream is one of them and ends early, without a
-    terminal event, when they are closed.
+    terminal event, when they are closed. ``actor`` (the client's identity)
+    is recorded in the cancel that ``on_disconnect="cancel"`` appends.
     """
     finished = False  # ended as it should: after the terminal event, or closed by this server
     queue: asyncio.Queue[Event | None | object] = asyncio.Queue(maxsize=1000)
@@ -174,14 +176,14 @@ async def sse_stream(
             await pump
         if not finished and on_disconnect == "cancel":
             # The client went away mid-run: cancel it, outliving this cancelled generator.
-            task = asyncio.get_running_loop().create_task(_cancel_quietly(ledger, ref))
+            task = asyncio.get_running_loop().create_task(_cancel_quietly(ledger, ref, actor))
             _background.add(task)
             task.add_done_callback(_background.discard)
 
 
-async def _cancel_quietly(ledger: Ledger, ref: RunRef) -> None:
+async def _cancel_quietly(ledger: Ledger, ref: RunRef, actor: dict[str, Any] | None) -> None:
     with contextlib.suppress(LedgerError):
-        await cancel(ledger, ref, reason="client disconnected")
+        await cancel(ledger, ref, reason="client disconnected", actor=actor)
 
 
 def sse_response(frames: AsyncIterator[bytes], ref: RunRef, *, created: bool = False) -> StreamingResponse:

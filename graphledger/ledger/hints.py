@@ -25,8 +25,8 @@ from uuid import UUID
 
 import asyncpg
 
-from graphledger.ledger.statement import CHANNEL, NOTIFY_RUNS_PER_MESSAGE, RUNS_CHANNEL
 from graphledger.ledger.events import STATUS_AFTER, Event
+from graphledger.ledger.statement import CHANNEL, NOTIFY_RUNS_PER_MESSAGE, RUNS_CHANNEL
 from graphledger.ledger.tasks import cancel_and_wait
 
 _log = logging.getLogger("graphledger.writer")

@@ -38,6 +38,9 @@ threads = sa.Table(
     # Set by DELETE /threads/{id}: the thread takes no more runs and its state is
     # gone, but its record (runs, events, projections) stays. Ids are not reused.
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    # Who deleted it ({"identity": ..., "permissions": [...]}), when authentication is on:
+    # a deletion has no run whose log could record its actor.
+    sa.Column("deleted_by", postgresql.JSONB, nullable=True),
 )
 
 runs = sa.Table(

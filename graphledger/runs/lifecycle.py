@@ -48,6 +48,7 @@ from graphledger.ledger.events import (
     RunRef,
 )
 from graphledger.ledger.session import Transaction
+from graphledger.ledger.threads import Visibility
 from graphledger.runs import checkpoint
 from graphledger.runs.errors import (
     InvalidRequest,
@@ -99,6 +100,7 @@ async def admit(
     thread_metadata: Mapping[str, Any] | None = None,
     graphs: GraphRegistry | None = None,
     executor: str = EXECUTOR_SERVER,
+    visible: Visibility | None = None,
 ) -> Admitted:
     """Admit a run on ``thread_id`` (a new thread when None) under the request's multitask strategy.
 
@@ -110,6 +112,9 @@ async def admit(
     an ``assistant_id`` that names none of them raises :class:`UnknownAssistant`.
     ``executor`` is recorded in ``run.created``: workers claim only
     ``server`` runs; a ``caller`` run is started by its creator.
+    A thread outside ``visible`` (an authorization filter) is not found;
+    ``request.actor`` is recorded in ``run.created`` and in the cancel
+    requests of the runs its strategy cancels.
     """
     if graphs is not None:
         graphs.check(request.assistant_id)
@@ -122,7 +127,7 @@ async def admit(
     async with ledger.transaction(notify=False) as tx:
         if create:
             await tx.threads.insert(thread_id, thread_metadata)
-        if await tx.threads.lock(thread_id):
+        if await tx.threads.lock(thread_id, visible):
             raise ThreadNotFound(f"thread {thread_id} was deleted; it takes no new runs")
         active = await tx.heads.active(thread_id, lock=True)
         if active and request.multitask_strategy == "reject":
@@ -130,7 +135,7 @@ async def admit(
             raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); multitask_strategy is reject")
         if active and request.multitask_strategy in CANCEL_ACTIONS:
             for other, status in active:
-                await _cancel_locked(tx, other, status, request.multitask_strategy, reason="multitask", by=ref.run_id)
+                await _cancel_locked(tx, other, status, request.multitask_strategy, reason="multitask", by=ref.run_id, actor=request.actor)
                 cancelled.append(other)
         created = await tx.create_run(ref, {**request.record(), "executor": executor})
         if request.secrets:
@@ -138,31 +143,39 @@ async def admit(
     return Admitted(ref, created, cancelled)
 
 
-async def delete_thread(ledger: Ledger, thread_id: UUID) -> None:
+async def delete_thread(
+    ledger: Ledger, thread_id: UUID, *, visible: Visibility | None = None, actor: Mapping[str, Any] | None = None
+) -> None:
     """Delete a thread: its state (checkpoints) goes, its record stays.
 
     The thread is marked deleted: it takes no new runs and its id is not
     reused, while its runs, their events and the projections remain readable,
     exportable and verifiable. Refused with :class:`ThreadBusy` while a run of
-    the thread is pending or running (cancel it first).
+    the thread is pending or running (cancel it first). A thread outside
+    ``visible`` is not found. ``actor`` is recorded on the thread's row
+    (``deleted_by``): a deletion has no run whose log could hold it.
     """
     async with ledger.transaction() as tx:
         # Under the admission lock no run can join the thread; runs only leave the active set.
-        if await tx.threads.lock(thread_id):
+        if await tx.threads.lock(thread_id, visible):
             raise ThreadNotFound(f"thread {thread_id} not found")
         active = await tx.heads.active(thread_id)
         if active:
             other, status = active[0]
             raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); cancel it first")
-        await tx.threads.mark_deleted(thread_id)
+        await tx.threads.mark_deleted(thread_id, actor)
         await checkpoint.forget(tx.connection, thread_id)
 
 
-async def _cancel_locked(tx: Transaction, ref: RunRef, status: str, action: str, *, reason: str, by: UUID | None = None) -> list[Event]:
+async def _cancel_locked(
+    tx: Transaction, ref: RunRef, status: str, action: str, *, reason: str, by: UUID | None = None, actor: Mapping[str, Any] | None = None
+) -> list[Event]:
     """Cancel a run whose head row this transaction holds: end it if pending, else ask its worker."""
     request: dict[str, Any] = {"action": action, "reason": reason}
     if by is not None:
         request["by_run_id"] = str(by)
+    if actor is not None:
+        request["actor"] = dict(actor)
     new = [_event(RUN_CANCEL_REQUESTED, request)]
     if status == "pending":
         new.append(_event(RUN_INTERRUPTED, {"reason": "cancel", "action": action}))
@@ -179,21 +192,33 @@ class Cancelled:
     requested: bool  # a cancel request was appended (False: the run had already been interrupted)
 
 
-async def cancel(ledger: Ledger, ref: RunRef, action: str = "interrupt", *, reason: str = "cancel") -> Cancelled:
+async def cancel(
+    ledger: Ledger,
+    ref: RunRef,
+    action: str = "interrupt",
+    *,
+    reason: str = "cancel",
+    actor: Mapping[str, Any] | None = None,
+    visible: Visibility | None = None,
+) -> Cancelled:
     """Cancel a run: a pending one ends at once, a running one is stopped by its worker.
 
     Cancelling an interrupted run again succeeds and changes nothing;
     cancelling a run that ended otherwise raises :class:`NotCancellable`.
+    A run whose thread is outside ``visible`` is not found; ``actor`` is
+    recorded in ``run.cancel_requested``.
     """
     if action not in CANCEL_ACTIONS:
         raise InvalidRequest(f"action must be one of {', '.join(CANCEL_ACTIONS)}, not {action!r}")
     async with ledger.transaction() as tx:
+        if visible is not None and not await tx.threads.exists(ref.thread_id, visible):
+            raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
         status = await tx.heads.lock(ref)
         if status == "interrupted":
             return Cancelled(ref, status, requested=False)
         if status in TERMINAL_STATUSES:
             raise NotCancellable(f"run {ref.run_id} already ended ({status}); there is nothing to cancel")
-        await _cancel_locked(tx, ref, status, action, reason=reason)
+        await _cancel_locked(tx, ref, status, action, reason=reason, actor=actor)
     return Cancelled(ref, "interrupted" if status == "pending" else status, requested=True)
 
 

@@ -45,7 +45,7 @@ from graphledger.ledger.events import (
     Event,
     RunRef,
 )
-from graphledger.runs import lifecycle
+from graphledger.runs import actor, lifecycle
 from graphledger.runs.leases import LeaseKeeper
 from graphledger.runs.request import (
     STREAM_MODES,
@@ -219,6 +219,8 @@ class Recording:
         config = dict(base) if base is not None else copy.deepcopy(dict(self.request.config))
         ids = {"run_id": str(self.ref.run_id), "assistant_id": self.request.assistant_id}
         config["configurable"] = {**(config.get("configurable") or {}), **ids, "thread_id": self.graph_thread_id}
+        if self.request.actor is not None:
+            config["configurable"].update(actor.configurable(self.request.actor))
         config["metadata"] = {**self.request.metadata, **(config.get("metadata") or {}), **ids, "thread_id": str(self.ref.thread_id)}
         callbacks = config.get("callbacks")
         config["callbacks"] = [*(callbacks if isinstance(callbacks, list) else []), self.usage]

@@ -160,6 +160,8 @@ class RunRequest:
     interrupt_before: str | list[str] | None = None
     interrupt_after: str | list[str] | None = None
     secrets: dict[str, Any] = field(default_factory=dict)
+    actor: dict[str, Any] | None = None
+    """Who asked for the run (see :mod:`graphledger.runs.actor`); set by the server, never read from a body."""
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> RunRequest:
@@ -219,6 +221,8 @@ class RunRequest:
                 payload[name] = getattr(self, name)
         if self.secrets:
             payload["redacted"] = secret_paths(self.secrets)
+        if self.actor is not None:
+            payload["actor"] = self.actor
         return payload
 
     @classmethod
@@ -238,6 +242,7 @@ class RunRequest:
             interrupt_before=payload.get("interrupt_before"),
             interrupt_after=payload.get("interrupt_after"),
             secrets=dict(secrets or {}),
+            actor=dict(payload["actor"]) if isinstance(payload.get("actor"), Mapping) else None,
         )
 
     @property

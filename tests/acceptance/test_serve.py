@@ -88,3 +88,30 @@ def test_migrate_with_database_url(workdir: Path, server_dsn: str) -> None:
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
     assert "latest schema revision" in output
+
+
+AUTH_PROJECT = Path(__file__).parent.parent / "http" / "authproject"
+
+
+def test_serve_refuses_a_non_loopback_address_without_auth(workdir: Path) -> None:
+    process = graphledger("serve", "--host", "0.0.0.0", "--port", str(free_port()), cwd=workdir)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 1, output
+    assert output.startswith("graphledger: error: refusing to serve on 0.0.0.0 without authentication") and len(output.strip().splitlines()) == 1
+    assert not (workdir / ".graphledger").exists()  # refused before anything started
+
+
+def test_serve_without_auth_elsewhere_only_when_told_and_then_warns(workdir: Path) -> None:
+    url = f"postgresql://nobody:secret@127.0.0.1:{free_port()}/nothing"  # stops right after the check
+    process = graphledger("serve", "--host", "0.0.0.0", "--allow-unauthenticated", "--database-url", url, cwd=workdir)
+    output = process.communicate(timeout=60)[0]
+    assert "graphledger: warning: serving on 0.0.0.0 without authentication" in output
+    assert "cannot connect to" in output and "refusing" not in output
+
+
+def test_serve_with_auth_may_listen_anywhere(workdir: Path) -> None:
+    url = f"postgresql://nobody:secret@127.0.0.1:{free_port()}/nothing"
+    for flags in (["--auth", f"{AUTH_PROJECT}/auth.py:auth"], ["--config", str(AUTH_PROJECT / "langgraph.json")]):
+        process = graphledger("serve", "--host", "0.0.0.0", "--database-url", url, *flags, cwd=workdir)
+        output = process.communicate(timeout=60)[0]
+        assert "cannot connect to" in output and "refusing" not in output and "warning" not in output, output

@@ -1,0 +1,69 @@
+"""The authenticated user of a request, for the rest of the HTTP layer: :func:`actor`.
+
+The door (:class:`graphledger.http.auth.Authenticate`) puts the user on the
+request's scope; everything else reads it through here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import Scope
+
+from graphledger.runs.actor import User
+
+_STATE = "graphledger.auth"  # the scope key holding a request's Access
+
+
+@dataclass(slots=True)
+class Access:
+    """What the door knows of one request: who, the action its route performs, and whether it authorized it."""
+
+    user: User
+    action: str | None = None
+    authorized: bool = False
+    actor: dict[str, Any] | None = None  # the user's JSON form, made once
+
+
+def admit(scope: Scope, user: User) -> None:
+    """Record the authenticated ``user`` of the request whose scope this is (called by the door only)."""
+    scope[_STATE] = Access(user)
+
+
+def access(request: Request) -> Access | None:
+    """The request's :class:`Access`; None when authentication is off."""
+    found: Access | None = request.scope.get(_STATE)
+    return found
+
+
+def user(request: Request) -> User | None:
+    """The authenticated user of the request; None when authentication is off."""
+    found = access(request)
+    return found.user if found is not None else None
+
+
+def actor(request: Request) -> dict[str, Any] | None:
+    """Who made the request: ``{"identity": str, "permissions": [str, ...], ...}``; None when authentication is off.
+
+    Besides identity and permissions, every field of the user that is JSON
+    (``display_name``, ``email``...) is kept; the others are left out. This is
+    what command events record as their ``actor``.
+    """
+    found = access(request)
+    if found is None:
+        return None
+    if found.actor is None:
+        kept: dict[str, Any] = {"identity": found.user.identity, "permissions": found.user.permissions}
+        for key, value in found.user.items():
+            if key in kept or not isinstance(key, str):
+                continue
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                continue
+            kept[key] = value
+        found.actor = kept
+    return dict(found.actor)

@@ -1,0 +1,199 @@
+"""Authentication and isolation, over real HTTP with LangGraph's custom auth (tests/http/authproject/auth.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from langgraph_sdk.client import LangGraphClient
+from langgraph_sdk.errors import NotFoundError
+from starlette.routing import Route
+
+from graphledger.http import auth
+from graphledger.http.app import create_app
+from graphledger.runs import GraphRegistry, RunSettings, demo
+from tests.http.conftest import serve
+
+PROJECT = Path(__file__).parent / "authproject"
+ALICE, BOB, REVIEWER, MALLORY = (f"token-{name}" for name in ("alice", "bob", "reviewer", "mallory"))
+INPUT = {"messages": [{"role": "user", "content": "two words"}]}
+
+
+def make_app(dsn: str) -> Any:
+    graphs = GraphRegistry({"demo": demo.graph, **GraphRegistry.from_config(PROJECT / "langgraph.json")._graphs})
+    return create_app(
+        dsn,
+        graphs=graphs,
+        settings=RunSettings(workers=2, lease_seconds=2.0, lease_grace_seconds=1.0, poll_interval=0.2, drain_seconds=1.0),
+        heartbeat_seconds=0.5,
+        auth=auth.load(config=PROJECT / "langgraph.json"),
+    )
+
+
+@pytest.fixture(scope="module")
+async def url(dsn: str) -> AsyncIterator[str]:
+    async with serve(make_app(dsn)) as base:
+        yield base
+
+
+def client(url: str, token: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=url, headers=headers, timeout=60)
+
+
+@pytest.fixture
+async def alice(url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with client(url, ALICE) as c:
+        yield c
+
+
+@pytest.fixture
+async def bob(url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with client(url, BOB) as c:
+        yield c
+
+
+@pytest.fixture
+async def reviewer(url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with client(url, REVIEWER) as c:
+        yield c
+
+
+def routes(app: Any) -> list[tuple[str, str, Route]]:
+    found = []
+    for route in app.routes:
+        assert isinstance(route, Route)
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            found.append((method, route.path, route))
+    return found
+
+
+def concrete(path: str) -> str:
+    return path.replace("{thread_id}", str(uuid.uuid4())).replace("{run_id}", str(uuid.uuid4()))
+
+
+def test_every_route_but_the_open_ones_declares_its_action(dsn: str) -> None:
+    for method, path, route in routes(make_app(dsn)):
+        if path in auth.OPEN_PATHS:
+            assert auth.action_of(route) is None
+        else:
+            assert auth.action_of(route) in auth.ACTIONS, f"{method} {path} is not guarded"
+
+
+async def test_no_token_or_a_bad_token_is_401_on_every_route(dsn: str, url: str) -> None:
+    async with client(url, None) as anonymous, client(url, "token-nobody") as stranger:
+        for method, path, _ in routes(make_app(dsn)):
+            if path in auth.OPEN_PATHS:
+                assert (await anonymous.request(method, path)).status_code == 200
+                continue
+            answer = await anonymous.request(method, concrete(path), json={})
+            assert answer.status_code == 401, (method, path)
+            assert answer.json() == {"detail": "missing bearer token"} and answer.headers["www-authenticate"] == "Bearer"
+            answer = await stranger.request(method, concrete(path), json={})
+            assert (answer.status_code, answer.json()) == (401, {"detail": "invalid token"}), (method, path)
+
+
+async def test_a_handler_returning_false_is_403(url: str) -> None:
+    async with client(url, MALLORY) as mallory:
+        answer = await mallory.post("/threads", json={})
+    assert (answer.status_code, answer.json()) == (403, {"detail": "Forbidden"})
+
+
+async def _alices_run(alice: httpx.AsyncClient) -> tuple[str, str, Any]:
+    thread = (await alice.post("/threads", json={"metadata": {"topic": "t"}})).json()
+    assert thread["metadata"] == {"topic": "t", "owner": "alice"}  # stamped by the handler
+    tid = thread["thread_id"]
+    answer = await alice.post(
+        f"/threads/{tid}/runs/wait",
+        json={"assistant_id": "whoami", "input": {"x": 1}, "config": {"configurable": {"langgraph_auth_user_id": "bob"}}},
+    )
+    assert answer.status_code == 200, answer.text
+    rid = answer.headers["content-location"].rsplit("/", 1)[1]
+    return tid, rid, answer.json()
+
+
+async def test_the_graph_sees_the_user_who_started_its_run(alice: httpx.AsyncClient) -> None:
+    _, _, output = await _alices_run(alice)
+    # A client cannot name another user: the server's identity replaces what the config said.
+    assert output["who"] == {"identity": "alice", "item": "alice", "user_id": "alice", "permissions": ["chat"]}
+
+
+async def test_another_users_thread_and_runs_are_not_found_anywhere(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient
+) -> None:
+    tid, rid, _ = await _alices_run(alice)
+    t, r = f"/threads/{tid}", f"/threads/{tid}/runs/{rid}"
+    reads = [
+        t, f"{t}/runs", f"{t}/messages", f"{t}/usage", f"{t}/export",
+        r, f"{r}/join", f"{r}/stream", f"{r}/events", f"{r}/messages", f"{r}/usage", f"{r}/verify", f"{r}/export",
+    ]
+    for path in reads:
+        assert (await alice.get(path)).status_code == 200, path
+        answer = await bob.get(path)
+        assert answer.status_code == 404, (path, answer.status_code, answer.text[:200])
+        assert "alice" not in answer.text and "owner" not in answer.text
+    for method, path in [("POST", f"{r}/cancel"), ("POST", f"{r}/stream"), ("DELETE", t)]:
+        assert (await bob.request(method, path)).status_code == 404, path
+    answer = await bob.post(f"{t}/runs", json={"assistant_id": "whoami", "input": {}})
+    assert answer.status_code == 404
+    assert (await bob.post(f"{t}/runs/wait", json={"assistant_id": "whoami", "input": {}, "if_not_exists": "create"})).status_code == 404
+    assert (await bob.post("/threads", json={"thread_id": tid, "if_exists": "do_nothing"})).status_code == 409
+    assert (await alice.get(t)).json()["metadata"] == {"topic": "t", "owner": "alice"}  # untouched
+
+
+async def test_the_reviewer_reads_everything_and_changes_nothing(alice: httpx.AsyncClient, reviewer: httpx.AsyncClient) -> None:
+    tid, rid, _ = await _alices_run(alice)
+    t, r = f"/threads/{tid}", f"/threads/{tid}/runs/{rid}"
+    for path in [t, f"{t}/runs", f"{t}/export", r, f"{r}/events", f"{r}/verify"]:
+        assert (await reviewer.get(path)).status_code == 200, path
+    assert (await reviewer.delete(t)).status_code == 404  # delete is not a read: owner only
+    assert (await reviewer.post(f"{r}/cancel")).status_code == 404
+
+
+async def test_a_stateless_run_belongs_to_its_creator(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
+    answer = await alice.post("/runs/wait", json={"assistant_id": "whoami", "input": {}})
+    assert answer.status_code == 200 and answer.json()["who"]["identity"] == "alice"
+    path = answer.headers["content-location"]
+    assert (await alice.get(path)).json()["metadata"]["owner"] == "alice"
+    assert (await bob.get(path)).status_code == 404
+
+
+async def test_the_official_sdk_with_a_token(url: str) -> None:
+    async with client(url, ALICE) as a, client(url, BOB) as b:
+        sdk_alice, sdk_bob = LangGraphClient(a), LangGraphClient(b)
+        thread = await sdk_alice.threads.create()
+        parts = [p async for p in sdk_alice.runs.stream(thread["thread_id"], "whoami", input={})]
+        assert parts[-1].data["who"]["identity"] == "alice"
+        with pytest.raises(NotFoundError):
+            await sdk_bob.threads.get(thread["thread_id"])
+        with pytest.raises(NotFoundError):
+            await sdk_bob.runs.list(thread["thread_id"])
+
+
+async def test_commands_record_their_actor(dsn: str, alice: httpx.AsyncClient) -> None:
+    thread = (await alice.post("/threads", json={})).json()
+    tid = thread["thread_id"]
+    run = (await alice.post(f"/threads/{tid}/runs", json={"assistant_id": "demo", "input": INPUT, "config": {"configurable": {"tokens": 500, "token_delay": 0.02}}})).json()
+    rid = run["run_id"]
+    assert (await alice.post(f"/threads/{tid}/runs/{rid}/cancel?wait=true")).status_code == 200
+    events = (await alice.get(f"/threads/{tid}/runs/{rid}/events")).json()["events"]
+    by_kind = {e["kind"]: e["data"] for e in events}
+    expected = {"identity": "alice", "permissions": ["chat"], "email": "alice@example.org", "display_name": "alice", "is_authenticated": True}
+    assert by_kind["run.created"]["actor"] == expected
+    assert by_kind["run.cancel_requested"]["actor"] == expected
+    assert "actor" not in run["kwargs"]
+    verified = (await alice.get(f"/threads/{tid}/runs/{rid}/verify")).json()
+    assert verified["ok"]  # the actor is inside the hashed payload
+    assert (await alice.delete(f"/threads/{tid}")).status_code == 204
+    conn = await asyncpg.connect(dsn)
+    try:
+        deleted_by = await conn.fetchval("SELECT deleted_by::text FROM threads WHERE thread_id = $1", uuid.UUID(tid))
+    finally:
+        await conn.close()
+    assert json.loads(deleted_by) == expected
