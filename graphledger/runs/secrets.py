@@ -22,6 +22,7 @@ Everything here is pure: no I/O.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -253,6 +254,8 @@ class Scrubber:
         if isinstance(value, BaseModel):
             updates = {name: new for name, old in vars(value).items() if (new := self.object(old, depth)) is not old}
             return value.model_copy(update=updates) if updates else value
+        if isinstance(value, BaseException):
+            return self._exception(value, depth)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             changes = {
                 f.name: new for f in dataclasses.fields(value)
@@ -260,3 +263,20 @@ class Scrubber:
             }
             return dataclasses.replace(value, **changes) if changes else value
         return value
+
+    def _exception(self, error: BaseException, depth: int) -> BaseException:
+        """A copy of ``error`` with known values replaced in its arguments and attributes (the graph's own is left alone)."""
+        args = self.object(error.args, depth)
+        attributes = {name: new for name, old in vars(error).items() if (new := self.object(old, depth)) is not old}
+        if args is error.args and not attributes:
+            return error
+        try:  # the same type, made without its __init__ (whose signature is its own)
+            scrubbed = type(error).__new__(type(error), *args)
+            vars(scrubbed).update(vars(error))
+        except Exception:
+            scrubbed = Exception(*args)
+        scrubbed.args = tuple(args)
+        for name, value in attributes.items():
+            with contextlib.suppress(Exception):
+                setattr(scrubbed, name, value)
+        return scrubbed

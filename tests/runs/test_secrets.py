@@ -190,3 +190,19 @@ def test_what_the_checkpointer_stores_has_no_secret() -> None:
     assert stored["configurable"]["thread_id"] == "t" and stored["configurable"]["n"] == 2
     assert config["configurable"]["openai_api_key"] == "sk-cp-1"  # the graph's own config is left alone
     assert scrubber_of({"configurable": {"run_id": run_id}}) is None  # the block ended
+
+
+class LoginFailed(Exception):
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def test_the_scrubber_replaces_values_in_a_copy_of_an_exception() -> None:
+    scrubber = Scrubber(["sk-error-1"])
+    error = LoginFailed("no login with sk-error-1", key="sk-error-1")
+    scrubbed = scrubber.object({"__error__": error})["__error__"]
+    assert isinstance(scrubbed, LoginFailed) and str(scrubbed) == "no login with [redacted]" and scrubbed.key == "[redacted]"
+    assert str(error) == "no login with sk-error-1"  # the graph's own is left alone
+    plain = RuntimeError("nothing secret")
+    assert scrubber.object(plain) is plain
