@@ -180,20 +180,22 @@ def _encoded(value: str) -> str:
 class Scrubber:
     """Replaces a run's known secret values with :data:`REDACTED`, in JSON text and in objects.
 
-    :meth:`text` is on the streaming path: one precompiled search over the
-    chunk's JSON text finds whether any value is there (matched as it appears
-    encoded in JSON); only then is the chunk decoded, scrubbed and encoded
-    again. A run without secrets has no scrubber at all (:meth:`of` is None).
+    :meth:`text` is on the streaming path: a search over the chunk's JSON
+    text finds whether any value is there (matched as it appears encoded in
+    JSON); only then is the chunk decoded, scrubbed and encoded again. The
+    search is one ``in`` per distinct encoded form: CPython's substring search
+    takes about 0.2 us per form on a token chunk, where one regular expression
+    of the alternatives took 3 to 4 us. A run without secrets has no scrubber
+    at all (:meth:`of` is None).
     """
 
-    __slots__ = ("values", "_search")
+    __slots__ = ("values", "_forms")
 
     def __init__(self, values: Iterable[str]) -> None:
         unique = {v for v in values if isinstance(v, str) and len(v) >= MIN_VALUE_LENGTH}
         self.values: tuple[str, ...] = tuple(sorted(unique, key=lambda v: (-len(v), v)))
         forms = {form for v in self.values for form in (v, _encoded(v), json.dumps(v)[1:-1])}
-        pattern = "|".join(re.escape(form) for form in sorted(forms, key=lambda f: (-len(f), f)))
-        self._search = re.compile(pattern).search
+        self._forms = tuple(sorted(forms, key=lambda f: (-len(f), f)))
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Scrubber | None:
@@ -202,11 +204,15 @@ class Scrubber:
         return scrubber if scrubber.values else None
 
     def found(self, text: str) -> bool:
-        return self._search(text) is not None
+        """Whether a known value is in JSON text ``text``."""
+        for form in self._forms:
+            if form in text:
+                return True
+        return False
 
     def text(self, data: str) -> str:
         """JSON text ``data`` with every known value replaced, as canonical JSON (``data`` itself when none is there)."""
-        if self._search(data) is None:
+        if not self.found(data):
             return data
         return canonical_json(self.json(json.loads(data)))
 
