@@ -45,6 +45,8 @@ def page_json(page: MessagePage) -> dict[str, Any]:
             {
                 "id": m.message_id, "type": m.type, "run_id": str(m.run_id), "seq": m.seq,
                 "position": m.position, "part": m.part, "data": m.data,
+                "updated_run_id": str(m.updated_run_id), "updated_seq": m.updated_seq,
+                "edited_by_run_id": str(m.edited_by) if m.edited_by is not None else None,
             }
             for m in page.messages
         ],

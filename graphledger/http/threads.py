@@ -15,6 +15,7 @@ from graphledger.http.identity import actor
 from graphledger.ledger import Ledger
 from graphledger.ledger.threads import Thread
 from graphledger.projections import Projections
+from graphledger.runs.lifecycle import thread_metadata_without_secrets
 
 IF_EXISTS = ("raise", "do_nothing")
 
@@ -36,6 +37,7 @@ async def create_thread(request: Request) -> JSONResponse:
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise HTTPError(422, "metadata must be an object")
+    metadata, _ = thread_metadata_without_secrets(metadata)  # a thread's secrets are not kept
     if_exists = body.get("if_exists") or "raise"
     if if_exists not in IF_EXISTS:
         raise HTTPError(422, f"if_exists must be raise or do_nothing, not {if_exists!r}")

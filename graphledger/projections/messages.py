@@ -14,8 +14,11 @@ serialized form (``{"lc": 1, "type": "constructor", "id": [..., "AIMessage"],
 "kwargs": {...}}``).
 
 Messages are deduplicated by id within a thread, as LangGraph's
-``add_messages`` does: a message keeps the place where it first appeared and
-takes the content of its latest write. Both rules compare log positions
+``add_messages`` does: a message keeps the place where it first appeared (and the run that
+first wrote it) and takes the content of its latest write ; it also names the
+run and seq of its last write that is not an echo (input, a node's update;
+a ``stream:values`` snapshot repeats every message and writes none of them),
+so a later run that rewrites a message shows as its editor. Both rules compare log positions
 (global position, then index within the event), not arrival order, so they
 give the same result whatever order the writes are applied in: applied inline
 as flushes commit, or replayed from the log. A message without an id gets one
@@ -53,6 +56,7 @@ class Written:
     part: int  # its index among the event's messages
     type: str
     data: Mapping[str, Any]
+    echo: bool = False  # carried by a state snapshot (``stream:values``), which repeats the thread's messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,15 @@ class Message:
     updated_part: int
     type: str
     data: Mapping[str, Any]
+    updated_run_id: UUID  # the run that last wrote it (see ``writer``): another run than ``run_id`` edited it
+    updated_seq: int
+    writer_position: int | None  # where that write is; None when every write was an echo (then it is the first one)
+    writer_part: int | None
+
+    @property
+    def edited_by(self) -> UUID | None:
+        """The run that rewrote this message after the run that first recorded it, if another one did."""
+        return self.updated_run_id if self.updated_run_id != self.run_id else None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -125,7 +138,7 @@ def messages_of(event: Event) -> list[Written]:
             continue
         kind, fields = found
         message_id = text(fields.get("id")) or f"{event.run_id}:{event.seq}:{part}"
-        written.append(Written(message_id, part, kind, fields))
+        written.append(Written(message_id, part, kind, fields, event.kind == "stream:values"))
     return written
 
 
@@ -135,10 +148,27 @@ def merge(stored: Message | None, new: Message) -> Message:
         return new
     first = new if new.key < stored.key else stored
     last = new if (new.updated_position, new.updated_part) > (stored.updated_position, stored.updated_part) else stored
+    writer = new if _writes_after(new, stored) else stored
     return Message(
         stored.thread_id, stored.message_id, first.position, first.part, first.run_id, first.seq,
         last.updated_position, last.updated_part, last.type, last.data,
+        writer.updated_run_id, writer.updated_seq, writer.writer_position, writer.writer_part,
     )
+
+
+def _writes_after(new: Message, stored: Message) -> bool:
+    """Whether ``new`` names the message's last writer rather than ``stored``.
+
+    The writer is the latest write that is not an echo (a run's input, a
+    node's update); a state snapshot repeats every message of the thread and
+    names no writer, unless the message was only ever echoed (then the first
+    echo is its writer).
+    """
+    if new.writer_position is not None and new.writer_part is not None:
+        if stored.writer_position is None or stored.writer_part is None:
+            return True
+        return (new.writer_position, new.writer_part) > (stored.writer_position, stored.writer_part)
+    return stored.writer_position is None and new.key < stored.key
 
 
 def fold(messages: dict[tuple[UUID, str], Message], event: Event) -> dict[tuple[UUID, str], Message]:
@@ -146,7 +176,8 @@ def fold(messages: dict[tuple[UUID, str], Message], event: Event) -> dict[tuple[
     for written in messages_of(event):
         new = Message(
             event.thread_id, written.message_id, event.global_position, written.part, event.run_id, event.seq,
-            event.global_position, written.part, written.type, written.data,
+            event.global_position, written.part, written.type, written.data, event.run_id, event.seq,
+            None if written.echo else event.global_position, None if written.echo else written.part,
         )
         key = (event.thread_id, written.message_id)
         messages[key] = merge(messages.get(key), new)

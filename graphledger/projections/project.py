@@ -54,7 +54,7 @@ COLUMNS = {
         "thread_id", "run_id", "call_id", "seq", "ts", "model", "caller", "usage_known", "input_tokens",
         "output_tokens", "total_tokens", "cache_read", "cache_creation", "reasoning", "latency_ms",
     ),
-    MESSAGES: ("thread_id", "run_id", "seq", "pos", "part", "message_id", "type", "data"),
+    MESSAGES: ("thread_id", "run_id", "seq", "pos", "part", "message_id", "type", "data", "echo"),
 }
 """The column arrays each projection's merge takes, in order (one parameter each)."""
 _ARRAYS = {name: len(columns) for name, columns in COLUMNS.items()}
@@ -78,6 +78,13 @@ def _ctes(placeholders: Mapping[str, str], schema: str, inline: bool, names: Col
     position = "i.global_position" if inline else "m.pos"
     earlier = "(excluded.position, excluded.part) < (m.position, m.part)"
     later = "(excluded.updated_position, excluded.updated_part) > (m.updated_position, m.updated_part)"
+    # The later writer (messages.merge): a write that is not an echo beats an echo, else the later one wins;
+    # between echoes only, the first.
+    writes = (
+        "(CASE WHEN excluded.writer_position IS NOT NULL"
+        " THEN m.writer_position IS NULL OR (excluded.writer_position, excluded.writer_part) > (m.writer_position, m.writer_part)"
+        f" ELSE m.writer_position IS NULL AND {earlier} END)"
+    )
     parts = []
     if RUN_STATUS in params:
         s = params[RUN_STATUS]
@@ -132,10 +139,10 @@ calls_merged AS (
         m = params[MESSAGES]
         parts.append(f"""
 messages_written AS (
-    SELECT m.thread_id, m.message_id, {position} AS position, m.part, m.run_id, m.seq, m.type, m.data
+    SELECT m.thread_id, m.message_id, {position} AS position, m.part, m.run_id, m.seq, m.type, m.data, m.echo
     FROM unnest({m[0]}::uuid[], {m[1]}::uuid[], {m[2]}::int[], {m[3]}::bigint[], {m[4]}::int[], {m[5]}::text[],
-                {m[6]}::text[], {m[7]}::text[])
-        AS m(thread_id, run_id, seq, pos, part, message_id, type, data)
+                {m[6]}::text[], {m[7]}::text[], {m[8]}::bool[])
+        AS m(thread_id, run_id, seq, pos, part, message_id, type, data, echo)
     {only_inserted("m", "seq")}
 ), messages_first_last AS (
     -- Writes of one message in this batch: the place of the first, the content of the last.
@@ -143,14 +150,22 @@ messages_written AS (
         thread_id, message_id,
         first_value(position) OVER w AS position, first_value(part) OVER w AS part,
         first_value(run_id) OVER w AS run_id, first_value(seq) OVER w AS seq,
-        position AS updated_position, part AS updated_part, type, data
+        position AS updated_position, part AS updated_part, type, data,
+        first_value(run_id) OVER e AS updated_run_id, first_value(seq) OVER e AS updated_seq,
+        first_value(CASE WHEN echo THEN NULL ELSE position END) OVER e AS writer_position,
+        first_value(CASE WHEN echo THEN NULL ELSE part END) OVER e AS writer_part
     FROM messages_written
-    WINDOW w AS (PARTITION BY thread_id, message_id ORDER BY position, part)
+    WINDOW w AS (PARTITION BY thread_id, message_id ORDER BY position, part),
+           -- the writer: the last write that is not an echo, else the first echo
+           e AS (PARTITION BY thread_id, message_id ORDER BY echo,
+                 CASE WHEN echo THEN position END, CASE WHEN echo THEN part END, position DESC, part DESC)
     ORDER BY thread_id, message_id, updated_position DESC, updated_part DESC  -- output names: the write's own place
 ), messages_merged AS (
     INSERT INTO {t}messages AS m (thread_id, message_id, position, part, run_id, seq,
-                                  updated_position, updated_part, type, data)
-    SELECT thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::json
+                                  updated_position, updated_part, type, data, updated_run_id, updated_seq,
+                                  writer_position, writer_part)
+    SELECT thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::json,
+           updated_run_id, updated_seq, writer_position, writer_part
     FROM messages_first_last
     ON CONFLICT (thread_id, message_id) DO UPDATE SET
         position = CASE WHEN {earlier} THEN excluded.position ELSE m.position END,
@@ -160,8 +175,12 @@ messages_written AS (
         updated_position = CASE WHEN {later} THEN excluded.updated_position ELSE m.updated_position END,
         updated_part = CASE WHEN {later} THEN excluded.updated_part ELSE m.updated_part END,
         type = CASE WHEN {later} THEN excluded.type ELSE m.type END,
-        data = CASE WHEN {later} THEN excluded.data ELSE m.data END
-    WHERE {earlier} OR {later}
+        data = CASE WHEN {later} THEN excluded.data ELSE m.data END,
+        updated_run_id = CASE WHEN {writes} THEN excluded.updated_run_id ELSE m.updated_run_id END,
+        updated_seq = CASE WHEN {writes} THEN excluded.updated_seq ELSE m.updated_seq END,
+        writer_position = CASE WHEN {writes} THEN excluded.writer_position ELSE m.writer_position END,
+        writer_part = CASE WHEN {writes} THEN excluded.writer_part ELSE m.writer_part END
+    WHERE {earlier} OR {later} OR {writes}
 )""")
     return ",".join(parts)
 
@@ -222,7 +241,7 @@ class Rows:
         for written in messages_fold.messages_of(event):
             row = (
                 event.thread_id, event.run_id, event.seq, event.global_position, written.part,
-                written.message_id, written.type, canonical_json(written.data),
+                written.message_id, written.type, canonical_json(written.data), written.echo,
             )
             for column, value in zip(self.messages, row, strict=True):
                 column.append(value)

@@ -87,7 +87,10 @@ CALLS_SQL = {
     "run": f"{_CALLS} WHERE l.thread_id = $1 AND l.run_id = $2 ORDER BY l.seq",
 }
 
-_MESSAGE_COLUMNS = "thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::text AS data"
+_MESSAGE_COLUMNS = (
+    "thread_id, message_id, position, part, run_id, seq, updated_position, updated_part, type, data::text AS data,"
+    " updated_run_id, updated_seq, writer_position, writer_part"
+)
 
 
 def _page_sql(by_run: bool, backward: bool) -> str:
@@ -177,6 +180,7 @@ def _message(row: asyncpg.Record) -> Message:
     return Message(
         row["thread_id"], row["message_id"], row["position"], row["part"], row["run_id"], row["seq"],
         row["updated_position"], row["updated_part"], row["type"], json.loads(row["data"]),
+        row["updated_run_id"], row["updated_seq"], row["writer_position"], row["writer_part"],
     )
 
 

@@ -69,6 +69,13 @@ messages = sa.Table(
     sa.Column("updated_part", sa.Integer, nullable=False),
     sa.Column("type", sa.Text, nullable=False),
     sa.Column("data", postgresql.JSON, nullable=False),
+    # Its last writer: the run and seq of its latest write that is not an echo (a stream:values snapshot
+    # repeats every message), at writer_position/part; NULL there when it was only ever echoed (then the
+    # first echo). A writer other than run_id edited the message.
+    sa.Column("updated_run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("updated_seq", sa.Integer, nullable=False),
+    sa.Column("writer_position", sa.BigInteger, nullable=True),
+    sa.Column("writer_part", sa.Integer, nullable=True),
     sa.PrimaryKeyConstraint("thread_id", "message_id", name="messages_pkey"),
     sa.UniqueConstraint("thread_id", "position", "part", name="messages_thread_position_key"),
     sa.Index("messages_run_position_idx", "thread_id", "run_id", "position", "part"),

@@ -6,6 +6,13 @@ in the schema ``langgraph`` (made by migration 0003), so they never mix with
 the ledger's tables. Every run passes its id as ``config["metadata"]["run_id"]``,
 which LangGraph copies into each checkpoint's metadata: a rollback deletes the
 checkpoints a run wrote, which restores the thread's state from before it.
+
+No secret is written to those tables (:class:`ResilientSaver`): values under
+secret keys and URL passwords of the config LangGraph copies into a
+checkpoint's metadata are replaced by ``[redacted]``, and so is every known
+secret value of the run (:func:`scrubbing`) in the metadata, the channel
+values and the pending writes. The graph itself keeps its config and state
+as they are while it runs.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -29,6 +36,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from graphledger.ledger.errors import DatabaseUnavailable
 from graphledger.ledger.read import Connection
+from graphledger.runs.secrets import REDACTED, Scrubber, is_secret_key, split_secrets, without_url_passwords
+from graphledger.runs.secrets import strings as secret_strings
 
 _log = logging.getLogger("graphledger.runs")
 T = TypeVar("T")
@@ -106,10 +115,89 @@ class ResilientSaver(AsyncPostgresSaver):
     async def aput(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
+        scrubber = scrubber_of(config)
+        config, metadata = scrubbed_config(config, scrubber), scrubbed_metadata(metadata, scrubber)
+        if scrubber is not None:
+            values = checkpoint["channel_values"]
+            scrubbed = scrubber.object(values)
+            if scrubbed is not values:
+                checkpoint = {**checkpoint, "channel_values": scrubbed}
         return await self._retried("write", functools.partial(AsyncPostgresSaver.aput, self, config, checkpoint, metadata, new_versions))
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
+        scrubber = scrubber_of(config)
+        if scrubber is not None:
+            writes = [(channel, scrubber.object(value)) for channel, value in writes]
+        config = scrubbed_config(config, scrubber)
         await self._retried("write", functools.partial(AsyncPostgresSaver.aput_writes, self, config, writes, task_id, task_path))
+
+
+_scrubbers: dict[str, Scrubber] = {}
+"""The scrubbers of the runs executing in this process, by run id (see :func:`scrubbing`)."""
+
+
+@contextmanager
+def scrubbing(run_id: UUID, scrubber: Scrubber | None) -> Iterator[None]:
+    """While the block runs, what :class:`ResilientSaver` writes for run ``run_id`` has ``scrubber``'s values replaced.
+
+    The saver finds the run by the ``run_id`` the run's config carries in
+    ``configurable`` (every run's does, and its subgraphs inherit it).
+    """
+    if scrubber is None:
+        yield
+        return
+    key = str(run_id)
+    _scrubbers[key] = scrubber
+    try:
+        yield
+    finally:
+        if _scrubbers.get(key) is scrubber:
+            del _scrubbers[key]
+
+
+def scrubber_of(config: RunnableConfig) -> Scrubber | None:
+    """The scrubber of the run a checkpointer call belongs to, with the values under secret keys of its config."""
+    configurable = config.get("configurable") or {}
+    run_id = configurable.get("run_id")
+    registered = _scrubbers.get(str(run_id)) if run_id is not None else None
+    found = [
+        value for source in (configurable, config.get("metadata") or {})
+        for key, value in source.items() if isinstance(key, str) and is_secret_key(key)
+    ]
+    if not found:
+        return registered
+    return Scrubber.of([*(registered.values if registered is not None else ()), *secret_strings(found)]) or registered
+
+
+def _without_secrets(values: Mapping[str, Any], scrubber: Scrubber | None) -> dict[str, Any]:
+    """Top-level ``values`` (which LangGraph copies into a checkpoint's metadata) without secrets."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(key, str) and is_secret_key(key) and not key.startswith("__"):
+            value = REDACTED
+        elif isinstance(value, str):
+            value = without_url_passwords(value)
+            if scrubber is not None:
+                value = scrubber.string(value)
+        kept[key] = value
+    return kept
+
+
+def scrubbed_config(config: RunnableConfig, scrubber: Scrubber | None) -> RunnableConfig:
+    """A checkpointer call's config as the checkpointer may store it (the graph keeps the original)."""
+    scrubbed = dict(config)
+    for name in ("configurable", "metadata"):
+        values = config.get(name)
+        if isinstance(values, Mapping):
+            scrubbed[name] = _without_secrets(values, scrubber)
+    return scrubbed  # type: ignore[return-value]  # the same keys as the TypedDict it came from
+
+
+def scrubbed_metadata(metadata: CheckpointMetadata, scrubber: Scrubber | None) -> CheckpointMetadata:
+    kept, _, _ = split_secrets(dict(metadata))
+    if scrubber is not None:
+        kept = scrubber.object(kept)
+    return kept  # type: ignore[no-any-return]  # the same keys as the TypedDict it came from
 
 
 @asynccontextmanager

@@ -49,7 +49,7 @@ from graphledger.ledger.events import (
 )
 from graphledger.ledger.session import Transaction
 from graphledger.ledger.threads import Visibility
-from graphledger.runs import checkpoint
+from graphledger.runs import checkpoint, secrets
 from graphledger.runs.errors import (
     InvalidRequest,
     NotCancellable,
@@ -122,6 +122,8 @@ async def admit(
     thread_id = thread_id or uuid4()
     ref = RunRef(thread_id, run_id or uuid4())
     cancelled: list[RunRef] = []
+    thread_metadata, thread_secrets = thread_metadata_without_secrets(thread_metadata)
+    request.know(thread_secrets)
     # notify=False: notified after the commit, not in it; admissions come in
     # bursts, and commits that notify are flushed one at a time.
     async with ledger.transaction(notify=False) as tx:
@@ -141,6 +143,12 @@ async def admit(
         if request.secrets:
             await tx.secrets.put(ref, request.secrets)
     return Admitted(ref, created, cancelled)
+
+
+def thread_metadata_without_secrets(metadata: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
+    """A thread's metadata with its secrets replaced by ``[redacted]``, and those secrets (None: it has none)."""
+    kept, found, _ = secrets.split_secrets(dict(metadata or {}))
+    return kept, found
 
 
 async def delete_thread(

@@ -45,7 +45,7 @@ from graphledger.ledger.events import (
     Event,
     RunRef,
 )
-from graphledger.runs import actor, lifecycle
+from graphledger.runs import actor, checkpoint, lifecycle
 from graphledger.runs.leases import LeaseKeeper
 from graphledger.runs.request import (
     STREAM_MODES,
@@ -209,6 +209,8 @@ class Recording:
         self.graph_thread_id = str(ref.thread_id)
         self.resume = False
         """Continue the graph from the thread's latest checkpoint (input None) rather than from the request's input."""
+        self.scrubber = request.scrubber()
+        """Replaces the run's known secret values in every payload before it is hashed (None: the run has none)."""
 
     def config(self, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The run's config for LangGraph: ``base`` (else the request's) with the run's ids and the usage handler.
@@ -232,8 +234,12 @@ class Recording:
             return None
         return Command(**self.request.command) if self.request.command else self.request.input
 
+    def scrubbed(self, payload: Any) -> Any:
+        """A JSON-like payload with the run's known secret values replaced."""
+        return payload if self.scrubber is None else self.scrubber.json(payload)
+
     def feed(self, kind: str, payload: Any) -> None:
-        self.ledger.feed(self.ref, kind, payload)
+        self.ledger.feed(self.ref, kind, self.scrubbed(payload))
 
     def record(self, namespace: tuple[str, ...], mode: str, chunk: Any) -> None:
         """Append one part of the stream."""
@@ -243,7 +249,10 @@ class Recording:
                 value = chunk[INTERRUPT_KEY]
                 self.interrupts.extend(value if isinstance(value, (list, tuple)) else [value])
         self.chunks += 1
-        self.ledger.feed_encoded(self.ref, stream_kind(mode, namespace), encode(chunk))
+        data = encode(chunk)
+        if self.scrubber is not None:
+            data = self.scrubber.text(data)
+        self.ledger.feed_encoded(self.ref, stream_kind(mode, namespace), data)
 
     async def stream(
         self, graph: Any, input: Any = None, config: Mapping[str, Any] | None = None
@@ -259,13 +268,14 @@ class Recording:
                 options[name] = getattr(request, name)
         if input is None:
             input = self.graph_input()
-        async for part in graph.astream(input, self.config(config), **options):
-            if len(part) == 3:
-                namespace, mode, chunk = part
-            else:
-                (mode, chunk), namespace = part, ()
-            self.record(tuple(namespace), mode, chunk)
-            yield tuple(namespace), mode, chunk
+        with checkpoint.scrubbing(self.ref.run_id, self.scrubber):
+            async for part in graph.astream(input, self.config(config), **options):
+                if len(part) == 3:
+                    namespace, mode, chunk = part
+                else:
+                    (mode, chunk), namespace = part, ()
+                self.record(tuple(namespace), mode, chunk)
+                yield tuple(namespace), mode, chunk
 
     # -- the end -------------------------------------------------------------------
 
@@ -275,7 +285,7 @@ class Recording:
         try:
             if error is not None:
                 self.feed(STREAM_ERROR, {"error": error["type"], "message": error["message"]})
-            self.ended = await self.ledger.append(self.ref, kind, dict(payload))
+            self.ended = await self.ledger.append(self.ref, kind, self.scrubbed(dict(payload)))
         except RunFinished as exc:
             _log.warning("run %s was ended elsewhere (%s) before this process could end it", self.ref.run_id, exc.status)
             return None

@@ -1,16 +1,17 @@
 """A run request: what a caller asks for, validated, and how it is recorded.
 
 The ``run.created`` event records the request as admitted (see
-:meth:`RunRequest.record`), minus secrets: config values under keys that name
-a secret (``api_key``, ``token``, ``secret``, ``password``, ``authorization``,
-``credentials``, ...) are left out of the log and kept in ``run_secrets``
-until a worker claims the run. Input messages get an id when they have none, so
+:meth:`RunRequest.record`), minus secrets (:mod:`graphledger.runs.secrets`):
+values under keys that name a secret and URL passwords, in the config, the
+context and the run metadata, are replaced by ``[redacted]`` and kept in
+``run_secrets`` until a worker claims the run; the payload lists their paths
+in ``redacted``, and every known secret value is scrubbed from the rest of
+the payload (the input included). Input messages get an id when they have none, so
 the log, the checkpointer and the messages projection name them alike.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,11 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
+from graphledger.runs import secrets
+from graphledger.runs import secrets as secrets_module
 from graphledger.runs.errors import InvalidRequest
+from graphledger.runs.secrets import Scrubber
+from graphledger.runs.secrets import is_secret_key as is_secret_key
 from graphledger.runs.serialize import to_jsonable
 
 STREAM_MODES = {
@@ -38,53 +43,24 @@ ON_DISCONNECT = ("cancel", "continue")
 IF_NOT_EXISTS = ("create", "reject")
 COMMAND_KEYS = {"resume", "update", "goto"}
 
-_SECRET_KEY = re.compile(
-    r"(?:^|[_\-.])(?:api[_\-]?key|apikey|secret|password|passwd|token|access[_\-]?key|authorization|credentials?|private[_\-]?key)(?:$|[_\-.])",
-    re.IGNORECASE,
-)
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a config key names a secret (``openai_api_key``, ``access_token``; not ``max_tokens``)."""
-    return bool(_SECRET_KEY.search(key))
+CONTEXT_SECRETS = "$context"
+METADATA_SECRETS = "$metadata"
+KNOWN_VALUES = "$values"
+"""Reserved keys of a run's stored secrets (``run_secrets``): the config's secrets sit at the top, as the
+config nests them; the context's and the run metadata's under these keys; and under ``$values`` the other
+secret values known at admission (the thread's metadata), which are only scrubbed, never given back."""
 
 
 def split_secrets(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``config`` without its secret values, and those values (same nesting)."""
-    kept: dict[str, Any] = {}
-    secrets: dict[str, Any] = {}
-    for key, value in config.items():
-        if is_secret_key(key):
-            secrets[key] = value
-        elif isinstance(value, Mapping):
-            inner_kept, inner_secrets = split_secrets(value)
-            kept[key] = inner_kept
-            if inner_secrets:
-                secrets[key] = inner_secrets
-        else:
-            kept[key] = value
-    return kept, secrets
+    """``config`` with its secrets replaced by ``[redacted]``, and those secrets (see :func:`secrets.split_secrets`)."""
+    kept, found, _ = secrets.split_secrets(dict(config))
+    return kept, dict(found or {})
 
 
-def merge_secrets(config: dict[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with ``secrets`` (from :func:`split_secrets`) put back."""
-    merged = dict(config)
-    for key, value in secrets.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge_secrets(dict(merged[key]), value)
-        else:
-            merged[key] = value
+def merge_secrets(config: Mapping[str, Any], found: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with ``found`` (from :func:`split_secrets`) put back."""
+    merged: dict[str, Any] = secrets.merge_secrets(dict(config), dict(found) if found else None)
     return merged
-
-
-def secret_paths(secrets: Mapping[str, Any], prefix: str = "") -> list[str]:
-    paths = []
-    for key, value in secrets.items():
-        if isinstance(value, Mapping) and not is_secret_key(key):
-            paths.extend(secret_paths(value, f"{prefix}{key}."))
-        else:
-            paths.append(prefix + key)
-    return sorted(paths)
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...] | set[str] | dict[str, str]) -> str:
@@ -160,6 +136,9 @@ class RunRequest:
     interrupt_before: str | list[str] | None = None
     interrupt_after: str | list[str] | None = None
     secrets: dict[str, Any] = field(default_factory=dict)
+    """The request's secrets as ``run_secrets`` keeps them (see :data:`CONTEXT_SECRETS`)."""
+    redacted: list[str] = field(default_factory=list)
+    """Where secrets were replaced by ``[redacted]``: paths in the ``run.created`` payload."""
     actor: dict[str, Any] | None = None
     """Who asked for the run (see :mod:`graphledger.runs.actor`); set by the server, never read from a body."""
 
@@ -183,7 +162,15 @@ class RunRequest:
         recursion_limit = config.get("recursion_limit")
         if recursion_limit is not None and (not isinstance(recursion_limit, int) or isinstance(recursion_limit, bool) or recursion_limit < 1):
             raise InvalidRequest("config.recursion_limit must be a positive integer")
-        config, secrets = split_secrets(config)
+        config, config_secrets, redacted = secrets.split_secrets(config, "config")
+        context = _mapping("context", body.get("context")) if body.get("context") is not None else None
+        context, context_secrets, context_paths = secrets.split_secrets(context, "context")
+        metadata, metadata_secrets, metadata_paths = secrets.split_secrets(_mapping("metadata", body.get("metadata")), "metadata")
+        stored: dict[str, Any] = dict(config_secrets or {})
+        if context_secrets is not None:
+            stored[CONTEXT_SECRETS] = context_secrets
+        if metadata_secrets is not None:
+            stored[METADATA_SECRETS] = metadata_secrets
         subgraphs = body.get("stream_subgraphs", False)
         if not isinstance(subgraphs, bool):
             raise InvalidRequest("stream_subgraphs must be true or false")
@@ -192,8 +179,8 @@ class RunRequest:
             input=with_message_ids(to_jsonable(body.get("input"))),
             command=to_jsonable(command),
             config=to_jsonable(config),
-            context=to_jsonable(_mapping("context", body.get("context"))) if body.get("context") is not None else None,
-            metadata=to_jsonable(_mapping("metadata", body.get("metadata"))),
+            context=to_jsonable(context),
+            metadata=to_jsonable(metadata),
             stream_mode=stream_modes(body.get("stream_mode")),
             stream_subgraphs=subgraphs,
             multitask_strategy=_choice("multitask_strategy", body.get("multitask_strategy") or "enqueue", MULTITASK_STRATEGIES),
@@ -201,8 +188,19 @@ class RunRequest:
             if_not_exists=_choice("if_not_exists", body.get("if_not_exists") or "reject", IF_NOT_EXISTS),
             interrupt_before=_nodes("interrupt_before", body.get("interrupt_before")),
             interrupt_after=_nodes("interrupt_after", body.get("interrupt_after")),
-            secrets=to_jsonable(secrets),
+            secrets=to_jsonable(stored),
+            redacted=sorted([*redacted, *context_paths, *metadata_paths]),
         )
+
+    def know(self, values: Any) -> None:
+        """Add the strings of ``values`` (secrets found beside the request, such as the thread's metadata) to the run's known secret values."""
+        known = [v for v in secrets.strings(values) if v not in self.secrets.get(KNOWN_VALUES, [])]
+        if known:
+            self.secrets[KNOWN_VALUES] = [*self.secrets.get(KNOWN_VALUES, []), *known]
+
+    def scrubber(self) -> Scrubber | None:
+        """What replaces the run's known secret values in its payloads (None: the run has none)."""
+        return Scrubber.of(secrets.strings(self.secrets))
 
     def record(self) -> dict[str, Any]:
         """The payload of the run's ``run.created`` event (no secrets)."""
@@ -219,29 +217,35 @@ class RunRequest:
         for name in ("command", "context", "interrupt_before", "interrupt_after"):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
-        if self.secrets:
-            payload["redacted"] = secret_paths(self.secrets)
+        scrubber = self.scrubber()
+        if scrubber is not None:
+            payload = scrubber.json(payload)
+        if self.redacted:
+            payload["redacted"] = list(self.redacted)
         if self.actor is not None:
             payload["actor"] = self.actor
         return payload
 
     @classmethod
     def recorded(cls, payload: Mapping[str, Any], secrets: Mapping[str, Any] | None = None) -> RunRequest:
-        """The request a ``run.created`` payload records, with its secrets put back."""
+        """The request a ``run.created`` payload records, with its secrets put back (``run_secrets``' form)."""
+        stored = dict(secrets or {})
+        config_secrets = {k: v for k, v in stored.items() if k not in (CONTEXT_SECRETS, METADATA_SECRETS, KNOWN_VALUES)}
         return cls(
             assistant_id=str(payload.get("assistant_id") or ""),
             input=payload.get("input"),
             command=payload.get("command"),
-            config=merge_secrets(dict(payload.get("config") or {}), secrets or {}),
-            context=payload.get("context"),
-            metadata=dict(payload.get("metadata") or {}),
+            config=merge_secrets(dict(payload.get("config") or {}), config_secrets),
+            context=secrets_module.merge_secrets(payload.get("context"), stored.get(CONTEXT_SECRETS)),
+            metadata=dict(secrets_module.merge_secrets(dict(payload.get("metadata") or {}), stored.get(METADATA_SECRETS))),
             stream_mode=list(payload.get("stream_mode") or ["values"]),
             stream_subgraphs=bool(payload.get("stream_subgraphs")),
             multitask_strategy=str(payload.get("multitask_strategy") or "enqueue"),
             on_disconnect=str(payload.get("on_disconnect") or "continue"),
             interrupt_before=payload.get("interrupt_before"),
             interrupt_after=payload.get("interrupt_after"),
-            secrets=dict(secrets or {}),
+            secrets=stored,
+            redacted=list(payload.get("redacted") or []),
             actor=dict(payload["actor"]) if isinstance(payload.get("actor"), Mapping) else None,
         )
 

@@ -74,3 +74,47 @@ def test_merge_gives_the_same_message_in_any_order() -> None:
         results.add((message.position, message.seq, message.data["content"]))
     assert results == {(10, 1, "three")}
     assert merge(None, next(iter(state.values()))) == next(iter(state.values()))
+
+
+def test_a_later_run_rewriting_a_message_shows_as_its_editor() -> None:
+    later_run = uuid4()
+    first = event("stream:updates", {"agent": {"messages": [{"type": "ai", "content": "original", "id": "a"}]}}, seq=3, position=10)
+    rewrite = Event(
+        THREAD, later_run, 1, "run.created",
+        canonical_json({"input": {"messages": [{"type": "ai", "content": "rewritten", "id": "a"}]}}), T0, bytes(32), 50,
+    )
+    results = set()
+    for order in ([first, rewrite], [rewrite, first]):
+        state: dict = {}
+        for e in order:
+            fold(state, e)
+        (message,) = state.values()
+        results.add((message.run_id, message.seq, message.updated_run_id, message.updated_seq, message.edited_by, message.data["content"]))
+    assert results == {(RUN, 3, later_run, 1, later_run, "rewritten")}
+    state = {}
+    fold(state, first)
+    fold(state, event("stream:values", {"messages": [{"type": "ai", "content": "original", "id": "a"}]}, seq=4, position=11))
+    (message,) = state.values()
+    # an echo in a state snapshot writes nothing: the writer is still the update
+    assert message.edited_by is None and (message.updated_run_id, message.updated_seq) == (RUN, 3)
+
+
+def test_echoes_in_later_snapshots_are_no_edits_and_an_echoed_only_message_is_written_by_its_first_echo() -> None:
+    later_run = uuid4()
+
+    def echo_by(run: Any, seq: int, position: int, content: str) -> Event:
+        payload = {"messages": [{"type": "ai", "content": content, "id": "a"}]}
+        return Event(THREAD, run, seq, "stream:values", canonical_json(payload), T0, bytes(32), position)
+
+    update = event("stream:updates", {"agent": {"messages": [{"type": "ai", "content": "x", "id": "a"}]}}, seq=2, position=10)
+    writes = [echo_by(RUN, 1, 5, "x"), update, echo_by(RUN, 3, 11, "x"), echo_by(later_run, 4, 40, "x")]
+    echoes_only = [w for w in writes if w is not update]
+    for history, writer in ((writes, (RUN, 2, 10)), (echoes_only, (RUN, 1, None))):
+        results = set()
+        for order in itertools.permutations(history):
+            state: dict = {}
+            for e in order:
+                fold(state, e)
+            (message,) = state.values()
+            results.add((message.updated_run_id, message.updated_seq, message.writer_position, message.edited_by))
+        assert results == {(*writer, None)}

@@ -116,7 +116,8 @@ def expected(events: list[Event]) -> dict[str, list[tuple[Any, ...]]]:
             for c in calls.values()
         ),
         "messages": sorted(
-            (m.thread_id, m.message_id, m.position, m.part, m.run_id, m.seq, m.updated_position, m.updated_part, m.type, m.data)
+            (m.thread_id, m.message_id, m.position, m.part, m.run_id, m.seq, m.updated_position, m.updated_part, m.type, m.data,
+             m.updated_run_id, m.updated_seq, m.writer_position, m.writer_part)
             for m in messages.values()
         ),
     }
@@ -125,7 +126,7 @@ def expected(events: list[Event]) -> dict[str, list[tuple[Any, ...]]]:
 def as_stored(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
     import json
 
-    return {**rows, "messages": [(*row[:-1], json.loads(row[-1])) for row in rows["messages"]]}
+    return {**rows, "messages": [(*row[:-5], json.loads(row[-5]), *row[-4:]) for row in rows["messages"]]}
 
 
 async def walk(views: Projections, thread: UUID, limit: int) -> tuple[list[str], list[str]]:

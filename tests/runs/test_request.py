@@ -86,7 +86,8 @@ def test_secrets_leave_the_record_and_come_back_for_the_worker() -> None:
     request = parse(config=config)
     recorded = request.record()
     assert "sk-1" not in str(recorded) and "'p'" not in str(recorded)
-    assert recorded["redacted"] == ["configurable.nested.password", "configurable.openai_api_key"]
+    assert recorded["redacted"] == ["config.configurable.nested.password", "config.configurable.openai_api_key"]
+    assert recorded["config"]["configurable"]["openai_api_key"] == "[redacted]"
     assert RunRequest.recorded(recorded, request.secrets).config == config
     kept, secrets = split_secrets(config)
     assert merge_secrets(kept, secrets) == config

@@ -94,16 +94,26 @@ async def test_an_interrupt_in_the_graph_ends_the_run_interrupted_and_a_command_
 
 
 async def test_secrets_in_config_reach_the_graph_but_not_the_log(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
+    seen: list[Any] = []
+    original = worker.graphs.resolve
+
+    async def resolve(name: str, config: Any, checkpointer: Any = None) -> Any:
+        seen.append(config["configurable"].get("openai_api_key"))
+        return await original(name, config, checkpointer)
+
+    worker.graphs.resolve = resolve  # type: ignore[method-assign]
     ref, end = await run_to_end(ask(config={"configurable": {"openai_api_key": "sk-very-secret", "tokens": 2}}))
     assert end.kind == "run.succeeded"
+    assert seen == ["sk-very-secret"]  # the graph had the key
     events = await ledger.read_run(ref)
     assert all("sk-very-secret" not in e.data for e in events)
-    assert events[0].value["redacted"] == ["configurable.openai_api_key"]
+    assert events[0].value["redacted"] == ["config.configurable.openai_api_key"]
+    assert events[0].value["config"]["configurable"]["openai_api_key"] == "[redacted]"
     async with raw(ledger) as conn:
         assert await conn.fetchval("SELECT count(*) FROM run_secrets WHERE run_id = $1", ref.run_id) == 0
-    # the graph saw the key: LangGraph copies string config values into checkpoint metadata
+    # LangGraph copies string config values into checkpoint metadata: the checkpointer stores the marker instead
     state: Any = await worker.checkpointer.aget_tuple({"configurable": {"thread_id": str(ref.thread_id)}})
-    assert state.metadata.get("openai_api_key") == "sk-very-secret"
+    assert state.metadata.get("openai_api_key") == "[redacted]"
 
 
 async def test_a_graph_factory_that_fails_fails_its_run_with_the_reason(ledger: Ledger, saver: Any) -> None:
