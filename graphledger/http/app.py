@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,6 +24,8 @@ from graphledger.http.common import (
     status_of,
 )
 from graphledger.ledger import Ledger
+from graphledger.ledger.checkpointer import Checkpointer
+from graphledger.ledger.note import Signer
 from graphledger.ledger.errors import LedgerError
 from graphledger.runs import GraphRegistry, RunSettings, Runtime
 
@@ -152,8 +155,16 @@ def create_app(
     settings: RunSettings | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     heartbeat_seconds: float = sse.HEARTBEAT_SECONDS,
+    signer: Signer | None = None,
+    checkpoint_interval: float = 60.0,
+    checkpoint_dir: Path | None = None,
 ) -> Any:
-    """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``."""
+    """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``.
+
+    The Merkle log is grown in the background; with a ``signer``, a
+    checkpoint is signed every ``checkpoint_interval`` seconds (and written to
+    ``checkpoint_dir`` too).
+    """
     graphs = graphs or GraphRegistry.configure()
 
     @asynccontextmanager
@@ -163,10 +174,13 @@ def create_app(
         app.state.heartbeat = heartbeat_seconds
         app.state.streams = sse.Streams()
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)
+        checkpointer = Checkpointer(app.state.ledger, signer, interval=checkpoint_interval, directory=checkpoint_dir)
         try:
             await app.state.runtime.start()
+            checkpointer.start()
             yield
         finally:
+            await checkpointer.close()
             await drain(app)
             await app.state.runtime.close()
             await app.state.ledger.close()

@@ -49,11 +49,13 @@ ORDER BY global_position LIMIT $3
 # late carries a tx below the cursor's only if that transaction was running
 # when the cursor passed -- which this condition rules out -- so the feed never
 # skips a row and needs no timeout.
+# ORDER BY names the table's column: a bare `tx` would be the output column, the
+# text form (`tx::text AS tx`), and '1000' sorts before '999'.
 READ_FEED_SQL = f"""
 SELECT {_COLUMNS} FROM events
 WHERE (tx, global_position) > ($1::text::xid8, $2)
   AND tx < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx, global_position LIMIT $3
+ORDER BY events.tx, events.global_position LIMIT $3
 """
 
 FEED_HASHES_SQL = """
@@ -67,7 +69,7 @@ ORDER BY tx, global_position LIMIT $3
 FEED_ALL_SQL = f"""
 SELECT {_COLUMNS} FROM events
 WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx, global_position
+ORDER BY events.tx, events.global_position
 """
 
 RUN_ROWS_SQL = "SELECT seq, kind, data, ts, hash FROM events WHERE thread_id = $1 AND run_id = $2 ORDER BY seq"

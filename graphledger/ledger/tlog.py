@@ -24,6 +24,7 @@ from uuid import UUID
 import asyncpg
 
 from graphledger.ledger import merkle
+from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.note import Checkpoint, Signer, unsigned_checkpoint
 from graphledger.ledger.read import FEED_HASHES_SQL, Connection
 
@@ -55,7 +56,7 @@ ADD_CHECKPOINT_SQL = "INSERT INTO checkpoints (tree_size, root_hash, signed_at, 
 LATEST_CHECKPOINT_SQL = "SELECT note FROM checkpoints ORDER BY checkpoint_id DESC LIMIT 1"
 
 
-class Inconsistent(Exception):
+class Inconsistent(LedgerError):
     """The tree in the database does not extend the latest checkpoint: nothing is signed."""
 
 
