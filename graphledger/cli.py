@@ -334,12 +334,18 @@ def cmd_verify(args: argparse.Namespace) -> None:
     checkpoint = _signed_checkpoint(args.checkpoint, verifier) if args.checkpoint and verifier else None
     if args.file:
         try:
-            report = verify_file(args.file)
+            report = verify_file(args.file, verifier)
         except OSError as exc:
             raise CommandError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
         if not report.ok:
             raise CommandError(f"{args.file}: line {report.line}: {report.reason}")
         print(f"{args.file}: ok: {counted(report.runs, 'run')}, {counted(report.events, 'event')}, every hash chain intact")
+        if report.checkpoint is not None:
+            signed = "signed by " + verifier.name if verifier else "signature not checked (no --key)"
+            print(
+                f"{args.file}: ok: {counted(report.proven, 'event')} proven in the log's tree of "
+                f"{counted(report.checkpoint.size, 'event')} at {report.checkpoint.time or '?'}, {signed}"
+            )
         return
     with _ledger(args) as (loop, ledger):
         if args.run:
@@ -670,7 +676,10 @@ def parser() -> Parser:
         "--checkpoint", metavar="FILE",
         help="with --all: prove the log today extends the log this signed checkpoint describes (recomputed from the events)",
     )
-    verify.add_argument("--key", metavar="FILE", help="the public key (ledger.pub) that signs the checkpoints")
+    verify.add_argument(
+        "--key", metavar="FILE",
+        help="the public key (ledger.pub) that signs the checkpoints: with FILE, every event must be proven in its signed checkpoint",
+    )
 
     keygen = command(
         "keygen",

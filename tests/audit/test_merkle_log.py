@@ -9,6 +9,8 @@ head consistent, so that ``verify --all`` alone finds nothing. ``verify --all
 
 from __future__ import annotations
 
+import json
+
 
 import os
 import stat
@@ -199,3 +201,84 @@ async def test_bad_merkle_arguments_get_one_line(fresh: str, tmp_path: Path, arg
     assert result.returncode == code, result
     assert words in one_error_line(result)
 
+
+
+def resealed(record: dict[str, object]) -> bytes:
+    from graphledger.ledger.export import sealed
+
+    record.pop("sha256", None)
+    return (sealed(record) + "\n").encode()
+
+
+def edited_consistently(lines: list[bytes]) -> list[bytes]:
+    """The export with one run's payloads changed and everything a chain and a seal cover recomputed."""
+    records = [json.loads(line) for line in lines]
+    events = [r for r in records if r["type"] == "event"]
+    run = events[0]["run_id"]
+    previous = chain.GENESIS
+    for r in events:
+        if r["run_id"] != run:
+            continue
+        if r["seq"] > 1 and r["kind"].startswith("stream:"):
+            r["data"] = '["edited"]'
+        previous = chain.link_with(previous, chain.run_prefix(UUID(r["thread_id"]), UUID(run)), r["seq"], r["kind"], r["ts"], r["data"])
+        r["hash"] = previous.hex()
+    trailer = records[-1]
+    for entry in trailer["runs"]:
+        if entry["run_id"] == run:
+            entry["last_hash"] = previous.hex()
+            entry["first_hash"] = next(r["hash"] for r in events if r["run_id"] == run)
+    out = [resealed(records[0])]
+    out += [json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for r in records[1:-1]]
+    return [*out, resealed(trailer)]
+
+
+async def test_an_export_proves_its_events_in_the_signed_checkpoint(fresh: str, tmp_path: Path) -> None:
+    private, public = await keys(tmp_path)
+    async with await Ledger.connect(fresh, tail=False) as ledger:
+        refs = await record(ledger, runs=3, events=40)
+        unsigned = tmp_path / "before.ndjson"
+        await acli("export", "--thread", str(refs[1].thread_id), "--out", str(unsigned), dsn=fresh)
+        no_proof = await acli("verify", str(unsigned), "--key", str(public))
+        assert no_proof.returncode == 1 and "no signed checkpoint" in one_error_line(no_proof)
+        assert (await acli("verify", str(unsigned))).returncode == 0  # without a key: chains only, as before
+        assert (await acli("checkpoint", "--key", str(private), dsn=fresh)).returncode == 0
+        await record(ledger, runs=1)  # newer than the checkpoint
+    out = tmp_path / "run.ndjson"
+    assert (await acli("export", "--thread", str(refs[1].thread_id), "--out", str(out), dsn=fresh)).returncode == 0
+    verified = await acli("verify", str(out), "--key", str(public))
+    assert verified.returncode == 0, verified
+    assert b"42 events proven in the log's tree of 126 events" in verified.stdout and b"signed by test.example/ledger" in verified.stdout
+
+    lines = out.read_bytes().splitlines(keepends=True)
+    edited = tmp_path / "edited.ndjson"
+    edited.write_bytes(b"".join(edited_consistently(lines)))
+    assert (await acli("verify", str(edited))).returncode == 1  # the proofs are checked even without a key
+    caught = await acli("verify", str(edited), "--key", str(public))
+    assert caught.returncode == 1 and "line 3: the event is not proven to be leaf" in one_error_line(caught), caught
+
+    stripped = [json.loads(line) for line in lines]
+    for r in stripped[1:-1]:
+        r["leaf"], r["proof"] = None, []
+    bare = tmp_path / "bare.ndjson"
+    bare.write_bytes(b"".join([lines[0], *(json.dumps(r).encode() + b"\n" for r in stripped[1:-1]), lines[-1]]))
+    assert (await acli("verify", str(bare))).returncode == 0
+    unproven = await acli("verify", str(bare), "--key", str(public))
+    assert unproven.returncode == 1 and "not in the checkpoint's tree" in one_error_line(unproven)
+
+
+def test_a_version_1_export_still_verifies(tmp_path: Path) -> None:
+    from graphledger.ledger.export import verify_lines
+
+    thread, run = uuid4(), uuid4()
+    prefix = chain.run_prefix(thread, run)
+    events, previous = [], chain.GENESIS
+    for seq, kind, data in ((1, "run.created", "{}"), (2, "run.succeeded", "{}")):
+        ts = "2026-11-01T00:00:00.000000Z"
+        previous = chain.link_with(previous, prefix, seq, kind, ts, data)
+        events.append({"type": "event", "thread_id": str(thread), "run_id": str(run), "seq": seq, "kind": kind, "ts": ts, "data": data, "hash": previous.hex()})
+    header = {"type": "header", "format": "graphledger-export", "version": 1, "exported_at": "x", "server_version": "0.1.0", "filters": {}, "runs": 1, "not_ended": []}
+    trailer = {"type": "trailer", "events": 2, "runs": [{"thread_id": str(thread), "run_id": str(run), "events": 2, "first_hash": events[0]["hash"], "last_hash": previous.hex(), "terminal": "run.succeeded"}]}
+    lines = [resealed(header), *(json.dumps(e).encode() + b"\n" for e in events), resealed(trailer)]
+    report = verify_lines(lines)
+    assert report.ok and report.version == 1 and report.events == 2, report
