@@ -3,14 +3,17 @@
 An export is one UTF-8 file, one JSON object per line (see docs/export.md):
 
 1. a **header**: ``{"type": "header", "format": "graphledger-export",
-   "version": 1, "exported_at", "server_version", "filters", "runs",
-   "not_ended", "sha256"}``; runs that have not ended are left out (their
+   "version": 2, "exported_at", "server_version", "filters", "runs",
+   "not_ended", "checkpoint", "sha256"}`` (``checkpoint``: the latest signed
+   checkpoint of the Merkle log, or null); runs that have not ended are left out (their
    record is not complete yet) and listed in ``not_ended``;
 2. one **event** line per event, runs one after another, each run's events in
    ``seq`` order: ``{"type": "event", "thread_id", "run_id", "seq", "kind",
    "ts", "data", "hash"}``, where ``ts`` is the writer's timestamp in the
    chain's text form and ``data`` is a JSON string holding the payload's
-   stored text exactly;
+   stored text exactly; version 2 adds ``"leaf"`` (its leaf index, or null
+   when the checkpoint does not cover it) and ``"proof"`` (its inclusion
+   proof in the checkpoint's tree, hex); version 1 files still verify;
 3. a **trailer**: ``{"type": "trailer", "events", "runs": [{"thread_id",
    "run_id", "events", "first_hash", "last_hash", "terminal"}], "sha256"}``.
 
