@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 from uuid import UUID
 
-from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.ledger import Event, Ledger, RunRef, chain, merkle
 from graphledger.ledger.access import AccessReport
-from graphledger.ledger.events import RUN_CREATED, STREAM_PREFIX
+from graphledger.ledger.chain import GENESIS
+from graphledger.ledger.events import RUN_CREATED, STREAM_PREFIX, TERMINAL_KINDS
 from graphledger.ledger.export import Selection, export
+from graphledger.ledger.note import DEFAULT_NAME, Checkpoint, Signer
+from graphledger.ledger.session import Session
 from graphledger.progress import Progress
 from graphledger.projections import Projections
 from graphledger.projections.read import MAX_PAGE
@@ -271,3 +276,131 @@ def print_access(entries: list[dict[str, Any]], out: TextIO = sys.stdout) -> Non
         for e in entries
     ]
     out.write(table(rows, ["#", "WHEN", "WHO", "ACTION", "WHAT", "FROM"]) + "\n")
+
+
+# -- the Merkle log -------------------------------------------------------------------
+
+
+def keygen(directory: Path, name: str = DEFAULT_NAME) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair: ``ledger.key`` (mode 0600, never overwritten) and ``ledger.pub``."""
+    signer = Signer.generate(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    private, public = directory / "ledger.key", directory / "ledger.pub"
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(signer.encode() + "\n")
+    public.write_text(signer.verifier.encode() + "\n")
+    return private, public
+
+
+@dataclass(slots=True)
+class _RunState:
+    thread_id: UUID
+    seq: int = 0
+    hash: bytes = GENESIS
+    terminal: str | None = None
+
+
+@dataclass(slots=True)
+class LogCheck:
+    """What ``verify --all --checkpoint`` found: the log today against a checkpoint signed earlier."""
+
+    checkpoint: Checkpoint
+    size: int
+    root: bytes
+    findings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+MAX_FINDINGS = 50
+
+
+async def check_log(ledger: Ledger, checkpoint: Checkpoint, progress: Progress | None = None) -> LogCheck:
+    """Prove that the log today extends the log ``checkpoint`` signed, from the events alone.
+
+    Every event is read in feed order from one snapshot; each run's chain is
+    recomputed, the recomputed hashes are the leaves, and the root of the
+    first ``checkpoint.size`` of them must be the checkpoint's. Stored leaves
+    and tiles are not trusted. When the root differs, the stored leaves
+    (once they are shown to match the checkpoint) name what changed.
+    """
+    findings: list[str] = []
+    runs: dict[UUID, _RunState] = {}
+    compact = merkle.Compact()
+    old_root: bytes | None = merkle.EMPTY_ROOT if checkpoint.size == 0 else None
+    async with ledger.transaction(isolation="repeatable_read", readonly=True) as tx:
+        async for row in tx.feed_rows():
+            run_id: UUID = row["run_id"]
+            state = runs.get(run_id)
+            if state is None:
+                state = runs[run_id] = _RunState(row["thread_id"])
+            seq = row["seq"]
+            if row["thread_id"] != state.thread_id:
+                findings.append(f"run {run_id}: seq {seq} is in thread {row['thread_id']}, its earlier events in {state.thread_id}")
+            if seq != state.seq + 1:
+                findings.append(f"run {run_id}: seq {seq} where {state.seq + 1} was expected (events missing or reordered)")
+            if state.terminal is not None:
+                findings.append(f"run {run_id}: seq {seq} follows its terminal event {state.terminal}")
+            digest = chain.link(state.hash, row["thread_id"], run_id, seq, row["kind"], row["ts"], row["data"])
+            if digest != bytes(row["hash"]):
+                findings.append(f"run {run_id}: seq {seq}: stored hash does not match the recomputed chain")
+            state.seq, state.hash = seq, digest
+            if row["kind"] in TERMINAL_KINDS:
+                state.terminal = row["kind"]
+            compact.append(merkle.leaf_hash(digest))
+            if compact.size == checkpoint.size:
+                old_root = compact.root()
+            if progress is not None and compact.size % 10_000 == 0:
+                progress(compact.size)
+        report = LogCheck(checkpoint, compact.size, compact.root(), findings)
+        if old_root is None:
+            findings.append(f"the log has {compact.size:,} events in feed order, fewer than the {checkpoint.size:,} the checkpoint covers")
+        if old_root != checkpoint.root:
+            findings[:0] = await _name_changes(tx, checkpoint, runs)  # what changed first, then each broken chain
+    if progress is not None:
+        progress.close()
+    del report.findings[MAX_FINDINGS:]
+    return report
+
+
+async def _name_changes(tx: Session, checkpoint: Checkpoint, runs: dict[UUID, _RunState]) -> list[str]:
+    """What changed under a checkpoint, named from the stored leaves (trusted only once their root is the checkpoint's)."""
+    stored: dict[tuple[UUID, int], tuple[int, UUID, bytes]] = {}
+    compact = merkle.Compact()
+    async for row in tx.log.leaves_from(0):
+        if compact.size == checkpoint.size:
+            break
+        compact.append(merkle.leaf_hash(bytes(row["hash"])))
+        stored[(row["run_id"], row["seq"])] = (row["leaf_index"], row["thread_id"], bytes(row["hash"]))
+    if compact.size != checkpoint.size or compact.root() != checkpoint.root:
+        return ["the tree of the events is not the checkpoint's, and the stored leaves were altered too: the change cannot be named"]
+    now: dict[tuple[UUID, int], tuple[int, UUID, bytes]] = {}
+    states: dict[UUID, _RunState] = {}
+    position = 0
+    async for row in tx.feed_rows():
+        state = states.setdefault(row["run_id"], _RunState(row["thread_id"]))
+        digest = chain.link(state.hash, row["thread_id"], row["run_id"], row["seq"], row["kind"], row["ts"], row["data"])
+        state.hash = digest
+        now[(row["run_id"], row["seq"])] = (position, row["thread_id"], digest)
+        position += 1
+    found: dict[tuple[UUID, str], str] = {}
+    for (run_id, seq), (index, thread_id, digest) in sorted(stored.items(), key=lambda item: item[1][0]):
+        current = now.get((run_id, seq))
+        if current is None:
+            if run_id not in runs:
+                found.setdefault((run_id, "deleted"), f"run {run_id} (thread {thread_id}) was deleted: its events under the checkpoint are gone")
+            else:
+                found.setdefault((run_id, "cut"), f"run {run_id} was cut: its events from seq {seq} on (leaf {index}) are gone")
+        elif current[1] != thread_id:
+            found.setdefault((run_id, "moved"), f"run {run_id} was moved from thread {thread_id} to thread {current[1]}")
+        elif current[2] != digest:
+            found.setdefault((run_id, "rewritten"), f"run {run_id} was rewritten from seq {seq} (leaf {index}): events changed, inserted or removed")
+        elif current[0] != index:
+            found.setdefault((run_id, "reordered"), f"run {run_id} seq {seq} was reordered: leaf {index} under the checkpoint, position {current[0]} now")
+    for (run_id, seq), (position, _, _) in now.items():
+        if position < checkpoint.size and (run_id, seq) not in stored:
+            found.setdefault((run_id, "inserted"), f"run {run_id} seq {seq} was inserted in the past: at position {position}, under the checkpoint")
+    return list(found.values()) or ["the tree of the events is not the checkpoint's"]

@@ -28,6 +28,7 @@ from graphledger.projections.project import ALL as PROJECTIONS
 
 if TYPE_CHECKING:
     from graphledger.ledger import Ledger
+    from graphledger.ledger.note import Checkpoint, Signer, Verifier
     from graphledger.projections.rebuild import RebuildReport
 
 _log = logging.getLogger("graphledger")
@@ -167,6 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 "langgraph.json), listen on a loopback address, or pass --allow-unauthenticated"
             )
         print(f"graphledger: warning: serving on {args.host} without authentication: anyone who reaches it reads and runs everything", file=sys.stderr)
+    signer = _signer(args.signing_key) if args.signing_key else None
     settings = RunSettings(
         workers=args.workers,
         lease_seconds=args.lease,
@@ -184,7 +186,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         signal.signal(signum, _stop)
     with database(args, create=True) as dsn:
         _migrate(upgrade, dsn)
-        app = create_app(dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes, auth=authorizer)
+        app = create_app(
+            dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes, auth=authorizer, signer=signer,
+            checkpoint_interval=args.checkpoint_interval, checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+        )
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
         server = Server(config, app, drain_seconds=args.drain)
         server.run()
@@ -341,14 +346,26 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
     if sum(bool(x) for x in (args.file, args.run, args.all)) != 1:
         raise CommandError("verify one of: FILE (an export), --run ID, or --all")
+    if args.checkpoint and not args.all:
+        raise CommandError("--checkpoint goes with --all: the whole log is checked against it")
+    if args.checkpoint and not args.key:
+        raise CommandError("--checkpoint needs --key DIR/ledger.pub to check its signature")
+    verifier = _verifier(args.key) if args.key else None
+    checkpoint = _signed_checkpoint(args.checkpoint, verifier) if args.checkpoint and verifier else None
     if args.file:
         try:
-            report = verify_file(args.file)
+            report = verify_file(args.file, verifier)
         except OSError as exc:
             raise CommandError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
         if not report.ok:
             raise CommandError(f"{args.file}: line {report.line}: {report.reason}")
         print(f"{args.file}: ok: {counted(report.runs, 'run')}, {counted(report.events, 'event')}, every hash chain intact")
+        if report.checkpoint is not None:
+            signed = "signed by " + verifier.name if verifier else "signature not checked (no --key)"
+            print(
+                f"{args.file}: ok: {counted(report.proven, 'event')} proven in the log's tree of "
+                f"{counted(report.checkpoint.size, 'event')} at {report.checkpoint.time or '?'}, {signed}"
+            )
         return
     with _ledger(args) as (loop, ledger):
         if args.run:
@@ -356,11 +373,92 @@ def cmd_verify(args: argparse.Namespace) -> None:
             result = loop.run_until_complete(audit.verify_runs(ledger, refs))
         else:
             result = loop.run_until_complete(audit.verify_runs(ledger, None, Progress("runs verified", "runs")))
+        log = loop.run_until_complete(audit.check_log(ledger, checkpoint, Progress("events checked"))) if checkpoint else None
     for ref, seq, reason in result.bad:
         print(f"run {ref.run_id} (thread {ref.thread_id}): seq {seq}: {reason}")
+    for finding in log.findings if log else ():
+        print(finding)
+    if log is not None and not log.ok:
+        raise CommandError(
+            f"the log does not extend the checkpoint of {counted(log.checkpoint.size, 'event')} signed at {log.checkpoint.time or '?'}"
+        )
     if result.bad:
         raise CommandError(f"{len(result.bad):,} of {counted(result.runs, 'run')} failed verification")
     print(f"ok: {counted(result.runs, 'run')}, {counted(result.events, 'event')}, every hash chain intact")
+    if log is not None:
+        print(
+            f"ok: the log of {counted(log.size, 'event')} extends the checkpoint of {counted(log.checkpoint.size, 'event')} "
+            f"signed at {log.checkpoint.time or '?'} (recomputed from the events)"
+        )
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+
+
+def _verifier(path: str) -> Verifier:
+    from graphledger.ledger.note import NoteError, Verifier
+
+    try:
+        return Verifier.parse(_read_text(path, "the public key"))
+    except NoteError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+
+
+def _signer(path: str) -> Signer:
+    from graphledger.ledger.note import NoteError, Signer
+
+    try:
+        return Signer.parse(_read_text(path, "the signing key"))
+    except NoteError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+
+
+def _signed_checkpoint(path: str, verifier: Verifier) -> Checkpoint:
+    from graphledger.ledger.note import NoteError, read_checkpoint
+
+    try:
+        return read_checkpoint(_read_text(path, "the checkpoint"), verifier)
+    except NoteError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from graphledger import audit
+    from graphledger.ledger.note import NoteError
+
+    try:
+        private, public = audit.keygen(Path(args.out), args.name)
+    except FileExistsError:
+        raise CommandError(f"{Path(args.out) / 'ledger.key'} exists: a signing key is never overwritten") from None
+    except NoteError as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"cannot write to {args.out}: {exc.strerror or exc}") from exc
+    print(f"wrote {private} (keep it secret, outside the database) and {public} (give it to verifiers)")
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> None:
+    from graphledger.ledger.checkpointer import sign_checkpoint, write_checkpoint
+
+    signer = _signer(args.key)
+    with _ledger(args) as (loop, ledger):
+        checkpoint, note, _ = loop.run_until_complete(sign_checkpoint(ledger, signer))
+    if args.out:
+        try:
+            Path(args.out).write_text(note, encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    if args.checkpoint_dir:
+        try:
+            write_checkpoint(Path(args.checkpoint_dir), checkpoint, note)
+        except OSError as exc:
+            raise CommandError(f"cannot write to {args.checkpoint_dir}: {exc.strerror or exc}") from exc
+    if not args.out:
+        sys.stdout.write(note)
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -529,6 +627,11 @@ def parser() -> Parser:
         "--outage", type=_seconds, default=None,
         help="seconds runs wait out a database outage before it fails them (default 600); their events wait as long as it takes",
     )
+    serve.add_argument("--signing-key", metavar="FILE", help="sign a checkpoint of the log with this key (ledger.key) at an interval")
+    serve.add_argument(
+        "--checkpoint-interval", type=_seconds, default=60.0, metavar="S", help="seconds between signed checkpoints (default 60)"
+    )
+    serve.add_argument("--checkpoint-dir", metavar="DIR", help="also write each signed checkpoint to this directory")
 
     db_url = command(
         "db-url",
@@ -597,6 +700,40 @@ def parser() -> Parser:
     verify.add_argument("file", nargs="?", metavar="FILE", help="an export file (checked without a database)")
     verify.add_argument("--run", type=_uuid, metavar="ID", help="one run in the database (UUID)")
     verify.add_argument("--all", action="store_true", help="every run in the database")
+    verify.add_argument(
+        "--checkpoint", metavar="FILE",
+        help="with --all: prove the log today extends the log this signed checkpoint describes (recomputed from the events)",
+    )
+    verify.add_argument(
+        "--key", metavar="FILE",
+        help="the public key (ledger.pub) that signs the checkpoints: with FILE, every event must be proven in its signed checkpoint",
+    )
+
+    keygen = command(
+        "keygen",
+        database=False,
+        help="make the Ed25519 key pair that signs checkpoints of the log",
+        description=(
+            "Write DIR/ledger.key (the signing key, mode 0600; keep it outside the database) and DIR/ledger.pub "
+            "(the public key verifiers use). The key's name is the checkpoints' origin line."
+        ),
+        epilog="examples:\n  graphledger keygen --out /etc/graphledger\n  graphledger keygen --out keys --name ledger.example.com/prod",
+    )
+    keygen.add_argument("--out", required=True, metavar="DIR", help="the directory to write the keys to")
+    keygen.add_argument("--name", default="graphledger", help="the key's name and the log's origin (default: graphledger)")
+
+    checkpoint = command(
+        "checkpoint",
+        help="grow the Merkle tree of the log and sign a checkpoint of it now",
+        description=(
+            "Grow the Merkle tree over the whole log, sign a checkpoint (tree size, root hash, time) with the key, keep it "
+            "in the database and print it (or write it to --out). See docs/hash-chain.md."
+        ),
+        epilog="examples:\n  graphledger checkpoint --key keys/ledger.key --out checkpoint.txt",
+    )
+    checkpoint.add_argument("--key", required=True, metavar="FILE", help="the signing key (ledger.key)")
+    checkpoint.add_argument("--out", metavar="FILE", help="write the signed checkpoint here (default: standard output)")
+    checkpoint.add_argument("--checkpoint-dir", metavar="DIR", help="also keep a copy in this directory")
 
     replay = command(
         "replay",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -15,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import openapi, reads, runs, sse, threads
+from graphledger.http import log, openapi, reads, runs, sse, threads
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -24,7 +25,9 @@ from graphledger.http.common import (
     status_of,
 )
 from graphledger.ledger import Ledger
+from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.errors import LedgerError
+from graphledger.ledger.note import Signer
 from graphledger.runs import GraphRegistry, RunSettings, Runtime
 
 _log = logging.getLogger("graphledger.http")
@@ -154,11 +157,17 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     heartbeat_seconds: float = sse.HEARTBEAT_SECONDS,
     auth: Authorizer | None = None,
+    signer: Signer | None = None,
+    checkpoint_interval: float = 60.0,
+    checkpoint_dir: Path | None = None,
 ) -> Any:
     """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``.
 
-    With ``auth``, every route but ``/ok`` and ``/openapi.json`` authenticates
-    and authorizes (see :mod:`graphledger.http.auth`).
+    With ``auth``, every route but the public ones (``/ok``, ``/openapi.json``,
+    the Merkle log's ``/log/...``) authenticates and authorizes (see
+    :mod:`graphledger.http.auth`). The Merkle log is grown in the background;
+    with a ``signer``, a checkpoint is signed every ``checkpoint_interval``
+    seconds (and written to ``checkpoint_dir`` too).
     """
     graphs = graphs or GraphRegistry.configure()
 
@@ -169,16 +178,19 @@ def create_app(
         app.state.heartbeat = heartbeat_seconds
         app.state.streams = sse.Streams()
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)
+        checkpointer = Checkpointer(app.state.ledger, signer, interval=checkpoint_interval, directory=checkpoint_dir)
         try:
             await app.state.runtime.start()
+            checkpointer.start()
             yield
         finally:
+            await checkpointer.close()
             await drain(app)
             await app.state.runtime.close()
             await app.state.ledger.close()
 
     app = Starlette(
-        routes=[Route("/ok", ok), Route("/openapi.json", openapi.openapi), *threads.routes, *runs.routes, *reads.routes],
+        routes=[Route("/ok", ok), Route("/openapi.json", openapi.openapi), *threads.routes, *runs.routes, *reads.routes, *log.routes],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},
     )

@@ -46,6 +46,13 @@ from graphledger.runs.graphs import CONFIG_FILE, load_spec
 _log = logging.getLogger("graphledger.http")
 
 OPEN_PATHS = frozenset({"/ok", "/openapi.json"})
+OPEN_PREFIXES = ("/log/",)
+"""Routes under these are public too: the Merkle log's checkpoint and tiles, hashes only, for monitors (see http/log.py)."""
+
+
+def is_open(path: str) -> bool:
+    """Whether a request to ``path`` is served without authentication."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 """Paths answered without authentication: readiness and the API's description."""
 RESOURCE = "threads"
 ACTIONS = ("create", "read", "update", "delete", "search", "create_run")
@@ -149,7 +156,7 @@ class Authenticate:
         self.authorizer = authorizer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         response: Response

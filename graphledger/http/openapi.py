@@ -195,7 +195,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 ERRORS = {
-    404: "No such thread, run or assistant.",
+    404: "No such thread, run, assistant, checkpoint or tile.",
     409: "A conflict with the thread's or run's state.",
     413: "The request body is larger than the server's limit (--max-body-bytes).",
     422: (
@@ -276,6 +276,23 @@ def _paths() -> dict[str, Any]:
     return {
         "/ok": {"get": op("Readiness", answers({200: obj({"ok": {"type": "boolean"}}, ["ok"])}))},
         "/openapi.json": {"get": op("This description", answers({200: OBJECT}))},
+        # Public, like /ok: the Merkle log for monitors (hashes and signed checkpoints only).
+        "/log/checkpoint": {"get": {
+            "summary": "The latest signed checkpoint of the log (C2SP tlog-checkpoint, signed note); public",
+            "parameters": [],
+            "responses": {
+                "200": {"description": "The signed note.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                **{k: v for k, v in answers({}, 404).items()},
+            },
+        }},
+        "/log/tile/{path}": {"get": {
+            "summary": "A tile of the Merkle tree (C2SP tlog-tiles: <L>/<N>[.p/<W>], hashes only); immutable; public",
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "Concatenated 32-byte hashes.", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                **{k: v for k, v in answers({}, 404).items()},
+            },
+        }},
         "/threads": {"post": op("Create a thread", answers({200: ref("Thread")}, 409, 413, 422), request="ThreadCreate", optional=True)},
         "/threads/{thread_id}": {
             "get": op("Get a thread", answers({200: ref("Thread")}, 404, 422), THREAD),

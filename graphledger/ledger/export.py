@@ -3,14 +3,17 @@
 An export is one UTF-8 file, one JSON object per line (see docs/export.md):
 
 1. a **header**: ``{"type": "header", "format": "graphledger-export",
-   "version": 1, "exported_at", "server_version", "filters", "runs",
-   "not_ended", "sha256"}``; runs that have not ended are left out (their
+   "version": 2, "exported_at", "server_version", "filters", "runs",
+   "not_ended", "checkpoint", "sha256"}`` (``checkpoint``: the latest signed
+   checkpoint of the Merkle log, or null); runs that have not ended are left out (their
    record is not complete yet) and listed in ``not_ended``;
 2. one **event** line per event, runs one after another, each run's events in
    ``seq`` order: ``{"type": "event", "thread_id", "run_id", "seq", "kind",
    "ts", "data", "hash"}``, where ``ts`` is the writer's timestamp in the
    chain's text form and ``data`` is a JSON string holding the payload's
-   stored text exactly;
+   stored text exactly; version 2 adds ``"leaf"`` (its leaf index, or null
+   when the checkpoint does not cover it) and ``"proof"`` (its inclusion
+   proof in the checkpoint's tree, hex); version 1 files still verify;
 3. a **trailer**: ``{"type": "trailer", "events", "runs": [{"thread_id",
    "run_id", "events", "first_hash", "last_hash", "terminal"}], "sha256"}``.
 
@@ -33,6 +36,7 @@ from uuid import UUID
 import orjson
 
 from graphledger import __version__
+from graphledger.ledger import merkle
 from graphledger.ledger.chain import GENESIS, format_ts, link_with, run_prefix
 from graphledger.ledger.errors import (
     InvalidEvent,
@@ -46,13 +50,16 @@ from graphledger.ledger.events import (
     RunRef,
     canonical_json,
 )
+from graphledger.ledger.note import Checkpoint, NoteError, Verifier, read_checkpoint, unsigned_checkpoint
 from graphledger.ledger.session import Session
 
 if TYPE_CHECKING:
     from graphledger.ledger.store import Ledger
 
 FORMAT = "graphledger-export"
-VERSION = 1
+VERSION = 2
+"""Version 2 adds the latest signed checkpoint (header) and each event's leaf index and inclusion proof."""
+VERSIONS = (1, 2)
 BATCH = 2_000  # event lines per chunk yielded (and rows per cursor fetch)
 
 
@@ -114,11 +121,14 @@ class Selection:
         return ended, [ref.run_id for ref, status in rows if status not in TERMINAL_STATUSES]
 
 
-def _event_line(thread: str, run: str, seq: int, kind: str, ts: datetime, data: str, digest: bytes) -> bytes:
+def _event_line(
+    thread: str, run: str, seq: int, kind: str, ts: datetime, data: str, digest: bytes, leaf: int | None, proof: list[bytes]
+) -> bytes:
     return b"".join((
         b'{"type":"event","thread_id":"', thread.encode(), b'","run_id":"', run.encode(), b'","seq":', str(seq).encode(),
         b',"kind":', orjson.dumps(kind), b',"ts":"', format_ts(ts).encode(), b'","data":', orjson.dumps(data),
-        b',"hash":"', digest.hex().encode(), b'"}\n',
+        b',"hash":"', digest.hex().encode(), b'","leaf":', b"null" if leaf is None else str(leaf).encode(),
+        b',"proof":', orjson.dumps([p.hex() for p in proof]), b"}\n",
     ))
 
 
@@ -129,10 +139,12 @@ async def export(ledger: Ledger, selection: Selection, *, progress: Any = None) 
     """
     async with ledger.transaction(isolation="repeatable_read", readonly=True) as tx:
         runs, active = await selection.runs(tx)
+        note = await tx.log.latest_checkpoint()
+        size = unsigned_checkpoint(note).size if note is not None else 0
         header = {
             "type": "header", "format": FORMAT, "version": VERSION, "server_version": __version__,
             "exported_at": datetime.now(timezone.utc).isoformat(), "filters": selection.filters(), "runs": len(runs),
-            "not_ended": [str(run_id) for run_id in active],
+            "not_ended": [str(run_id) for run_id in active], "checkpoint": note,
         }
         yield (sealed(header) + "\n").encode()
         summaries: list[RunSummary] = []
@@ -142,9 +154,12 @@ async def export(ledger: Ledger, selection: Selection, *, progress: Any = None) 
             summary = RunSummary(thread_id, run_id)
             summaries.append(summary)
             thread, run = str(thread_id), str(run_id)
+            leaves = {seq: index for seq, index in (await tx.log.run_leaves(thread_id, run_id)).items() if index < size}
             async for row in tx.run_rows(RunRef(thread_id, run_id), prefetch=BATCH):
                 digest = bytes(row["hash"])
-                chunk.append(_event_line(thread, run, row["seq"], row["kind"], row["ts"], row["data"], digest))
+                leaf = leaves.get(row["seq"])
+                proof = await tx.log.inclusion(leaf, size) if leaf is not None else []
+                chunk.append(_event_line(thread, run, row["seq"], row["kind"], row["ts"], row["data"], digest, leaf, proof))
                 summary.events += 1
                 summary.first_hash = summary.first_hash or digest.hex()
                 summary.last_hash = digest.hex()
@@ -175,6 +190,10 @@ class FileReport:
     events: int = 0
     line: int | None = None
     reason: str | None = None
+    version: int = VERSION
+    checkpoint: Checkpoint | None = None
+    proven: int = 0
+    """Events whose inclusion in the checkpoint's tree was proven."""
 
 
 class _Bad(Exception):
@@ -211,7 +230,8 @@ def _check_seal(number: int, record: dict[str, Any], what: str) -> None:
         raise _Bad(number, f"the {what} was altered: its sha256 does not match its content")
 
 
-EVENT_KEYS = {"type", "thread_id", "run_id", "seq", "kind", "ts", "data", "hash"}
+EVENT_KEYS_V1 = {"type", "thread_id", "run_id", "seq", "kind", "ts", "data", "hash"}
+EVENT_KEYS = EVENT_KEYS_V1 | {"leaf", "proof"}
 
 
 @dataclass(slots=True)
@@ -224,17 +244,33 @@ class _Run:
     terminal: str | None = None
 
 
-def verify_file(path: str | os.PathLike[str]) -> FileReport:
+def verify_file(path: str | os.PathLike[str], verifier: Verifier | None = None) -> FileReport:
     """Check an export file with no database; see :func:`verify_lines`."""
     with open(path, "rb") as lines:
-        return verify_lines(lines)
+        return verify_lines(lines, verifier)
 
 
-def verify_lines(lines: Iterable[bytes]) -> FileReport:
-    """Check an export's lines (see the module docstring): chains, seq, terminal events, header and trailer."""
+@dataclass(slots=True)
+class _Proofs:
+    """What the header's checkpoint lets the event lines prove."""
+
+    checkpoint: Checkpoint | None
+    required: bool
+    proven: int = 0
+
+
+def verify_lines(lines: Iterable[bytes], verifier: Verifier | None = None) -> FileReport:
+    """Check an export's lines (see the module docstring): chains, seq, terminal events, header and trailer.
+
+    Version 2 event lines carry an inclusion proof in the header's checkpoint,
+    and every proof given is checked. With ``verifier``, the checkpoint's
+    signature is checked and every event must be proven to be in its tree.
+    """
     runs: dict[str, _Run] = {}
     current: str | None = None
     events = 0
+    version = VERSION
+    proofs = _Proofs(None, verifier is not None)
     trailer_seen = False
     number = 0
     try:
@@ -253,11 +289,13 @@ def verify_lines(lines: Iterable[bytes]) -> FileReport:
                 if kind != "header":
                     raise _Bad(1, "the first line is not the export header")
                 _check_seal(1, record, "header")
-                if record.get("format") != FORMAT or record.get("version") != VERSION:
-                    raise _Bad(1, f"not a {FORMAT} version {VERSION} file")
+                version = record.get("version")  # type: ignore[assignment]  # checked on the next line
+                if record.get("format") != FORMAT or version not in VERSIONS:
+                    raise _Bad(1, f"not a {FORMAT} file of version {' or '.join(map(str, VERSIONS))}")
+                proofs.checkpoint = _header_checkpoint(record, verifier)
                 continue
             if kind == "event":
-                current = _check_event(number, record, runs, current)
+                current = _check_event(number, record, runs, current, version, proofs)
                 events += 1
             elif kind == "trailer":
                 _check_seal(number, record, "trailer")
@@ -270,13 +308,48 @@ def verify_lines(lines: Iterable[bytes]) -> FileReport:
         if not trailer_seen:
             raise _Bad(number + 1, "the file ends without a trailer (cut short?)")
     except _Bad as bad:
-        return FileReport(False, len(runs), events, bad.line, bad.reason)
-    return FileReport(True, len(runs), events)
+        return FileReport(False, len(runs), events, bad.line, bad.reason, version, proofs.checkpoint, proofs.proven)
+    return FileReport(True, len(runs), events, version=version, checkpoint=proofs.checkpoint, proven=proofs.proven)
 
 
-def _check_event(number: int, record: dict[str, Any], runs: dict[str, _Run], current: str | None) -> str:
-    if set(record) != EVENT_KEYS:
-        raise _Bad(number, f"an event line needs exactly the keys {', '.join(sorted(EVENT_KEYS))}")
+def _header_checkpoint(record: dict[str, Any], verifier: Verifier | None) -> Checkpoint | None:
+    note = record.get("checkpoint")
+    if note is None:
+        if verifier is not None:
+            raise _Bad(1, "the export carries no signed checkpoint to check with the key (a version 1 file, or none was signed yet)")
+        return None
+    if not isinstance(note, str):
+        raise _Bad(1, "the header's checkpoint is not a signed note")
+    try:
+        return read_checkpoint(note, verifier) if verifier is not None else unsigned_checkpoint(note)
+    except NoteError as exc:
+        raise _Bad(1, f"the header's checkpoint: {exc}") from None
+
+
+def _check_proof(number: int, record: dict[str, Any], digest: bytes, proofs: _Proofs) -> None:
+    leaf, proof = record["leaf"], record["proof"]
+    checkpoint = proofs.checkpoint
+    if leaf is None:
+        if proofs.required:
+            raise _Bad(number, "the event is not in the checkpoint's tree (it is newer: sign a checkpoint, then export again)")
+        return
+    if type(leaf) is not int or not isinstance(proof, list) or not all(isinstance(p, str) and len(p) == 64 for p in proof):
+        raise _Bad(number, "an event line's leaf or proof has the wrong type")
+    try:
+        path = [bytes.fromhex(p) for p in proof]
+    except ValueError:
+        raise _Bad(number, "an event line's proof is not hex") from None
+    if checkpoint is None or not merkle.verify_inclusion(merkle.leaf_hash(digest), leaf, checkpoint.size, path, checkpoint.root):
+        raise _Bad(number, f"the event is not proven to be leaf {leaf} of the checkpoint's tree (the line or the proof was altered)")
+    proofs.proven += 1
+
+
+def _check_event(
+    number: int, record: dict[str, Any], runs: dict[str, _Run], current: str | None, version: int, proofs: _Proofs
+) -> str:
+    keys = EVENT_KEYS if version >= 2 else EVENT_KEYS_V1
+    if set(record) != keys:
+        raise _Bad(number, f"an event line needs exactly the keys {', '.join(sorted(keys))}")
     thread, run, seq, kind, ts, data, claimed = (record[k] for k in ("thread_id", "run_id", "seq", "kind", "ts", "data", "hash"))
     if not all(isinstance(v, str) for v in (thread, run, kind, ts, data, claimed)) or type(seq) is not int:
         raise _Bad(number, "an event line has a field of the wrong type")
@@ -302,6 +375,8 @@ def _check_event(number: int, record: dict[str, Any], runs: dict[str, _Run], cur
     digest = link_with(state.hash, state.prefix, seq, kind, ts, data)
     if digest.hex() != claimed:
         raise _Bad(number, f"hash of run {run} seq {seq} does not match the recomputed chain (the line was altered)")
+    if version >= 2:
+        _check_proof(number, record, digest, proofs)
     state.seq, state.hash = seq, digest
     state.first_hash = state.first_hash or claimed
     if kind in TERMINAL_KINDS:

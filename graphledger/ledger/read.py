@@ -49,11 +49,27 @@ ORDER BY global_position LIMIT $3
 # late carries a tx below the cursor's only if that transaction was running
 # when the cursor passed -- which this condition rules out -- so the feed never
 # skips a row and needs no timeout.
+# ORDER BY names the table's column: a bare `tx` would be the output column, the
+# text form (`tx::text AS tx`), and '1000' sorts before '999'.
 READ_FEED_SQL = f"""
 SELECT {_COLUMNS} FROM events
 WHERE (tx, global_position) > ($1::text::xid8, $2)
   AND tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY events.tx, events.global_position LIMIT $3
+"""
+
+FEED_HASHES_SQL = """
+SELECT tx, global_position, thread_id, run_id, seq, hash FROM events
+WHERE (tx, global_position) > ($1::text::xid8, $2)
+  AND tx < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY tx, global_position LIMIT $3
+"""
+"""The feed's next rows as the Merkle log takes them for leaves (its statement composes this one)."""
+
+FEED_ALL_SQL = f"""
+SELECT {_COLUMNS} FROM events
+WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY events.tx, events.global_position
 """
 
 RUN_ROWS_SQL = "SELECT seq, kind, data, ts, hash FROM events WHERE thread_id = $1 AND run_id = $2 ORDER BY seq"
@@ -149,6 +165,11 @@ async def last_of_kind(conn: Connection, ref: RunRef, kind: str) -> Event | None
     """The run's last event of ``kind``, if any."""
     row = await conn.fetchrow(LAST_OF_KIND_SQL, ref.thread_id, ref.run_id, kind)
     return to_event(row) if row is not None else None
+
+
+def feed_rows(conn: Connection, prefetch: int = 5_000) -> CursorFactory[asyncpg.Record]:
+    """A cursor over the whole feed, in feed order (inside a REPEATABLE READ transaction: one snapshot)."""
+    return conn.cursor(FEED_ALL_SQL, prefetch=prefetch)
 
 
 def run_rows(conn: Connection, ref: RunRef, prefetch: int) -> CursorFactory[asyncpg.Record]:

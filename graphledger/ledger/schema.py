@@ -131,3 +131,48 @@ access_log_head = sa.Table(
     sa.PrimaryKeyConstraint("id", name="access_log_head_pkey"),
     sa.CheckConstraint("id = 1", name="access_log_head_one_row"),
 )
+
+# -- the Merkle log (every statement on these tables is in ledger/tlog.py) ---------------------
+# One tree over the whole log, not per thread: these tables are global by design and
+# would stay on the coordinator of a distributed database.
+
+merkle_leaves = sa.Table(
+    "merkle_leaves",
+    metadata,
+    # Leaf n of the tree: the n-th event of the gap-safe global feed, (tx, global_position) order.
+    sa.Column("leaf_index", sa.BigInteger, nullable=False),
+    sa.Column("tx", XID8, nullable=False),
+    sa.Column("global_position", sa.BigInteger, nullable=False),
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("leaf_index", name="merkle_leaves_pkey"),
+    sa.CheckConstraint("octet_length(hash) = 32", name="merkle_leaves_hash_check"),
+    sa.Index("merkle_leaves_event_idx", "thread_id", "run_id", "seq", unique=True),
+)
+
+merkle_tiles = sa.Table(
+    "merkle_tiles",
+    metadata,
+    # A C2SP tlog tile: up to 256 hashes of height 8 * level; a partial tile grows in place.
+    # A cache of what the leaves determine: verifiers never trust it.
+    sa.Column("level", sa.SmallInteger, nullable=False),
+    sa.Column("tile_index", sa.BigInteger, nullable=False),
+    sa.Column("hashes", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("level", "tile_index", name="merkle_tiles_pkey"),
+    sa.CheckConstraint("octet_length(hashes) BETWEEN 32 AND 8192 AND octet_length(hashes) % 32 = 0", name="merkle_tiles_hashes_check"),
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    # Signed checkpoints (C2SP signed note), append-only like the events.
+    sa.Column("checkpoint_id", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("tree_size", sa.BigInteger, nullable=False),
+    sa.Column("root_hash", sa.LargeBinary, nullable=False),
+    sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("checkpoint_id", name="checkpoints_pkey"),
+    sa.CheckConstraint("tree_size >= 0", name="checkpoints_tree_size_check"),
+)

@@ -29,6 +29,7 @@ from graphledger.ledger.read import Connection
 from graphledger.ledger.secrets import Secrets
 from graphledger.ledger.statement import NEW_RUN_HEAD, Head, HeadMoved, Statement, append_at, refusal
 from graphledger.ledger.threads import Threads
+from graphledger.ledger.tlog import Log
 
 
 class Session:
@@ -41,6 +42,8 @@ class Session:
         self.threads = Threads(conn)
         self.secrets = Secrets(conn)
         self.access = AccessLog(conn)
+        self.log = Log(conn)
+        """The Merkle log: leaves, tiles, proofs, checkpoints."""
         self._statement = statement
 
     async def read_run(self, ref: RunRef, after_seq: int = 0, limit: int = 10_000, *, kinds: Sequence[str] | None = None) -> list[Event]:
@@ -57,6 +60,10 @@ class Session:
         """The ``run.created`` event of each run of ``refs`` that exists."""
         events = await read.read_runs(self.connection, [(ref, 0) for ref in refs], 1)
         return {RunRef(e.thread_id, e.run_id): e for e in events}
+
+    def feed_rows(self, *, prefetch: int = 5_000) -> CursorFactory[asyncpg.Record]:
+        """Every event of the feed in feed order, through a cursor (inside a REPEATABLE READ transaction)."""
+        return read.feed_rows(self.connection, prefetch)
 
     async def last_of_kind(self, ref: RunRef, kind: str) -> Event | None:
         """The run's last event of ``kind``."""

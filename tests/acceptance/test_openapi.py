@@ -27,7 +27,7 @@ EXAMPLES = 30  # generated requests per operation
 def test_the_description_names_exactly_the_app_s_routes(dsn: str) -> None:
     app = create_app(dsn)
     served = {
-        (route.path, method.lower())
+        (route.path_format, method.lower())  # /log/tile/{path:path} is described as /log/tile/{path}
         for route in app.routes
         if isinstance(route, Route)
         for method in route.methods or ()

@@ -80,7 +80,7 @@ def concrete(path: str) -> str:
 
 def test_every_route_but_the_open_ones_declares_its_action(dsn: str) -> None:
     for method, path, route in routes(make_app(dsn)):
-        if path in auth.OPEN_PATHS:
+        if auth.is_open(path):
             assert auth.action_of(route) is None
         else:
             assert auth.action_of(route) in auth.ACTIONS, f"{method} {path} is not guarded"
@@ -89,8 +89,8 @@ def test_every_route_but_the_open_ones_declares_its_action(dsn: str) -> None:
 async def test_no_token_or_a_bad_token_is_401_on_every_route(dsn: str, url: str) -> None:
     async with client(url, None) as anonymous, client(url, "token-nobody") as stranger:
         for method, path, _ in routes(make_app(dsn)):
-            if path in auth.OPEN_PATHS:
-                assert (await anonymous.request(method, path)).status_code == 200
+            if auth.is_open(path):
+                assert (await anonymous.request(method, path.replace("{path:path}", "0/000"))).status_code != 401, (method, path)
                 continue
             answer = await anonymous.request(method, concrete(path), json={})
             assert answer.status_code == 401, (method, path)

@@ -1,0 +1,84 @@
+"""The Merkle log in the database: leaves in feed order, tiles grown off the append path, proofs, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from graphledger.ledger import Ledger, NewEvent, RunRef, merkle
+from graphledger.ledger.note import Signer, read_checkpoint
+from graphledger.ledger.tlog import Inconsistent
+from tests.ledger.helpers import new_run
+
+
+async def feed_hashes(conn: asyncpg.Connection) -> list[bytes]:
+    rows = await conn.fetch("SELECT hash FROM events ORDER BY tx, global_position")
+    return [merkle.leaf_hash(bytes(r["hash"])) for r in rows]
+
+
+async def append_some(ledger: Ledger, runs: int, events: int) -> list[RunRef]:
+    refs = [await new_run(ledger) for _ in range(runs)]
+    for i in range(events):
+        await asyncio.gather(*(ledger.append(ref, "stream:messages", [{"content": f"t{i}"}]) for ref in refs))
+    return refs
+
+
+async def test_leaves_follow_the_feed_and_proofs_verify(ledger: Ledger, conn: asyncpg.Connection) -> None:
+    await append_some(ledger, 5, 30)
+    sizes = []
+    async with ledger.session() as session:
+        for batch in (1, 7, 256, 1000):
+            grown = await session.log.grow(batch=batch, limit=20)
+            sizes.append(grown.after)
+        grown = await session.log.grow()
+        size = grown.after
+        leaves = await feed_hashes(conn)
+        assert size == len(leaves) == 5 * 31
+        tree = merkle.Leaves(leaves)
+        for n in (1, 2, 3, 100, 155):
+            assert await session.log.root(n) == merkle.root(tree, n)
+        for index in (0, 1, 77, size - 1):
+            proof = await session.log.inclusion(index, size)
+            assert merkle.verify_inclusion(leaves[index], index, size, proof, merkle.root(tree, size))
+        for old in (1, 50, 128, size):
+            proof = await session.log.consistency(old, size)
+            assert merkle.verify_consistency(old, size, merkle.root(tree, old), merkle.root(tree, size), proof)
+        assert (await session.log.grow()).after == size  # nothing new: nothing to do
+    assert sizes == [20, 40, 60, 80]
+
+
+async def test_an_event_of_a_transaction_still_running_gets_no_leaf_until_it_commits(ledger: Ledger) -> None:
+    ref = await new_run(ledger)
+    async with ledger.transaction() as tx:
+        (pending,) = await tx.append(ref, [NewEvent.of("stream:messages", ["late"])])
+        later = await new_run(ledger)  # a transaction that starts after, and commits first
+        async with ledger.session() as session:
+            await session.log.grow()
+            assert await session.log.leaf(later.thread_id, later.run_id, 1) is None  # held back behind the open one
+    async with ledger.session() as session:
+        await session.log.grow()
+        first = await session.log.leaf(ref.thread_id, ref.run_id, pending.seq)
+        second = await session.log.leaf(later.thread_id, later.run_id, 1)
+    assert first is not None and second is not None and first < second
+
+
+async def test_checkpoints_are_signed_kept_and_append_only(ledger: Ledger, conn: asyncpg.Connection) -> None:
+    signer = Signer.generate("test.example/log")
+    await append_some(ledger, 2, 3)
+    async with ledger.session() as session:
+        first, note = await session.log.sign(signer)
+        assert await session.log.latest_checkpoint() == note
+    checkpoint = read_checkpoint(note, signer.verifier)
+    assert checkpoint.size == first.size == len(await feed_hashes(conn))
+    assert checkpoint.root == merkle.root(merkle.Leaves(await feed_hashes(conn)), checkpoint.size)
+    for statement in ("DELETE FROM checkpoints", "UPDATE merkle_leaves SET seq = 2", "DELETE FROM merkle_leaves"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(statement)
+    # A tile altered under the checkpoint: the next one is refused.
+    await conn.execute("UPDATE merkle_tiles SET hashes = overlay(hashes placing '\\x00'::bytea from 1) WHERE level = 0 AND tile_index = 0")
+    await append_some(ledger, 1, 1)
+    async with ledger.session() as session:
+        with pytest.raises(Inconsistent):
+            await session.log.sign(signer)
