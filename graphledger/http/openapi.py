@@ -30,6 +30,7 @@ UUID = {"type": "string", "format": "uuid"}
 TIME = {"type": "string", "format": "date-time"}
 OBJECT = {"type": "object"}
 ANY: dict[str, Any] = {}
+CHECKPOINT_ID = {"type": "string", "format": "uuid", "description": "A checkpoint id (LangGraph's are UUIDs)."}
 
 
 def ref(name: str) -> dict[str, str]:
@@ -79,6 +80,79 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": list(THREAD_STATUSES)},
         },
         ["thread_id", "created_at", "updated_at", "metadata", "status"],
+    ),
+    "Checkpoint": obj(
+        {
+            "thread_id": {"type": "string"},
+            "checkpoint_ns": {"type": "string"},
+            "checkpoint_id": {"type": "string"},
+            "checkpoint_map": nullable(OBJECT),
+        },
+        ["thread_id", "checkpoint_ns", "checkpoint_id"],
+        extra=True,
+    ),
+    "CheckpointRef": obj(
+        {
+            "checkpoint_id": nullable(CHECKPOINT_ID),
+            "checkpoint_ns": nullable({"type": "string"}),
+            "checkpoint_map": nullable({"type": "object", "additionalProperties": {"type": "string"}}),
+            "thread_id": nullable({"type": "string"}),
+        },
+        extra=True,
+    ),
+    "Interrupt": obj({"id": nullable({"type": "string"}), "value": ANY}, extra=True),
+    "Task": obj(
+        {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "path": {"type": "array"},
+            "error": nullable({"type": "string"}),
+            "interrupts": {"type": "array", "items": ref("Interrupt")},
+            "checkpoint": nullable(ref("Checkpoint")),
+            "state": nullable(ref("ThreadState")),
+            "result": ANY,
+        },
+        ["id", "name", "path", "error", "interrupts", "checkpoint", "state", "result"],
+    ),
+    "ThreadState": obj(
+        {
+            "values": ANY,
+            "next": {"type": "array", "items": {"type": "string"}},
+            "tasks": {"type": "array", "items": ref("Task")},
+            "metadata": nullable(OBJECT),
+            "created_at": nullable({"type": "string"}),
+            "checkpoint": nullable(ref("Checkpoint")),
+            "parent_checkpoint": nullable(ref("Checkpoint")),
+            "interrupts": {"type": "array", "items": ref("Interrupt")},
+            "checkpoint_id": nullable({"type": "string"}),
+            "parent_checkpoint_id": nullable({"type": "string"}),
+        },
+        ["values", "next", "tasks", "metadata", "created_at", "checkpoint", "parent_checkpoint", "interrupts"],
+    ),
+    "StateCheckpointRequest": obj(
+        {"checkpoint": ref("CheckpointRef"), "subgraphs": nullable({"type": "boolean"})}, ["checkpoint"], extra=True
+    ),
+    "HistoryRequest": obj(
+        {
+            "limit": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "before": nullable({"anyOf": [CHECKPOINT_ID, ref("CheckpointRef")]}),
+            "metadata": nullable(OBJECT),
+            "checkpoint": nullable(ref("CheckpointRef")),
+        },
+        extra=True,
+    ),
+    "StateUpdate": obj(
+        {
+            "values": ANY,
+            "as_node": nullable({"type": "string", "maxLength": 1000}),
+            "checkpoint": nullable(ref("CheckpointRef")),
+            "checkpoint_id": nullable(CHECKPOINT_ID),
+        },
+        extra=True,
+    ),
+    "StateUpdated": obj(
+        {"checkpoint": ref("Checkpoint"), "configurable": ref("Checkpoint"), "checkpoint_id": {"type": "string"}},
+        ["checkpoint", "configurable", "checkpoint_id"],
     ),
     "ThreadCreate": obj(
         {
@@ -280,6 +354,48 @@ def _paths() -> dict[str, Any]:
                 "Delete a thread's state (checkpoints); its runs, events and projections stay readable",
                 answers({204: None}, 404, 409, 422),
                 THREAD,
+            ),
+        },
+        "/threads/{thread_id}/state": {
+            "get": op(
+                "A thread's current state (empty without runs)",
+                answers({200: ref("ThreadState")}, 404, 422),
+                THREAD,
+                query("subgraphs", {"type": "boolean"}),
+            ),
+            "post": op(
+                "Update a thread's state (recorded as a run of the thread)",
+                answers({200: ref("StateUpdated")}, 404, 409, 413, 422),
+                THREAD,
+                request="StateUpdate",
+            ),
+        },
+        "/threads/{thread_id}/state/checkpoint": {
+            "post": op("A thread's state at a checkpoint", answers({200: ref("ThreadState")}, 404, 413, 422), THREAD, request="StateCheckpointRequest")
+        },
+        "/threads/{thread_id}/state/{checkpoint_id}": {
+            "get": op(
+                "A thread's state at a checkpoint",
+                answers({200: ref("ThreadState")}, 404, 422),
+                THREAD,
+                {"name": "checkpoint_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                query("subgraphs", {"type": "boolean"}),
+            )
+        },
+        "/threads/{thread_id}/history": {
+            "get": op(
+                "A thread's past states, newest first",
+                answers({200: {"type": "array", "items": ref("ThreadState")}}, 404, 422),
+                THREAD,
+                query("limit", LIMIT_1000),
+                query("before", CHECKPOINT_ID, "Only states older than this checkpoint."),
+            ),
+            "post": op(
+                "A thread's past states, newest first",
+                answers({200: {"type": "array", "items": ref("ThreadState")}}, 404, 413, 422),
+                THREAD,
+                request="HistoryRequest",
+                optional=True,
             ),
         },
         "/threads/{thread_id}/runs": {
