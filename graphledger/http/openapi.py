@@ -14,8 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from graphledger import __version__
+from graphledger.http.threads import SELECT
 from graphledger.http.common import MAX_JSON_DEPTH
 from graphledger.ledger.events import RUN_STATUSES
+from graphledger.ledger.threads import SORT_BY
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.projections.token_usage import TOKEN_FIELDS
 from graphledger.runs.request import (
@@ -78,8 +80,45 @@ SCHEMAS: dict[str, Any] = {
             "updated_at": TIME,
             "metadata": OBJECT,
             "status": {"type": "string", "enum": list(THREAD_STATUSES)},
+            "values": nullable(ANY),
+            "interrupts": {"type": "object", "additionalProperties": {"type": "array", "items": ref("Interrupt")}},
         },
-        ["thread_id", "created_at", "updated_at", "metadata", "status"],
+        ["thread_id", "created_at", "updated_at", "metadata", "status", "values", "interrupts"],
+    ),
+    "ThreadSelected": obj(
+        {
+            "thread_id": UUID,
+            "created_at": TIME,
+            "updated_at": TIME,
+            "metadata": OBJECT,
+            "status": {"type": "string", "enum": list(THREAD_STATUSES)},
+            "values": nullable(ANY),
+            "interrupts": {"type": "object", "additionalProperties": {"type": "array", "items": ref("Interrupt")}},
+        },
+    ),
+    "ThreadUpdate": obj({"metadata": nullable(OBJECT), "ttl": ANY}, extra=True),
+    "ThreadSearch": obj(
+        {
+            "metadata": nullable(OBJECT),
+            "values": nullable({"type": "object", "maxProperties": 0, "description": "Filtering by state values is not supported."}),
+            "ids": nullable({"type": "array", "items": UUID, "maxItems": 1000}),
+            "status": nullable({"type": "string", "enum": list(THREAD_STATUSES)}),
+            "sort_by": nullable({"type": "string", "enum": list(SORT_BY)}),
+            "sort_order": nullable({"type": "string", "enum": ["asc", "desc"]}),
+            "limit": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "offset": nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+            "select": nullable({"type": "array", "items": {"type": "string", "enum": list(SELECT)}, "minItems": 1}),
+        },
+        extra=True,
+    ),
+    "ThreadCount": obj(
+        {
+            "metadata": nullable(OBJECT),
+            "values": nullable({"type": "object", "maxProperties": 0, "description": "Filtering by state values is not supported."}),
+            "ids": nullable({"type": "array", "items": UUID, "maxItems": 1000}),
+            "status": nullable({"type": "string", "enum": list(THREAD_STATUSES)}),
+        },
+        extra=True,
     ),
     "Checkpoint": obj(
         {
@@ -348,8 +387,30 @@ def _paths() -> dict[str, Any]:
         "/ok": {"get": op("Readiness", answers({200: obj({"ok": {"type": "boolean"}}, ["ok"])}))},
         "/openapi.json": {"get": op("This description", answers({200: OBJECT}))},
         "/threads": {"post": op("Create a thread", answers({200: ref("Thread")}, 409, 413, 422), request="ThreadCreate", optional=True)},
+        "/threads/search": {
+            "post": op(
+                "Search threads by metadata, ids and status",
+                answers({200: {"type": "array", "items": ref("ThreadSelected")}}, 413, 422),
+                request="ThreadSearch",
+                optional=True,
+            )
+        },
+        "/threads/count": {
+            "post": op(
+                "Count threads by metadata, ids and status",
+                answers({200: {"type": "integer", "minimum": 0}}, 413, 422),
+                request="ThreadCount",
+                optional=True,
+            )
+        },
         "/threads/{thread_id}": {
             "get": op("Get a thread", answers({200: ref("Thread")}, 404, 422), THREAD),
+            "patch": op(
+                "Merge metadata into a thread's (top-level keys replaced)",
+                answers({200: ref("Thread")}, 404, 413, 422),
+                THREAD,
+                request="ThreadUpdate",
+            ),
             "delete": op(
                 "Delete a thread's state (checkpoints); its runs, events and projections stay readable",
                 answers({204: None}, 404, 409, 422),

@@ -32,6 +32,49 @@ EXISTS_SQL = "SELECT 1 FROM threads WHERE thread_id = $1"
 # runs takes (a run row updated twice in one transaction is checked again).
 LOCK_SQL = "SELECT deleted_at IS NOT NULL AS deleted FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE"
 MARK_DELETED_SQL = "UPDATE threads SET deleted_at = now(), updated_at = now() WHERE thread_id = $1"
+# A shallow merge, as the LangGraph API does: the given keys replace the thread's.
+MERGE_METADATA_SQL = f"""
+UPDATE threads SET metadata = metadata || $2::jsonb, updated_at = now()
+WHERE thread_id = $1 AND deleted_at IS NULL
+RETURNING {_COLUMNS}
+"""
+
+SORT_BY = ("thread_id", "status", "created_at", "updated_at")
+"""What a search can sort threads by."""
+
+
+def view_sql(status: str, changed: str) -> str:
+    """The threads that are not deleted, as read: ``status`` and ``changed`` are SQL expressions over ``t`` (the row).
+
+    ``changed`` is the time of the thread's last change other than its own
+    row (its runs'); the row's ``updated_at`` moves with its metadata.
+    Built once, by the reader that owns those expressions
+    (:mod:`graphledger.projections.read`).
+    """
+    return f"""
+SELECT t.thread_id, t.created_at, greatest(t.updated_at, {changed}) AS updated_at, t.metadata, t.deleted_at, {status} AS status
+FROM threads t WHERE t.deleted_at IS NULL
+"""
+
+
+_FILTERS = """
+WHERE ($1::jsonb IS NULL OR v.metadata @> $1::jsonb)
+  AND ($2::uuid[] IS NULL OR v.thread_id = ANY($2::uuid[]))
+  AND ($3::text IS NULL OR v.status = $3)
+"""
+
+
+def search_sql(view: str, sort_by: str, descending: bool) -> str:
+    """A page of the threads of ``view`` by metadata containment ($1), ids ($2) and status ($3); limit $4, offset $5."""
+    if sort_by not in SORT_BY:
+        raise ValueError(f"cannot sort threads by {sort_by!r}")
+    order = "DESC" if descending else "ASC"
+    return f"SELECT v.* FROM ({view}) v {_FILTERS} ORDER BY v.{sort_by} {order}, v.thread_id {order} LIMIT $4 OFFSET $5"
+
+
+def count_sql(view: str) -> str:
+    """How many threads of ``view`` match metadata containment ($1), ids ($2) and status ($3)."""
+    return f"SELECT count(*) FROM ({view}) v {_FILTERS}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +90,11 @@ class Thread:
     @property
     def deleted(self) -> bool:
         return self.deleted_at is not None
+
+
+def thread_of(row: asyncpg.Record) -> Thread:
+    """A thread from a row with its columns (extra columns are ignored)."""
+    return _thread(row)
 
 
 def _thread(row: asyncpg.Record) -> Thread:
@@ -88,6 +136,11 @@ class Threads:
         if deleted is None:
             raise ThreadNotFound(f"thread {thread_id} not found")
         return deleted
+
+    async def merge_metadata(self, thread_id: UUID, metadata: Mapping[str, Any]) -> Thread | None:
+        """Merge ``metadata`` into the thread's (top-level keys replaced); None when the thread does not exist or was deleted."""
+        row = await self._conn.fetchrow(MERGE_METADATA_SQL, thread_id, jsonb_text(dict(metadata), "thread metadata"))
+        return _thread(row) if row is not None else None
 
     async def mark_deleted(self, thread_id: UUID) -> None:
         await self._conn.execute(MARK_DELETED_SQL, thread_id)
