@@ -95,3 +95,67 @@ async def test_bad_inputs(sdk: LangGraphClient, http: httpx.AsyncClient) -> None
         assert (await http.post(f"/threads/{thread_id}/history", json=body)).status_code == 422, body
     assert (await http.post(f"/threads/{thread_id}/state/checkpoint", json={"checkpoint": {}})).status_code == 422
     assert (await http.post(f"/threads/{thread_id}/history", content=b"[1]")).status_code == 422
+
+
+async def test_update_state_is_recorded_as_a_run_of_the_thread(sdk: LangGraphClient, http: httpx.AsyncClient) -> None:
+    thread_id, _ = await _thread_with_run(sdk)
+    before = await sdk.threads.get_state(thread_id)
+    added = {"type": "human", "content": "and one more thing", "id": "added-1"}
+    updated = await sdk.threads.update_state(thread_id, {"messages": [added]}, as_node="tools")
+    assert updated["checkpoint"]["checkpoint_id"] != before["checkpoint"]["checkpoint_id"]
+    state = await sdk.threads.get_state(thread_id)
+    assert state["checkpoint"]["checkpoint_id"] == updated["checkpoint"]["checkpoint_id"]
+    assert state["values"]["messages"][-1]["id"] == "added-1" and state["next"] == ["agent"]
+    assert state["metadata"]["source"] == "update"
+
+    runs = await sdk.runs.list(thread_id)
+    run = runs[0]
+    assert run["status"] == "success" and run["kwargs"]["command"] == "update_state"
+    assert run["kwargs"]["as_node"] == "tools"
+    assert state["metadata"]["run_id"] == run["run_id"]
+    events = (await http.get(f"/threads/{thread_id}/runs/{run['run_id']}/events")).json()["events"]
+    assert [e["kind"] for e in events] == ["run.created", "run.started", "stream:updates", "stream:values", "run.succeeded"]
+    assert events[0]["data"]["values"] == {"messages": [added]} and events[0]["data"]["executor"] == "caller"
+    assert events[2]["data"] == {"tools": {"messages": [added]}}
+    assert events[-1]["data"]["checkpoint"]["checkpoint_id"] == updated["checkpoint_id"]
+    verified = (await http.get(f"/threads/{thread_id}/runs/{run['run_id']}/verify")).json()
+    assert verified["ok"] and verified["events"] == 5
+    page = (await http.get(f"/threads/{thread_id}/messages", params={"last": "true", "limit": 1})).json()
+    assert page["messages"][0]["id"] == "added-1" and page["messages"][0]["run_id"] == run["run_id"]
+    thread = await sdk.threads.get(thread_id)
+    assert thread["values"] == state["values"] and thread["updated_at"] >= run["updated_at"]
+
+    # The next run continues from the updated state.
+    values = await sdk.runs.wait(thread_id, "demo", input=None)
+    assert values["messages"][len(state["values"]["messages"])]["type"] == "ai"
+
+
+async def test_update_state_refusals(sdk: LangGraphClient, http: httpx.AsyncClient) -> None:
+    thread_id, _ = await _thread_with_run(sdk)
+    fresh = await sdk.threads.create()
+    assert (await http.post(f"/threads/{UNKNOWN}/state", json={"values": {}})).status_code == 404
+    assert (await http.post(f"/threads/{fresh['thread_id']}/state", json={"values": {}})).status_code == 409
+    refused = await http.post(f"/threads/{thread_id}/state", json={"values": {"messages": []}, "as_node": "nowhere"})
+    assert refused.status_code == 422
+    failed = (await sdk.runs.list(thread_id))[0]
+    assert failed["status"] == "error" and failed["kwargs"]["command"] == "update_state"
+    assert (await http.post(f"/threads/{thread_id}/state", json={"as_node": 3})).status_code == 422
+    assert (await http.post(f"/threads/{thread_id}/state", json={"checkpoint_id": "x"})).status_code == 422
+    assert (await sdk.threads.get(thread_id))["status"] == "error"  # the refused update is the latest run
+
+
+async def test_human_in_the_loop(sdk: LangGraphClient) -> None:
+    thread_id, _ = await _thread_with_run(sdk, config=REVIEW)
+    thread = await sdk.threads.get(thread_id)
+    assert thread["status"] == "interrupted"
+    state = await sdk.threads.get_state(thread_id)
+    assert state["next"] == ["review"]
+    (task,) = state["tasks"]
+    assert task["name"] == "review" and task["interrupts"][0]["value"]["question"] == "Run these tool calls?"
+    assert state["interrupts"] == task["interrupts"]
+    assert thread["interrupts"] == {task["id"]: task["interrupts"]}
+    values = await sdk.runs.wait(thread_id, "demo", command={"resume": "yes"}, config=REVIEW)
+    assert [m["type"] for m in values["messages"]] == ["human", "ai", "tool", "ai"]
+    after = await sdk.threads.get_state(thread_id)
+    assert after["next"] == [] and after["interrupts"] == [] and after["values"] == values
+    assert (await sdk.threads.get(thread_id))["status"] == "idle"
