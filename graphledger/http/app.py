@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import log, openapi, reads, runs, sse, threads
+from graphledger.http import log, openapi, reads, runs, sse, state, threads
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -190,7 +190,10 @@ def create_app(
             await app.state.ledger.close()
 
     app = Starlette(
-        routes=[Route("/ok", ok), Route("/openapi.json", openapi.openapi), *threads.routes, *runs.routes, *reads.routes, *log.routes],
+        routes=[
+            Route("/ok", ok), Route("/openapi.json", openapi.openapi),
+            *threads.routes, *state.routes, *runs.routes, *reads.routes, *log.routes,
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},
     )

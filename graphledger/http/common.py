@@ -31,7 +31,9 @@ from graphledger.ledger.errors import (
 from graphledger.ledger.threads import Visibility
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
 from graphledger.runs.errors import (
+    CheckpointNotFound,
     InvalidRequest,
+    NoGraph,
     NotCancellable,
     NotPending,
     ThreadBusy,
@@ -46,6 +48,8 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
     (RunNotFound, 404),
     (ThreadNotFound, 404),
     (UnknownAssistant, 404),
+    (CheckpointNotFound, 404),
+    (NoGraph, 409),
     (ThreadBusy, 409),
     (NotCancellable, 409),
     (NotPending, 409),

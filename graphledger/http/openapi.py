@@ -15,7 +15,9 @@ from starlette.responses import JSONResponse
 
 from graphledger import __version__
 from graphledger.http.common import MAX_JSON_DEPTH
+from graphledger.http.threads import SELECT
 from graphledger.ledger.events import RUN_STATUSES
+from graphledger.ledger.threads import SORT_BY
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.projections.token_usage import TOKEN_FIELDS
 from graphledger.runs.request import (
@@ -30,6 +32,7 @@ UUID = {"type": "string", "format": "uuid"}
 TIME = {"type": "string", "format": "date-time"}
 OBJECT = {"type": "object"}
 ANY: dict[str, Any] = {}
+CHECKPOINT_ID = {"type": "string", "format": "uuid", "description": "A checkpoint id (LangGraph's are UUIDs)."}
 
 
 def ref(name: str) -> dict[str, str]:
@@ -77,8 +80,118 @@ SCHEMAS: dict[str, Any] = {
             "updated_at": TIME,
             "metadata": OBJECT,
             "status": {"type": "string", "enum": list(THREAD_STATUSES)},
+            "values": nullable(ANY),
+            "interrupts": {"type": "object", "additionalProperties": {"type": "array", "items": ref("Interrupt")}},
         },
-        ["thread_id", "created_at", "updated_at", "metadata", "status"],
+        ["thread_id", "created_at", "updated_at", "metadata", "status", "values", "interrupts"],
+    ),
+    "ThreadSelected": obj(
+        {
+            "thread_id": UUID,
+            "created_at": TIME,
+            "updated_at": TIME,
+            "metadata": OBJECT,
+            "status": {"type": "string", "enum": list(THREAD_STATUSES)},
+            "values": nullable(ANY),
+            "interrupts": {"type": "object", "additionalProperties": {"type": "array", "items": ref("Interrupt")}},
+        },
+    ),
+    "ThreadUpdate": obj({"metadata": nullable(OBJECT), "ttl": ANY}, extra=True),
+    "ThreadSearch": obj(
+        {
+            "metadata": nullable(OBJECT),
+            "values": nullable({"type": "object", "maxProperties": 0, "description": "Filtering by state values is not supported."}),
+            "ids": nullable({"type": "array", "items": UUID, "maxItems": 1000}),
+            "status": nullable({"type": "string", "enum": list(THREAD_STATUSES)}),
+            "sort_by": nullable({"type": "string", "enum": list(SORT_BY)}),
+            "sort_order": nullable({"type": "string", "enum": ["asc", "desc"]}),
+            "limit": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "offset": nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+            "select": nullable({"type": "array", "items": {"type": "string", "enum": list(SELECT)}, "minItems": 1}),
+        },
+        extra=True,
+    ),
+    "ThreadCount": obj(
+        {
+            "metadata": nullable(OBJECT),
+            "values": nullable({"type": "object", "maxProperties": 0, "description": "Filtering by state values is not supported."}),
+            "ids": nullable({"type": "array", "items": UUID, "maxItems": 1000}),
+            "status": nullable({"type": "string", "enum": list(THREAD_STATUSES)}),
+        },
+        extra=True,
+    ),
+    "Checkpoint": obj(
+        {
+            "thread_id": {"type": "string"},
+            "checkpoint_ns": {"type": "string"},
+            "checkpoint_id": {"type": "string"},
+            "checkpoint_map": nullable(OBJECT),
+        },
+        ["thread_id", "checkpoint_ns", "checkpoint_id"],
+        extra=True,
+    ),
+    "CheckpointRef": obj(
+        {
+            "checkpoint_id": nullable(CHECKPOINT_ID),
+            "checkpoint_ns": nullable({"type": "string"}),
+            "checkpoint_map": nullable({"type": "object", "additionalProperties": {"type": "string"}}),
+            "thread_id": nullable({"type": "string"}),
+        },
+        extra=True,
+    ),
+    "Interrupt": obj({"id": nullable({"type": "string"}), "value": ANY}, extra=True),
+    "Task": obj(
+        {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "path": {"type": "array"},
+            "error": nullable({"type": "string"}),
+            "interrupts": {"type": "array", "items": ref("Interrupt")},
+            "checkpoint": nullable(ref("Checkpoint")),
+            "state": nullable(ref("ThreadState")),
+            "result": ANY,
+        },
+        ["id", "name", "path", "error", "interrupts", "checkpoint", "state", "result"],
+    ),
+    "ThreadState": obj(
+        {
+            "values": ANY,
+            "next": {"type": "array", "items": {"type": "string"}},
+            "tasks": {"type": "array", "items": ref("Task")},
+            "metadata": nullable(OBJECT),
+            "created_at": nullable({"type": "string"}),
+            "checkpoint": nullable(ref("Checkpoint")),
+            "parent_checkpoint": nullable(ref("Checkpoint")),
+            "interrupts": {"type": "array", "items": ref("Interrupt")},
+            "checkpoint_id": nullable({"type": "string"}),
+            "parent_checkpoint_id": nullable({"type": "string"}),
+        },
+        ["values", "next", "tasks", "metadata", "created_at", "checkpoint", "parent_checkpoint", "interrupts"],
+    ),
+    "StateCheckpointRequest": obj(
+        {"checkpoint": ref("CheckpointRef"), "subgraphs": nullable({"type": "boolean"})}, ["checkpoint"], extra=True
+    ),
+    "HistoryRequest": obj(
+        {
+            "limit": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "before": nullable({"anyOf": [CHECKPOINT_ID, ref("CheckpointRef")]}),
+            "metadata": nullable(OBJECT),
+            "checkpoint": nullable(ref("CheckpointRef")),
+        },
+        extra=True,
+    ),
+    "StateUpdate": obj(
+        {
+            "values": ANY,
+            "as_node": nullable({"type": "string", "maxLength": 1000}),
+            "checkpoint": nullable(ref("CheckpointRef")),
+            "checkpoint_id": nullable(CHECKPOINT_ID),
+        },
+        extra=True,
+    ),
+    "StateUpdated": obj(
+        {"checkpoint": ref("Checkpoint"), "configurable": ref("Checkpoint"), "checkpoint_id": {"type": "string"}},
+        ["checkpoint", "configurable", "checkpoint_id"],
     ),
     "ThreadCreate": obj(
         {
@@ -294,12 +407,76 @@ def _paths() -> dict[str, Any]:
             },
         }},
         "/threads": {"post": op("Create a thread", answers({200: ref("Thread")}, 409, 413, 422), request="ThreadCreate", optional=True)},
+        "/threads/search": {
+            "post": op(
+                "Search threads by metadata, ids and status",
+                answers({200: {"type": "array", "items": ref("ThreadSelected")}}, 413, 422),
+                request="ThreadSearch",
+                optional=True,
+            )
+        },
+        "/threads/count": {
+            "post": op(
+                "Count threads by metadata, ids and status",
+                answers({200: {"type": "integer", "minimum": 0}}, 413, 422),
+                request="ThreadCount",
+                optional=True,
+            )
+        },
         "/threads/{thread_id}": {
             "get": op("Get a thread", answers({200: ref("Thread")}, 404, 422), THREAD),
+            "patch": op(
+                "Merge metadata into a thread's (top-level keys replaced)",
+                answers({200: ref("Thread")}, 404, 413, 422),
+                THREAD,
+                request="ThreadUpdate",
+            ),
             "delete": op(
                 "Delete a thread's state (checkpoints); its runs, events and projections stay readable",
                 answers({204: None}, 404, 409, 422),
                 THREAD,
+            ),
+        },
+        "/threads/{thread_id}/state": {
+            "get": op(
+                "A thread's current state (empty without runs)",
+                answers({200: ref("ThreadState")}, 404, 422),
+                THREAD,
+                query("subgraphs", {"type": "boolean"}),
+            ),
+            "post": op(
+                "Update a thread's state (recorded as a run of the thread)",
+                answers({200: ref("StateUpdated")}, 404, 409, 413, 422),
+                THREAD,
+                request="StateUpdate",
+            ),
+        },
+        "/threads/{thread_id}/state/checkpoint": {
+            "post": op("A thread's state at a checkpoint", answers({200: ref("ThreadState")}, 404, 413, 422), THREAD, request="StateCheckpointRequest")
+        },
+        "/threads/{thread_id}/state/{checkpoint_id}": {
+            "get": op(
+                "A thread's state at a checkpoint",
+                answers({200: ref("ThreadState")}, 404, 422),
+                THREAD,
+                {"name": "checkpoint_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                query("subgraphs", {"type": "boolean"}),
+            )
+        },
+        "/threads/{thread_id}/history": {
+            "get": op(
+                "A thread's past states, newest first",
+                answers({200: {"type": "array", "items": ref("ThreadState")}}, 404, 422),
+                THREAD,
+                query("limit", LIMIT_1000),
+                query("before", CHECKPOINT_ID, "Only states older than this checkpoint."),
+            ),
+            "post": op(
+                "A thread's past states, newest first",
+                answers({200: {"type": "array", "items": ref("ThreadState")}}, 404, 413, 422),
+                THREAD,
+                request="HistoryRequest",
+                optional=True,
             ),
         },
         "/threads/{thread_id}/runs": {

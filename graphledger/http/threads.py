@@ -1,4 +1,14 @@
-"""``/threads``: create and read threads (LangGraph Platform shapes)."""
+"""``/threads``: create, read, search, count and update threads (LangGraph Platform shapes).
+
+A thread's ``status`` and ``updated_at`` come from the run status projection
+(see :mod:`graphledger.projections.read`): ``updated_at`` moves when its
+metadata changes and when one of its runs is created, starts or ends (an
+update of its state is a run too). ``values`` and ``interrupts`` are its
+current state's, read through its graph (:mod:`graphledger.runs.state`).
+Search filters by metadata containment, ids and status in SQL; a filter on
+state ``values`` is refused with 422 (the values live in the checkpointer's
+serialized blobs, which SQL cannot search).
+"""
 
 from __future__ import annotations
 
@@ -12,23 +22,41 @@ from graphledger import runs
 from graphledger.http.auth import authorize, guarded
 from graphledger.http.common import HTTPError, iso, json_body, parse_uuid, path_uuid
 from graphledger.http.identity import actor
+from graphledger.http.state import no_nul, thread_state
 from graphledger.ledger import Ledger
-from graphledger.ledger.threads import Thread
+from graphledger.ledger.threads import SORT_BY, Visibility
 from graphledger.projections import Projections
+from graphledger.projections.read import ThreadView
+from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.runs.lifecycle import thread_metadata_without_secrets
+from graphledger.runs.state import ThreadState, pending_interrupts
 
 IF_EXISTS = ("raise", "do_nothing")
+SELECT = ("thread_id", "created_at", "updated_at", "metadata", "status", "values", "interrupts")
+"""The fields of a thread, in order; a search may ``select`` some of them."""
+STATE_FIELDS = frozenset({"values", "interrupts"})
+MAX_SEARCH = 1000
 
 
-async def thread_json(ledger: Ledger, thread: Thread) -> dict[str, Any]:
-    status = await Projections(ledger).thread_status(thread.thread_id)
-    return {
+async def thread_json(states: ThreadState, view: ThreadView, fields: tuple[str, ...] = SELECT) -> dict[str, Any]:
+    """A thread as the LangGraph API shows it (only ``fields``); its state is read only when asked for."""
+    thread = view.thread
+    found: dict[str, Any] = {
         "thread_id": str(thread.thread_id),
         "created_at": iso(thread.created_at),
         "updated_at": iso(thread.updated_at),
         "metadata": thread.metadata,
-        "status": status,
+        "status": view.status,
     }
+    if STATE_FIELDS & set(fields):
+        state = await states.get(thread.thread_id)
+        found["values"] = state["values"] if state["checkpoint"] is not None else None
+        found["interrupts"] = pending_interrupts(state)
+    return {name: found[name] for name in fields}
+
+
+async def _thread_json(request: Request, thread_id: UUID, visible: Visibility | None = None) -> dict[str, Any]:
+    return await thread_json(thread_state(request), await Projections(request.app.state.ledger).thread(thread_id, visible))
 
 
 async def create_thread(request: Request) -> JSONResponse:
@@ -57,18 +85,95 @@ async def create_thread(request: Request) -> JSONResponse:
                 raise HTTPError(409, f"thread {thread_id} was deleted; the ids of deleted threads are not reused")
             if if_exists == "raise":
                 raise HTTPError(409, f"thread {thread_id} already exists")
-    return JSONResponse(await thread_json(ledger, thread))
+    return JSONResponse(await _thread_json(request, thread.thread_id))
 
 
 async def get_thread(request: Request) -> JSONResponse:
     thread_id = path_uuid(request, "thread_id")
     visible = await authorize(request, {"thread_id": thread_id})
+    return JSONResponse(await _thread_json(request, thread_id, visible))
+
+
+async def update_thread(request: Request) -> JSONResponse:
+    """Merge the body's ``metadata`` into the thread's (top-level keys replaced, as the LangGraph API does)."""
+    thread_id = path_uuid(request, "thread_id")
+    body = await json_body(request)
+    metadata = body.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise HTTPError(422, "metadata must be an object")
+    metadata, _ = thread_metadata_without_secrets(metadata)  # a thread's secrets are not kept
+    value: dict[str, Any] = {"thread_id": thread_id, "metadata": metadata}
+    visible = await authorize(request, value)  # may stamp value["metadata"]
     ledger: Ledger = request.app.state.ledger
     async with ledger.session() as session:
-        thread = await session.threads.get(thread_id, visible)
-    if thread is None or thread.deleted:
-        raise HTTPError(404, f"thread {thread_id} not found")
-    return JSONResponse(await thread_json(ledger, thread))
+        if await session.threads.merge_metadata(thread_id, value.get("metadata") or {}, visible) is None:
+            raise HTTPError(404, f"thread {thread_id} not found")
+    return JSONResponse(await _thread_json(request, thread_id, visible))
+
+
+def _filters(body: dict[str, Any]) -> dict[str, Any]:
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise HTTPError(422, "metadata must be an object")
+    if body.get("values"):
+        raise HTTPError(422, "searching threads by state values is not supported; filter by metadata, ids or status")
+    status = body.get("status")
+    if status is not None and status not in THREAD_STATUSES:
+        raise HTTPError(422, f"status must be one of {', '.join(THREAD_STATUSES)}")
+    ids = body.get("ids")
+    if ids is not None:  # an empty list filters nothing, as when absent
+        if not isinstance(ids, list) or len(ids) > MAX_SEARCH:
+            raise HTTPError(422, f"ids must be a list of at most {MAX_SEARCH} thread ids")
+        ids = [parse_uuid("ids[]", value) for value in ids] or None
+    return {"metadata": no_nul(metadata, "metadata") or None, "ids": ids, "status": status}
+
+
+def _int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise HTTPError(422, f"{name} must be a whole number from {low} to {high}")
+    return value
+
+
+async def search_threads(request: Request) -> JSONResponse:
+    body = await json_body(request, optional=True)
+    filters = _filters(body)
+    sort_by = body.get("sort_by") or "created_at"
+    if sort_by not in SORT_BY:
+        raise HTTPError(422, f"sort_by must be one of {', '.join(SORT_BY)}")
+    sort_order = body.get("sort_order") or "desc"
+    if sort_order not in ("asc", "desc"):
+        raise HTTPError(422, "sort_order must be asc or desc")
+    select = body.get("select")
+    fields: tuple[str, ...]
+    if select is None:
+        fields = SELECT
+    elif not isinstance(select, list) or not select or not all(isinstance(f, str) and f in SELECT for f in select):
+        raise HTTPError(422, f"select must be a non-empty list of {', '.join(SELECT)}")
+    else:
+        fields = tuple(f for f in SELECT if f in select)
+    visible = await authorize(request, {**filters, "limit": body.get("limit"), "offset": body.get("offset")})
+    found = await Projections(request.app.state.ledger).search_threads(
+        **filters,
+        visible=visible,
+        sort_by=sort_by,
+        descending=sort_order == "desc",
+        limit=_int(body, "limit", 10, 1, MAX_SEARCH),
+        offset=_int(body, "offset", 0, 0, 2**31 - 1),
+    )
+    states = thread_state(request)
+    return JSONResponse([await thread_json(states, view, fields) for view in found])
+
+
+async def count_threads(request: Request) -> JSONResponse:
+    body = await json_body(request, optional=True)
+    filters = _filters(body)
+    visible = await authorize(request, dict(filters))
+    return JSONResponse(await Projections(request.app.state.ledger).count_threads(**filters, visible=visible))
 
 
 async def delete_thread(request: Request) -> Response:
@@ -81,6 +186,9 @@ async def delete_thread(request: Request) -> Response:
 
 routes = [
     guarded("/threads", create_thread, methods=["POST"], action="create"),
+    guarded("/threads/search", search_threads, methods=["POST"], action="search"),
+    guarded("/threads/count", count_threads, methods=["POST"], action="search"),
     guarded("/threads/{thread_id}", get_thread, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}", update_thread, methods=["PATCH"], action="update"),
     guarded("/threads/{thread_id}", delete_thread, methods=["DELETE"], action="delete"),
 ]

@@ -47,6 +47,7 @@ ACTIVE_SQL = f"SELECT run_id, status FROM runs WHERE thread_id = $1 AND status I
 LOCK_ACTIVE_SQL = ACTIVE_SQL + " FOR UPDATE"
 ALL_SQL = "SELECT thread_id, run_id FROM runs ORDER BY queue_position"
 SELECT_BY_ID_SQL = "SELECT thread_id, run_id, status FROM runs WHERE run_id = $1"
+LATEST_ASSISTANT_SQL = "SELECT assistant_id FROM runs WHERE thread_id = $1 ORDER BY created_at DESC, queue_position DESC LIMIT 1"
 SELECT_BY_THREAD_SQL = "SELECT thread_id, run_id, status FROM runs WHERE thread_id = $1 ORDER BY queue_position"
 SELECT_CREATED_SQL = """
 SELECT thread_id, run_id, status FROM runs
@@ -168,6 +169,11 @@ class Heads:
             raise ThreadNotFound(f"thread {ref.thread_id} not found") from None
         except asyncpg.UniqueViolationError:
             raise InvalidEvent(f"run {ref.run_id} already exists") from None
+
+    async def latest_assistant(self, thread_id: UUID) -> str | None:
+        """The assistant of the thread's latest run (None without runs, or when it named none)."""
+        found: str | None = await self._conn.fetchval(LATEST_ASSISTANT_SQL, thread_id)
+        return found
 
     async def locate(self, run_id: UUID) -> Located | None:
         row = await self._conn.fetchrow(LOCATE_SQL, run_id)

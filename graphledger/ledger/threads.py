@@ -24,12 +24,24 @@ from graphledger.ledger.events import jsonb_text
 from graphledger.ledger.read import Connection
 
 _COLUMNS = "thread_id, created_at, updated_at, metadata, deleted_at"
-# $2: the containment every visible thread's metadata satisfies (NULL: no filter);
-# $3: the keys whose value must be equal, not only contained (objects and arrays
-# compared with "$eq"; NULL when there are none). The containment can use an
-# index on metadata; the equality check then only looks at the rows it found.
-VISIBLE = """($2::jsonb IS NULL OR metadata @> $2::jsonb)
-  AND ($3::jsonb IS NULL OR NOT EXISTS (SELECT 1 FROM jsonb_each($3::jsonb) e WHERE metadata -> e.key IS DISTINCT FROM e.value))"""
+
+
+def visible_sql(contains: int, exact: int, alias: str = "") -> str:
+    """The authorization filter on ``<alias>metadata`` with its two parameters at ``contains`` and ``exact`` (see VISIBLE)."""
+    m = f"{alias}metadata"
+    return (
+        f"(${contains}::jsonb IS NULL OR {m} @> ${contains}::jsonb) AND (${exact}::jsonb IS NULL OR NOT EXISTS "
+        f"(SELECT 1 FROM jsonb_each(${exact}::jsonb) e WHERE {m} -> e.key IS DISTINCT FROM e.value))"
+    )
+
+
+# The authorization filter of the statements below. $2: the containment every
+# visible thread's metadata satisfies (NULL: no filter); $3: the keys whose
+# value must be equal, not only contained (objects and arrays compared with
+# "$eq"; NULL when there are none). The containment can use an index on
+# metadata; the equality check then only looks at the rows it found.
+VISIBLE = visible_sql(2, 3)
+
 GET_SQL = f"SELECT {_COLUMNS} FROM threads WHERE thread_id = $1 AND {VISIBLE}"
 INSERT_SQL = f"""
 INSERT INTO threads (thread_id, metadata) VALUES ($1, $2::jsonb)
@@ -81,8 +93,55 @@ class Visibility:
         return cls(jsonb_text(contains, "authorization filter"), jsonb_text(exact, "authorization filter") if exact else None)
 
 
-def _args(visible: Visibility | None) -> tuple[str | None, str | None]:
+def visibility_args(visible: Visibility | None) -> tuple[str | None, str | None]:
+    """The two parameters a statement with a visibility filter takes (see VISIBLE)."""
     return (visible.contains, visible.exact) if visible is not None else (None, None)
+# A shallow merge, as the LangGraph API does: the given keys replace the thread's.
+MERGE_METADATA_SQL = f"""
+UPDATE threads SET metadata = metadata || $4::jsonb, updated_at = now()
+WHERE thread_id = $1 AND deleted_at IS NULL AND {VISIBLE}
+RETURNING {_COLUMNS}
+"""
+
+SORT_BY = ("thread_id", "status", "created_at", "updated_at")
+"""What a search can sort threads by."""
+
+
+def view_sql(status: str, changed: str) -> str:
+    """The threads that are not deleted, as read: ``status`` and ``changed`` are SQL expressions over ``t`` (the row).
+
+    ``changed`` is the time of the thread's last change other than its own
+    row (its runs'); the row's ``updated_at`` moves with its metadata.
+    Built once, by the reader that owns those expressions
+    (:mod:`graphledger.projections.read`).
+    """
+    return f"""
+SELECT t.thread_id, t.created_at, greatest(t.updated_at, {changed}) AS updated_at, t.metadata, t.deleted_at, {status} AS status
+FROM threads t WHERE t.deleted_at IS NULL
+"""
+
+
+def _filters(contains: int, exact: int) -> str:
+    """A search's filters: the caller's ($1 metadata, $2 ids, $3 status) and the authorization filter (as VISIBLE, at ``contains`` and ``exact``)."""
+    return f"""
+WHERE ($1::jsonb IS NULL OR v.metadata @> $1::jsonb)
+  AND ($2::uuid[] IS NULL OR v.thread_id = ANY($2::uuid[]))
+  AND ($3::text IS NULL OR v.status = $3)
+  AND {visible_sql(contains, exact, "v.")}
+"""
+
+
+def search_sql(view: str, sort_by: str, descending: bool) -> str:
+    """A page of the threads of ``view`` by metadata containment ($1), ids ($2) and status ($3), visible by $6, $7; limit $4, offset $5."""
+    if sort_by not in SORT_BY:
+        raise ValueError(f"cannot sort threads by {sort_by!r}")
+    order = "DESC" if descending else "ASC"
+    return f"SELECT v.* FROM ({view}) v {_filters(6, 7)} ORDER BY v.{sort_by} {order}, v.thread_id {order} LIMIT $4 OFFSET $5"
+
+
+def count_sql(view: str) -> str:
+    """How many threads of ``view`` match metadata containment ($1), ids ($2) and status ($3), visible by $4, $5."""
+    return f"SELECT count(*) FROM ({view}) v {_filters(4, 5)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +157,11 @@ class Thread:
     @property
     def deleted(self) -> bool:
         return self.deleted_at is not None
+
+
+def thread_of(row: asyncpg.Record) -> Thread:
+    """A thread from a row with its columns (extra columns are ignored)."""
+    return _thread(row)
 
 
 def _thread(row: asyncpg.Record) -> Thread:
@@ -123,22 +187,27 @@ class Threads:
 
     async def get(self, thread_id: UUID, visible: Visibility | None = None) -> Thread | None:
         """The thread's row, deleted or not; None unless it exists and is ``visible``."""
-        row = await self._conn.fetchrow(GET_SQL, thread_id, *_args(visible))
+        row = await self._conn.fetchrow(GET_SQL, thread_id, *visibility_args(visible))
         return _thread(row) if row is not None else None
 
     async def exists(self, thread_id: UUID, visible: Visibility | None = None) -> bool:
         """Whether the thread was ever created and is ``visible`` (a deleted thread still has its record)."""
-        return await self._conn.fetchval(EXISTS_SQL, thread_id, *_args(visible)) is not None
+        return await self._conn.fetchval(EXISTS_SQL, thread_id, *visibility_args(visible)) is not None
 
     async def lock(self, thread_id: UUID, visible: Visibility | None = None) -> bool:
         """Take the thread's admission lock for this transaction; return whether it was deleted.
 
         Raises :class:`ThreadNotFound` if it never existed or is not ``visible``.
         """
-        deleted: bool | None = await self._conn.fetchval(LOCK_SQL, thread_id, *_args(visible))
+        deleted: bool | None = await self._conn.fetchval(LOCK_SQL, thread_id, *visibility_args(visible))
         if deleted is None:
             raise ThreadNotFound(f"thread {thread_id} not found")
         return deleted
+
+    async def merge_metadata(self, thread_id: UUID, metadata: Mapping[str, Any], visible: Visibility | None = None) -> Thread | None:
+        """Merge ``metadata`` into the thread's (top-level keys replaced); None when the thread does not exist, was deleted or is not visible."""
+        row = await self._conn.fetchrow(MERGE_METADATA_SQL, thread_id, *visibility_args(visible), jsonb_text(dict(metadata), "thread metadata"))
+        return _thread(row) if row is not None else None
 
     async def mark_deleted(self, thread_id: UUID, actor: Mapping[str, Any] | None = None) -> None:
         """Mark the thread deleted, by ``actor`` (the identity that asked; None without authentication)."""

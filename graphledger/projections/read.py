@@ -19,10 +19,11 @@ import asyncpg
 
 from graphledger.ledger import Ledger
 from graphledger.ledger.errors import RunNotFound, ThreadNotFound
-from graphledger.ledger.events import RunRef
+from graphledger.ledger.events import RunRef, jsonb_text
+from graphledger.ledger.threads import SORT_BY, Thread, Visibility, count_sql, search_sql, thread_of, view_sql, visibility_args, visible_sql
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
 from graphledger.projections.messages import Message
-from graphledger.projections.run_status import RunStatus, thread_status
+from graphledger.projections.run_status import ACTIVE, RunStatus, thread_status
 from graphledger.projections.token_usage import TOKEN_FIELDS, LlmCall, Totals
 
 MAX_PAGE = 1000
@@ -50,6 +51,30 @@ WHERE ($1::uuid IS NULL OR s.thread_id = $1)
 ORDER BY s.created_at DESC, s.run_id
 LIMIT $6 OFFSET $7
 """
+
+# A thread's status and last change, in SQL, from the run status projection:
+# the same rule as run_status.thread_status (busy while a run is pending or
+# running, else what its latest finished run ended as; idle without runs),
+# computed when read rather than kept in a column, so that the projection
+# stays the one source of thread status. Both subqueries use the projection's
+# key (thread_id first); a search that filters or sorts by status computes it
+# for every thread its other filters leave.
+_RUNS_OF_T = "FROM run_status s WHERE s.thread_id = t.thread_id"
+_ACTIVE_LIST = ", ".join(f"'{status}'" for status in sorted(ACTIVE))
+THREAD_STATUS_SQL = f"""CASE
+    WHEN EXISTS (SELECT 1 {_RUNS_OF_T} AND s.status IN ({_ACTIVE_LIST})) THEN 'busy'
+    ELSE coalesce((
+        SELECT CASE s.status WHEN 'success' THEN 'idle' WHEN 'interrupted' THEN 'interrupted' ELSE 'error' END {_RUNS_OF_T}
+        ORDER BY coalesce(s.finished_at, '-infinity') DESC, coalesce(s.created_at, '-infinity') DESC, s.run_id::text DESC
+        LIMIT 1
+    ), 'idle')
+END"""
+THREAD_CHANGED_SQL = f"(SELECT max(greatest(s.created_at, s.started_at, s.finished_at)) {_RUNS_OF_T})"
+"""When a run of the thread last started, ended or was created: a thread's ``updated_at`` is never earlier."""
+THREADS_VIEW_SQL = view_sql(THREAD_STATUS_SQL, THREAD_CHANGED_SQL)
+THREAD_SQL = f"SELECT v.* FROM ({THREADS_VIEW_SQL}) v WHERE v.thread_id = $1 AND {visible_sql(2, 3, 'v.')}"
+SEARCH_THREADS_SQL = {(by, desc): search_sql(THREADS_VIEW_SQL, by, desc) for by in SORT_BY for desc in (False, True)}
+COUNT_THREADS_SQL = count_sql(THREADS_VIEW_SQL)
 
 _SUMS = ", ".join(f"coalesce(sum(l.{name}), 0)::bigint AS {name}" for name in TOKEN_FIELDS)
 # A thread's calls are found by its key; the time window is then a filter
@@ -184,6 +209,22 @@ def _message(row: asyncpg.Record) -> Message:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadView:
+    """A thread as read: its row (``updated_at`` moved by its runs too) and its status."""
+
+    thread: Thread
+    status: str
+
+
+def _view(row: asyncpg.Record) -> ThreadView:
+    return ThreadView(thread_of(row), row["status"])
+
+
+def _filters(metadata: dict[str, object] | None, ids: list[UUID] | None, status: str | None) -> tuple[str | None, list[UUID] | None, str | None]:
+    return (jsonb_text(metadata, "metadata filter") if metadata else None, ids, status)
+
+
 _EVER = (datetime.min.replace(tzinfo=timezone.utc), datetime.max.replace(tzinfo=timezone.utc))  # every time a caller can name
 
 
@@ -217,6 +258,48 @@ class Projections:
                 raise ThreadNotFound(f"thread {thread_id} not found")
             rows = await session.connection.fetch(THREAD_RUNS_SQL, thread_id)
         return thread_status(_status(row) for row in rows)
+
+    async def thread(self, thread_id: UUID, visible: Visibility | None = None) -> ThreadView:
+        """A thread with its status and last change (:class:`ThreadNotFound` when it does not exist, was deleted or is not ``visible``)."""
+        async with self.ledger.session() as session:
+            row = await session.connection.fetchrow(THREAD_SQL, thread_id, *visibility_args(visible))
+        if row is None:
+            raise ThreadNotFound(f"thread {thread_id} not found")
+        return _view(row)
+
+    async def search_threads(
+        self,
+        *,
+        metadata: dict[str, object] | None = None,
+        ids: list[UUID] | None = None,
+        status: str | None = None,
+        sort_by: str = "created_at",
+        descending: bool = True,
+        limit: int = 10,
+        offset: int = 0,
+        visible: Visibility | None = None,
+    ) -> list[ThreadView]:
+        """The threads (not deleted) whose metadata contains ``metadata``, among ``ids``, with ``status``; one page."""
+        if sort_by not in SORT_BY:
+            raise InvalidArgument(f"sort_by must be one of {', '.join(SORT_BY)}")
+        async with self.ledger.session() as session:
+            rows = await session.connection.fetch(
+                SEARCH_THREADS_SQL[(sort_by, descending)], *_filters(metadata, ids, status), limit, offset, *visibility_args(visible)
+            )
+        return [_view(row) for row in rows]
+
+    async def count_threads(
+        self,
+        *,
+        metadata: dict[str, object] | None = None,
+        ids: list[UUID] | None = None,
+        status: str | None = None,
+        visible: Visibility | None = None,
+    ) -> int:
+        """How many threads :meth:`search_threads` would find with these filters, on every page."""
+        async with self.ledger.session() as session:
+            found: int = await session.connection.fetchval(COUNT_THREADS_SQL, *_filters(metadata, ids, status), *visibility_args(visible))
+        return found
 
     async def runs(
         self,

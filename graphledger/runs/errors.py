@@ -27,3 +27,11 @@ class NotPending(LedgerError):
 
 class GraphLoadError(LedgerError):
     """A graph named in ``langgraph.json`` or ``--graph`` cannot be loaded."""
+
+
+class CheckpointNotFound(LedgerError):
+    """The thread has no checkpoint with the id asked for."""
+
+
+class NoGraph(LedgerError):
+    """The thread has had no run yet, so no graph to read or update its state with."""

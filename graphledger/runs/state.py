@@ -1,0 +1,246 @@
+"""A thread's state: read and updated through the compiled graph of the thread's assistant.
+
+The assistant of a thread is the one its latest run named. Reads go through
+``graph.aget_state`` / ``graph.aget_state_history`` with the server's
+checkpointer, so ``values``, ``next`` and ``tasks`` (with their interrupts)
+are LangGraph's own; they are answered in the LangGraph Platform's
+ThreadState shape. A thread without runs answers an empty state.
+
+An update of the state (``graph.aupdate_state``) is a change of the record,
+and the log only holds events of runs: it is recorded as a short run of its
+own, executed by its caller (the HTTP request), with the usual lifecycle:
+``run.created`` (``{"command": "update_state", "values", "as_node",
+"checkpoint"}``), ``run.started``, ``stream:updates`` (``{as_node: values}``),
+``stream:values`` (the state after the update) and ``run.succeeded`` with the
+new checkpoint's id (``run.failed`` when LangGraph refuses the update). It is
+chained, exported and verified like every run, and the messages projection
+sees the messages it added.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from langgraph.types import Interrupt, StateSnapshot
+
+from graphledger.ledger import Ledger
+from graphledger.ledger.errors import DatabaseUnavailable, ThreadNotFound
+from graphledger.ledger.events import (
+    EXECUTOR_CALLER,
+    RUN_FAILED,
+    RUN_SUCCEEDED,
+    STREAM_ERROR,
+    RunRef,
+)
+from graphledger.runs import lifecycle
+from graphledger.runs.checkpoint import TRANSIENT
+from graphledger.runs.errors import CheckpointNotFound, InvalidRequest, NoGraph, ThreadBusy
+from graphledger.runs.graphs import GraphRegistry
+from graphledger.runs.recorder import stream_kind
+from graphledger.runs.request import with_message_ids
+from graphledger.runs.serialize import to_jsonable
+
+UPDATE_STATE = "update_state"
+"""The ``command`` of a run that records an update of a thread's state."""
+UPDATE_LEASE_SECONDS = 60.0
+
+EMPTY_STATE: dict[str, Any] = {
+    "values": {},
+    "next": [],
+    "tasks": [],
+    "metadata": None,
+    "created_at": None,
+    "checkpoint": None,
+    "parent_checkpoint": None,
+    "interrupts": [],
+    "checkpoint_id": None,
+    "parent_checkpoint_id": None,
+}
+
+
+def graph_config(thread_id: UUID, checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config that names the thread (and one of its checkpoints) to the checkpointer."""
+    configurable: dict[str, Any] = {"thread_id": str(thread_id), "checkpoint_ns": ""}
+    for key in ("checkpoint_ns", "checkpoint_id", "checkpoint_map"):
+        if checkpoint is not None and checkpoint.get(key) is not None:
+            configurable[key] = checkpoint[key]
+    return {"configurable": configurable}
+
+
+def checkpoint_json(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A checkpoint as the API names it (None when ``config`` names no checkpoint)."""
+    configurable = (config or {}).get("configurable") or {}
+    if not configurable.get("checkpoint_id"):
+        return None
+    return {
+        "thread_id": str(configurable.get("thread_id")),
+        "checkpoint_ns": configurable.get("checkpoint_ns") or "",
+        "checkpoint_id": str(configurable["checkpoint_id"]),
+        "checkpoint_map": to_jsonable(configurable.get("checkpoint_map")),
+    }
+
+
+def interrupt_json(value: Any) -> Any:
+    if isinstance(value, Interrupt):
+        return {"id": value.id, "value": to_jsonable(value.value)}
+    return to_jsonable(value)
+
+
+def _task_json(task: Any) -> dict[str, Any]:
+    state = task.state
+    error = task.error
+    return {
+        "id": task.id,
+        "name": task.name,
+        "path": to_jsonable(task.path),
+        "error": None if error is None else (f"{type(error).__name__}({error})" if isinstance(error, BaseException) else str(error)),
+        "interrupts": [interrupt_json(i) for i in task.interrupts],
+        "checkpoint": checkpoint_json(state) if isinstance(state, Mapping) else None,
+        "state": snapshot_json(state) if isinstance(state, StateSnapshot) else None,
+        "result": to_jsonable(task.result),
+    }
+
+
+def snapshot_json(snapshot: StateSnapshot) -> dict[str, Any]:
+    """LangGraph's state snapshot in the API's ThreadState shape."""
+    checkpoint = checkpoint_json(snapshot.config)
+    if checkpoint is None or snapshot.metadata is None:
+        return dict(EMPTY_STATE)
+    parent = checkpoint_json(snapshot.parent_config)
+    return {
+        "values": to_jsonable(snapshot.values),
+        "next": list(snapshot.next),
+        "tasks": [_task_json(task) for task in snapshot.tasks],
+        "metadata": to_jsonable(snapshot.metadata),
+        "created_at": snapshot.created_at,
+        "checkpoint": checkpoint,
+        "parent_checkpoint": parent,
+        "interrupts": [interrupt_json(i) for i in snapshot.interrupts],
+        "checkpoint_id": checkpoint["checkpoint_id"],
+        "parent_checkpoint_id": parent["checkpoint_id"] if parent else None,
+    }
+
+
+def pending_interrupts(state: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The interrupts a state waits on, by task id (the ``interrupts`` of a thread)."""
+    return {task["id"]: task["interrupts"] for task in state.get("tasks") or [] if task.get("interrupts")}
+
+
+class ThreadState:
+    """Reads and updates of threads' state through their assistants' graphs."""
+
+    def __init__(self, ledger: Ledger, graphs: GraphRegistry, checkpointer: Any) -> None:
+        self.ledger = ledger
+        self.graphs = graphs
+        self.checkpointer = checkpointer
+
+    async def _assistant(self, thread_id: UUID) -> str | None:
+        async with self.ledger.session() as session:
+            thread = await session.threads.get(thread_id)
+            if thread is None or thread.deleted:
+                raise ThreadNotFound(f"thread {thread_id} not found")
+            return await session.heads.latest_assistant(thread_id)
+
+    async def graph(self, thread_id: UUID) -> Any | None:
+        """The compiled graph of the thread's latest run, on the server's checkpointer (None: no runs yet)."""
+        assistant = await self._assistant(thread_id)
+        if assistant is None:
+            return None
+        return await self.graphs.resolve(assistant, graph_config(thread_id), self.checkpointer)
+
+    async def get(self, thread_id: UUID, checkpoint: Mapping[str, Any] | None = None, *, subgraphs: bool = False) -> dict[str, Any]:
+        """The thread's state (at ``checkpoint`` when given: :class:`CheckpointNotFound` if it has none such)."""
+        graph = await self.graph(thread_id)
+        if graph is None:
+            if checkpoint is not None:
+                raise CheckpointNotFound(f"thread {thread_id} has no checkpoint {checkpoint.get('checkpoint_id')}")
+            return dict(EMPTY_STATE)
+        state = snapshot_json(await graph.aget_state(graph_config(thread_id, checkpoint), subgraphs=subgraphs))
+        if checkpoint is not None and state["checkpoint"] is None:
+            raise CheckpointNotFound(f"thread {thread_id} has no checkpoint {checkpoint.get('checkpoint_id')}")
+        return state
+
+    async def history(
+        self,
+        thread_id: UUID,
+        *,
+        limit: int = 10,
+        before: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        checkpoint: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The thread's states, newest first: at most ``limit``, older than checkpoint ``before``, matching ``metadata``."""
+        graph = await self.graph(thread_id)
+        if graph is None:
+            return []
+        before_config = {"configurable": {"checkpoint_id": before}} if before else None
+        found = graph.aget_state_history(graph_config(thread_id, checkpoint), filter=dict(metadata) if metadata else None, before=before_config, limit=limit)
+        return [snapshot_json(snapshot) async for snapshot in found]
+
+    async def update(
+        self,
+        thread_id: UUID,
+        values: Any,
+        *,
+        as_node: str | None = None,
+        checkpoint: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+        actor: Mapping[str, Any] | None = None,
+    ) -> tuple[RunRef, dict[str, Any]]:
+        """Apply ``graph.aupdate_state`` and record it as a run of the thread; return the run and the new checkpoint's config.
+
+        Raises :class:`NoGraph` for a thread without runs, :class:`ThreadBusy`
+        while a run of the thread is active, and :class:`InvalidRequest` when
+        LangGraph refuses the update (the run then ends failed).
+        """
+        assistant = await self._assistant(thread_id)
+        if assistant is None:
+            raise NoGraph(f"thread {thread_id} has no runs yet: no graph to update its state with")
+        graph = await self.graphs.resolve(assistant, graph_config(thread_id), self.checkpointer)
+        values = with_message_ids(values)  # the log and the state name new messages alike
+        ref = RunRef(thread_id, uuid.uuid4())
+        created = {
+            "assistant_id": assistant,
+            "command": UPDATE_STATE,
+            "values": values,
+            "as_node": as_node,
+            "checkpoint": dict(checkpoint) if checkpoint is not None else None,
+            "metadata": {},
+            "executor": EXECUTOR_CALLER,
+        }
+        if actor is not None:
+            created["actor"] = dict(actor)  # who changed the state, inside the hashed payload
+        async with self.ledger.transaction() as tx:
+            # The admission lock: no run joins the thread while this one is admitted.
+            if await tx.threads.lock(thread_id):
+                raise ThreadNotFound(f"thread {thread_id} not found")
+            active = await tx.heads.active(thread_id)
+            if active:
+                other, status = active[0]
+                raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); its state cannot be updated now")
+            await tx.create_run(ref, created)
+        owner = owner or f"update_state {os.uname().nodename}:{os.getpid()}"
+        await lifecycle.start(self.ledger, ref, owner, lease_seconds=UPDATE_LEASE_SECONDS)
+        config = graph_config(thread_id, checkpoint)
+        ids = {"run_id": str(ref.run_id), "thread_id": str(thread_id), "assistant_id": assistant}
+        config["metadata"] = ids  # copied into the checkpoint's metadata, like a run's
+        try:
+            new_config = await graph.aupdate_state(config, values, as_node=as_node)
+            after = await graph.aget_state(new_config)
+        except Exception as exc:
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            await self.ledger.append(ref, STREAM_ERROR, {"error": error["type"], "message": error["message"]})
+            await self.ledger.append(ref, RUN_FAILED, {"error": error})
+            if isinstance(exc, TRANSIENT):
+                raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+            # What else the graph refuses (an unknown node, values its reducers cannot take) is the caller's to fix.
+            raise InvalidRequest(f"the state update was refused: {type(exc).__name__}: {exc}") from exc
+        await self.ledger.append(ref, stream_kind("updates"), {as_node or UPDATE_STATE: to_jsonable(values)})
+        await self.ledger.append(ref, stream_kind("values"), to_jsonable(after.values))
+        new = checkpoint_json(new_config)
+        await self.ledger.append(ref, RUN_SUCCEEDED, {"checkpoint": new})
+        return ref, dict(new_config)
