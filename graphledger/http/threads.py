@@ -156,7 +156,8 @@ async def search_threads(request: Request) -> JSONResponse:
         raise HTTPError(422, f"select must be a non-empty list of {', '.join(SELECT)}")
     else:
         fields = tuple(f for f in SELECT if f in select)
-    visible = await authorize(request, {**filters, "limit": body.get("limit"), "offset": body.get("offset")})
+    # As the reference passes it: metadata is a dict, empty when the caller gave none (handlers stamp into it).
+    visible = await authorize(request, {**filters, "metadata": dict(filters["metadata"] or {}), "limit": body.get("limit"), "offset": body.get("offset")})
     found = await Projections(request.app.state.ledger).search_threads(
         **filters,
         visible=visible,
@@ -172,7 +173,7 @@ async def search_threads(request: Request) -> JSONResponse:
 async def count_threads(request: Request) -> JSONResponse:
     body = await json_body(request, optional=True)
     filters = _filters(body)
-    visible = await authorize(request, dict(filters))
+    visible = await authorize(request, {**filters, "metadata": dict(filters["metadata"] or {})})
     return JSONResponse(await Projections(request.app.state.ledger).count_threads(**filters, visible=visible))
 
 

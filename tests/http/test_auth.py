@@ -197,3 +197,36 @@ async def test_commands_record_their_actor(dsn: str, alice: httpx.AsyncClient) -
     finally:
         await conn.close()
     assert json.loads(deleted_by) == expected
+
+
+async def test_search_count_state_and_history_never_show_another_users_threads(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
+    tid, _, _ = await _alices_run(alice)
+    mine = (await bob.post("/threads", json={"metadata": {"topic": "t"}})).json()["thread_id"]
+    found = {t["thread_id"] for t in (await bob.post("/threads/search", json={"limit": 1000})).json()}
+    assert mine in found and tid not in found
+    assert tid not in {t["thread_id"] for t in (await bob.post("/threads/search", json={"ids": [tid]})).json()}
+    assert tid not in {t["thread_id"] for t in (await bob.post("/threads/search", json={"metadata": {"owner": "alice"}})).json()}
+    assert (await bob.post("/threads/count", json={"metadata": {"owner": "alice"}})).json() == 0
+    assert (await alice.post("/threads/count", json={"ids": [tid, mine]})).json() == 1
+    t = f"/threads/{tid}"
+    for method, path in [("GET", f"{t}/state"), ("GET", f"{t}/history"), ("POST", f"{t}/history"), ("PATCH", t)]:
+        assert (await alice.request(method, path, json={} if method != "GET" else None)).status_code == 200, path
+        answer = await bob.request(method, path, json={"metadata": {"x": 1}} if method != "GET" else None)
+        assert answer.status_code == 404, (method, path, answer.status_code)
+    changed = await bob.post(f"{t}/state", json={"values": {"messages": [{"role": "user", "content": "hijack"}]}})
+    assert changed.status_code == 404
+    assert "x" not in (await alice.get(t)).json()["metadata"]
+
+
+async def test_the_reviewers_reads_are_in_the_access_log_under_its_identity(dsn: str, alice: httpx.AsyncClient, reviewer: httpx.AsyncClient) -> None:
+    tid, rid, _ = await _alices_run(alice)
+    assert (await reviewer.get(f"/threads/{tid}/runs/{rid}/events")).status_code == 200
+    assert (await reviewer.get(f"/threads/{tid}/export")).status_code == 200
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT data::text AS data FROM access_log ORDER BY position DESC LIMIT 2")
+    finally:
+        await conn.close()
+    entries = [json.loads(r["data"]) for r in reversed(rows)]
+    assert [e["action"] for e in entries] == ["events.read", "export"]
+    assert all(e["actor"]["identity"] == "reviewer" and e["resource"]["thread_id"] == tid for e in entries)
