@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import httpx
 import pytest
 
@@ -282,12 +283,21 @@ async def test_a_process_that_lost_the_database_judges_no_lease_until_holders_co
 
     from graphledger.runs.leases import Reaper
 
-    parts = urlsplit(database.dsn)
+    # A database of its own: the module's server reaps expired leases in the shared one, as it should.
+    admin = await asyncpg.connect(database.server.admin_dsn)
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS partitioned WITH (FORCE)")
+        await admin.execute("CREATE DATABASE partitioned")
+    finally:
+        await admin.close()
+    dsn = database.dsn.rsplit("/", 1)[0] + "/partitioned"
+    await asyncio.to_thread(upgrade, dsn)
+    parts = urlsplit(dsn)
     proxy = Proxy(parts.port or 5432)
     port = await proxy.start()
-    through = database.dsn.replace(f":{parts.port}/", f":{port}/")
+    through = dsn.replace(f":{parts.port}/", f":{port}/")
     settle = 1.5
-    async with await projections.connect(database.dsn, tail=False) as direct, await projections.connect(through, tail=False) as cut_off:
+    async with await projections.connect(dsn, tail=False) as direct, await projections.connect(through, tail=False) as cut_off:
         thread = await direct.create_thread()
         ref = RunRef(thread, (await direct.create_run(thread)).run_id)
         await direct.append(ref, "run.started", {"worker": "a holder far away"})
