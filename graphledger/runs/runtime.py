@@ -60,7 +60,8 @@ class Runtime:
                     self.graphs,
                     checkpointer=self.checkpointer,
                     concurrency=s.workers,
-                        poll_interval=s.poll_interval,
+                    lease_seconds=s.lease_seconds,
+                    poll_interval=s.poll_interval,
                     run_timeout=s.run_timeout,
                 )
                 await self.worker.start()

@@ -242,3 +242,9 @@ async def test_reads_of_the_record_are_in_the_access_log(sdk: LangGraphClient, h
     assert all(e["client"] == "127.0.0.1" and e["actor"] is None and e["resource"]["thread_id"] == tid for e in entries)
     assert entries[0]["resource"] == {"thread_id": tid, "run_id": rid, "after": "0"}
     assert "run_id" not in entries[3]["resource"]
+
+
+async def test_served_runs_hold_the_lease_the_server_was_given(sdk: LangGraphClient, http: httpx.AsyncClient) -> None:
+    tid, rid = await finished_run(sdk)
+    events = (await http.get(f"/threads/{tid}/runs/{rid}/events", params={"kinds": "run.started"})).json()["events"]
+    assert [e["data"]["lease_seconds"] for e in events] == [2.0]  # RunSettings(lease_seconds=2.0) in the fixture
