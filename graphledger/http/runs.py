@@ -109,10 +109,11 @@ async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tu
         configurable = run_request.config.get("configurable")
         if isinstance(configurable, dict):  # only the server says who the user is
             run_request.config["configurable"] = {k: v for k, v in configurable.items() if k not in AUTH_KEYS}
-    admitted = await admit(
-        ledger, run_request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata,
-        graphs=request.app.state.graphs, visible=visible,
-    )
+    with request.app.state.runtime.admissions:  # workers hold back their claims while a burst is admitted
+        admitted = await admit(
+            ledger, run_request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata,
+            graphs=request.app.state.graphs, visible=visible,
+        )
     return run_request, admitted.created
 
 

@@ -12,7 +12,7 @@ from graphledger.ledger import Ledger
 from graphledger.runs import checkpoint
 from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.leases import Reaper
-from graphledger.runs.worker import Worker
+from graphledger.runs.worker import Admissions, Worker
 
 _log = logging.getLogger("graphledger.runs")
 
@@ -44,6 +44,7 @@ class Runtime:
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
         self.checkpointer: Any = None
+        self.admissions = Admissions()
         self._stack = AsyncExitStack()
         # drain() may be called by the server's shutdown and by close() at
         # once: the second caller waits for the first, and finds nothing left.
@@ -63,6 +64,7 @@ class Runtime:
                     lease_seconds=s.lease_seconds,
                     poll_interval=s.poll_interval,
                     run_timeout=s.run_timeout,
+                    admissions=self.admissions,
                 )
                 await self.worker.start()
                 _log.info("executing up to %d runs at once as %s; graphs: %s", s.workers, self.worker.owner, ", ".join(self.graphs.names))

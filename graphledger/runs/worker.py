@@ -58,6 +58,38 @@ class _Stop:
                 self.task.cancel()
 
 
+class Admissions:
+    """The admissions in flight in this process, so that its worker can let a burst of them go first.
+
+    Admission is what a client waits for (its stream's first event); a graph
+    started meanwhile takes the same event loop and CPU. A worker therefore
+    claims only once no admission is in flight, or ``hold_back`` seconds
+    later at the latest, so steady traffic never starves execution.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> Admissions:
+        self._count += 1
+        self._idle.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._count -= 1
+        if self._count == 0:
+            self._idle.set()
+
+    async def quiet(self, hold_back: float) -> None:
+        """Return once no admission is in flight, or after ``hold_back`` seconds."""
+        if self._count:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(hold_back):
+                    await self._idle.wait()
+
+
 class Worker:
     """Claims and executes runs in this process, at most ``concurrency`` at once."""
 
@@ -72,12 +104,16 @@ class Worker:
         poll_interval: float = 1.0,
         run_timeout: float | None = None,
         owner: str | None = None,
+        admissions: Admissions | None = None,
+        hold_back: float = 0.5,
     ) -> None:
         if ledger.hub is None:
             raise ValueError("a worker needs a ledger connected with tail=True (it follows its runs for cancels)")
         self.ledger = ledger
         self.graphs = graphs
         self.checkpointer = checkpointer
+        self.admissions = admissions
+        self.hold_back = hold_back
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
@@ -120,6 +156,8 @@ class Worker:
             free = self.concurrency - len(self.running)
             claimed: list[lifecycle.Claimed] = []
             if free > 0:
+                if self.admissions is not None:
+                    await self.admissions.quiet(self.hold_back)
                 try:
                     claimed = await lifecycle.claim(self.ledger, self.owner, limit=free, lease_seconds=self.lease_seconds)
                 except Exception as exc:  # the loop must outlive any one failure
