@@ -156,3 +156,24 @@ async def test_the_recorder_runs_beside_a_worker_without_being_claimed(ledger: L
         chunks = [c async for c in recorder.astream(demo.graph, {"messages": [{"role": "user", "content": "a b"}]}, stream_mode="values")]
         assert chunks
     assert worker.executed == 0
+
+
+async def test_claims_wait_for_admissions_in_flight_but_never_longer_than_the_hold_back() -> None:
+    import asyncio
+    import time
+
+    from graphledger.runs.worker import Admissions
+
+    gate = Admissions()
+    started = time.monotonic()
+    await gate.quiet(5.0)
+    assert time.monotonic() - started < 0.1  # nothing in flight: at once
+    with gate:
+        waiter = asyncio.ensure_future(gate.quiet(5.0))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()  # an admission is in flight
+    await asyncio.wait_for(waiter, 1.0)  # released as it ends
+    with gate:
+        started = time.monotonic()
+        await gate.quiet(0.2)  # steady traffic: the hold-back is the most it waits
+        assert 0.15 < time.monotonic() - started < 1.0
