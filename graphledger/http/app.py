@@ -39,7 +39,7 @@ async def ok(request: Request) -> JSONResponse:
     """Readiness: 200 while the database answers and the tail is listening, else 503."""
     ledger: Ledger = request.app.state.ledger
     await ledger.ping()  # DatabaseUnavailable: 503 with Retry-After
-    if ledger.hub is not None and not ledger.hub.listening.is_set():
+    if not ledger.listening:
         return error_response(503, "tail listener reconnecting", {"Retry-After": RETRY_AFTER})
     return JSONResponse({"ok": True})
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 from uuid import UUID, uuid4
@@ -127,6 +127,17 @@ class Ledger:
     def hub(self) -> Hub | None:
         """The process's tail (None when connected with ``tail=False``)."""
         return self._hub
+
+    @property
+    def listening(self) -> bool:
+        """Whether this process's tail is listening now (False while it reconnects, or without a tail)."""
+        return self._hub is not None and self._hub.listening.is_set()
+
+    async def on_hint(self, channel: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on every notification on ``channel`` (and after each reconnect of the tail's listener)."""
+        if self._hub is None:
+            raise RuntimeError("this ledger was connected with tail=False")
+        await self._hub.on_hint(channel, callback)
 
     @property
     def writer(self) -> Writer:

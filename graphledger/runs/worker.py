@@ -128,8 +128,7 @@ class Worker:
         self._closing = False
 
     async def start(self) -> None:
-        assert self.ledger.hub is not None
-        await self.ledger.hub.on_hint(RUNS_CHANNEL, self._wake.set)
+        await self.ledger.on_hint(RUNS_CHANNEL, self._wake.set)
         self.leases.start()
         self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop(), name="graphledger-worker")
 
