@@ -547,6 +547,12 @@ class Parser(argparse.ArgumentParser):
 DATA_DIR_HELP = "data directory of the embedded server (default: ./.graphledger)"
 
 
+def window(command: argparse.ArgumentParser, what: str) -> None:
+    """``--since`` and ``--until`` of a command that lists ``what`` in a time window."""
+    command.add_argument("--since", type=_time, metavar="T", help=f"{what} at or after this time (ISO 8601; UTC unless given)")
+    command.add_argument("--until", type=_time, metavar="T", help=f"{what} before this time (ISO 8601; UTC unless given)")
+
+
 def parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument(
@@ -757,8 +763,7 @@ def parser() -> Parser:
     runs.add_argument("--thread", type=_uuid, metavar="ID", help="only the runs of this thread (UUID)")
     runs.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
     runs.add_argument("--assistant", metavar="A", help="only runs of this assistant (the graph's name)")
-    runs.add_argument("--since", type=_time, metavar="T", help="runs created at or after this time (ISO 8601; UTC unless given)")
-    runs.add_argument("--until", type=_time, metavar="T", help="runs created before this time (ISO 8601; UTC unless given)")
+    window(runs, "runs created")
     runs.add_argument("--limit", type=_count, default=50, metavar="N", help="at most this many runs (default 50)")
     runs.add_argument("--json", action="store_true", help="JSON for scripts")
 
@@ -771,8 +776,7 @@ def parser() -> Parser:
         ),
         epilog="examples:\n  graphledger access-log\n  graphledger access-log --identity alice --since 2026-11-01 --json\n  graphledger access-log --verify",
     )
-    access.add_argument("--since", type=_time, metavar="T", help="entries at or after this time (ISO 8601; UTC unless given)")
-    access.add_argument("--until", type=_time, metavar="T", help="entries before this time (ISO 8601; UTC unless given)")
+    window(access, "entries")
     access.add_argument("--identity", metavar="WHO", help="only the reads of this identity")
     access.add_argument("--limit", type=_count, default=100, metavar="N", help="at most this many entries (default 100)")
     access.add_argument("--verify", action="store_true", help="also recompute the log's hash chain (non-zero exit when it is broken)")

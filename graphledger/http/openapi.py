@@ -71,31 +71,20 @@ def _group(key: str) -> dict[str, Any]:
     return obj({key: nullable({"type": "string"}), **TOTALS["properties"]}, [key, *TOTALS["properties"]])
 
 
+THREAD_FIELDS: dict[str, Any] = {
+    "thread_id": UUID,
+    "created_at": TIME,
+    "updated_at": TIME,
+    "metadata": OBJECT,
+    "status": {"type": "string", "enum": list(THREAD_STATUSES)},
+    "values": nullable(ANY),
+    "interrupts": {"type": "object", "additionalProperties": {"type": "array", "items": ref("Interrupt")}},
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"detail": {"type": "string"}}, ["detail"]),
-    "Thread": obj(
-        {
-            "thread_id": UUID,
-            "created_at": TIME,
-            "updated_at": TIME,
-            "metadata": OBJECT,
-            "status": {"type": "string", "enum": list(THREAD_STATUSES)},
-            "values": nullable(ANY),
-            "interrupts": {"type": "object", "additionalProperties": {"type": "array", "items": ref("Interrupt")}},
-        },
-        ["thread_id", "created_at", "updated_at", "metadata", "status", "values", "interrupts"],
-    ),
-    "ThreadSelected": obj(
-        {
-            "thread_id": UUID,
-            "created_at": TIME,
-            "updated_at": TIME,
-            "metadata": OBJECT,
-            "status": {"type": "string", "enum": list(THREAD_STATUSES)},
-            "values": nullable(ANY),
-            "interrupts": {"type": "object", "additionalProperties": {"type": "array", "items": ref("Interrupt")}},
-        },
-    ),
+    "Thread": obj(THREAD_FIELDS, list(THREAD_FIELDS)),
+    "ThreadSelected": obj(THREAD_FIELDS),  # a search's ``select``: any of them
     "ThreadUpdate": obj({"metadata": nullable(OBJECT), "ttl": ANY}, extra=True),
     "ThreadSearch": obj(
         {
