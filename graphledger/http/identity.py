@@ -6,13 +6,13 @@ request's scope; everything else reads it through here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.types import Scope
 
+from graphledger.runs import actor as actor_module
 from graphledger.runs.actor import User
 
 _STATE = "graphledger.auth"  # the scope key holding a request's Access
@@ -25,7 +25,7 @@ class Access:
     user: User
     action: str | None = None
     authorized: bool = False
-    actor: dict[str, Any] | None = None  # the user's JSON form, made once
+    actor: dict[str, Any] | None = None  # the user's JSON form as recorded (secrets redacted), made once
 
 
 def admit(scope: Scope, user: User) -> None:
@@ -46,24 +46,26 @@ def user(request: Request) -> User | None:
 
 
 def actor(request: Request) -> dict[str, Any] | None:
-    """Who made the request: ``{"identity": str, "permissions": [str, ...], ...}``; None when authentication is off.
+    """Who made the request, as events record it: ``{"identity": str, "permissions": [str, ...], ...}``; None when authentication is off.
 
     Besides identity and permissions, every field of the user that is JSON
-    (``display_name``, ``email``...) is kept; the others are left out. This is
-    what command events record as their ``actor``.
+    (``display_name``, ``email``...) is kept; the others are left out. Fields
+    that hold a secret (``access_token``...) are ``[redacted]``: this is what
+    command events, a deleted thread's row and the access log record.
     """
     found = access(request)
     if found is None:
         return None
     if found.actor is None:
-        kept: dict[str, Any] = {"identity": found.user.identity, "permissions": found.user.permissions}
-        for key, value in found.user.items():
-            if key in kept or not isinstance(key, str):
-                continue
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError):
-                continue
-            kept[key] = value
-        found.actor = kept
+        found.actor = actor_module.recorded(actor_module.actor_json(found.user))
     return dict(found.actor)
+
+
+def user_json(request: Request) -> dict[str, Any] | None:
+    """The user's JSON form with its secrets (see :func:`actor`); None when authentication is off.
+
+    Only for a run's request, which keeps the secrets apart from what it
+    records (:meth:`graphledger.runs.RunRequest.set_actor`).
+    """
+    found = access(request)
+    return actor_module.actor_json(found.user) if found is not None else None

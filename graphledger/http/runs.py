@@ -31,7 +31,7 @@ from graphledger.http.common import (
     record_access,
     require,
 )
-from graphledger.http.identity import actor
+from graphledger.http.identity import actor, user_json
 from graphledger.http.sse import check_resumable, last_event_id, sse_response, sse_stream
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.events import FAILURE_KINDS, RUN_STATUSES
@@ -99,7 +99,7 @@ async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tu
         "kwargs": {k: v for k, v in run_request.record().items() if k not in ("assistant_id", "metadata", "multitask_strategy")},
     }
     visible = await authorize(request, value)  # may stamp value["metadata"] (an owner)
-    run_request.actor = actor(request)
+    run_request.set_actor(user_json(request))  # recorded with its secrets [redacted]; the graph gets them
     thread_metadata = None
     if run_request.actor is not None:
         if not isinstance(value.get("metadata"), dict):

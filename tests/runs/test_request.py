@@ -93,6 +93,26 @@ def test_secrets_leave_the_record_and_come_back_for_the_worker() -> None:
     assert merge_secrets(kept, secrets) == config
 
 
+def test_an_actors_secrets_are_recorded_redacted_and_come_back_for_the_worker() -> None:
+    user = {
+        "identity": "ann", "permissions": ["chat"], "email": "ann@example.org", "access_token": "tok-abcdef",
+        "github": {"login": "ann", "api_key": "gh-123456"},
+    }
+    request = parse(input={"messages": [{"role": "user", "content": "act with tok-abcdef", "id": "1"}]}, config={"configurable": {"api_key": "k-1234"}})
+    request.set_actor(user)
+    recorded = request.record()
+    assert recorded["actor"] == {**user, "access_token": "[redacted]", "github": {"login": "ann", "api_key": "[redacted]"}}
+    assert recorded["redacted"] == ["actor.access_token", "actor.github.api_key", "config.configurable.api_key"]
+    assert recorded["input"]["messages"][0]["content"] == "act with [redacted]"  # known by value too
+    assert "tok-abcdef" not in canonical_json(recorded) and "gh-123456" not in canonical_json(recorded)
+    stored = to_jsonable(request.secrets)  # as run_secrets keeps them
+    claimed = RunRequest.recorded(recorded, stored)
+    assert claimed.actor == user and claimed.config == {"configurable": {"api_key": "k-1234"}}
+    assert claimed.secrets == stored  # given back on a release, for the next attempt
+    request.set_actor(None)
+    assert "actor" not in request.record() and request.record()["redacted"] == ["config.configurable.api_key"]
+
+
 def test_the_record_round_trips() -> None:
     request = parse(
         input={"messages": [{"role": "user", "content": "hi", "id": "1"}]},
