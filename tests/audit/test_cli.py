@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 import pytest
 
 from graphledger.audit import counted
@@ -25,6 +26,8 @@ from graphledger.ledger import Ledger
 from tests.acceptance.test_serve import free_port
 from tests.audit.conftest import Recorded
 from tests.conftest import with_database
+from tests.http.conftest import serve
+from tests.http.test_auth import ALICE, ALICE_ACTOR, make_app
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
@@ -94,6 +97,19 @@ async def test_runs_and_show_as_tables_and_json(dsn: str, recorded: Recorded, le
     assert shown["events"] == len(await ledger.read_run(recorded.runs[0]))
     text = (await acli("show", str(recorded.runs[2].run_id), dsn=dsn)).stdout.decode()
     assert "error       RuntimeError: model down" in text and "tokens:" in text
+
+
+async def test_show_prints_who_created_the_run(dsn: str, recorded: Recorded) -> None:
+    async with serve(make_app(dsn)) as url, httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ALICE}"}, timeout=60) as alice:
+        answer = await alice.post("/runs/wait", json={"assistant_id": "whoami", "input": {}})
+    assert answer.status_code == 200, answer.text
+    run_id = answer.headers["content-location"].rsplit("/", 1)[1]
+    text = (await acli("show", run_id, dsn=dsn)).stdout.decode()
+    assert "created by  alice (chat)\n" in text
+    assert json.loads((await acli("show", run_id, "--json", dsn=dsn)).stdout)["created_by"] == ALICE_ACTOR
+    anonymous = (await acli("show", str(recorded.runs[0].run_id), dsn=dsn)).stdout.decode()
+    assert "created by  -\n" in anonymous  # recorded without authentication
+    assert json.loads((await acli("show", str(recorded.runs[0].run_id), "--json", dsn=dsn)).stdout)["created_by"] is None
 
 
 async def test_replay_prints_a_timeline_or_the_stream(dsn: str, recorded: Recorded, ledger: Ledger) -> None:

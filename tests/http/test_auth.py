@@ -23,6 +23,7 @@ from tests.http.conftest import serve
 PROJECT = Path(__file__).parent / "authproject"
 ALICE, BOB, REVIEWER, MALLORY = (f"token-{name}" for name in ("alice", "bob", "reviewer", "mallory"))
 INPUT = {"messages": [{"role": "user", "content": "two words"}]}
+ALICE_ACTOR = {"identity": "alice", "permissions": ["chat"], "email": "alice@example.org", "display_name": "alice", "is_authenticated": True}
 
 
 def make_app(dsn: str) -> Any:
@@ -230,3 +231,29 @@ async def test_the_reviewers_reads_are_in_the_access_log_under_its_identity(dsn:
     entries = [json.loads(r["data"]) for r in reversed(rows)]
     assert [e["action"] for e in entries] == ["events.read", "export"]
     assert all(e["actor"]["identity"] == "reviewer" and e["resource"]["thread_id"] == tid for e in entries)
+
+
+async def _first_token(response: httpx.Response) -> None:
+    async for line in response.aiter_lines():
+        if line.startswith("event: messages"):
+            return
+    raise AssertionError("the stream ended before its first token")
+
+
+async def test_a_cancel_on_a_stream_clients_disconnect_records_that_client(alice: httpx.AsyncClient) -> None:
+    tid = (await alice.post("/threads", json={})).json()["thread_id"]
+    slow = {"assistant_id": "demo", "input": INPUT, "config": {"configurable": {"tokens": 500, "token_delay": 0.02}}, "stream_mode": "messages-tuple"}
+    async with alice.stream("POST", f"/threads/{tid}/runs/stream", json={**slow, "on_disconnect": "cancel"}) as response:
+        created = response.headers["content-location"].rsplit("/", 1)[1]
+        await _first_token(response)
+    # the client went away mid-run; the same for a join that asked to cancel on disconnect
+    joined = (await alice.post(f"/threads/{tid}/runs", json={**slow, "multitask_strategy": "enqueue"})).json()["run_id"]
+    await alice.get(f"/threads/{tid}/runs/{created}/join")
+    async with alice.stream("GET", f"/threads/{tid}/runs/{joined}/stream", params={"cancel_on_disconnect": "true"}) as response:
+        await _first_token(response)
+    for rid in (created, joined):
+        assert (await alice.get(f"/threads/{tid}/runs/{rid}/join")).status_code == 200
+        assert (await alice.get(f"/threads/{tid}/runs/{rid}")).json()["status"] == "interrupted"
+        events = (await alice.get(f"/threads/{tid}/runs/{rid}/events")).json()["events"]
+        (cancel,) = [e["data"] for e in events if e["kind"] == "run.cancel_requested"]
+        assert cancel["reason"] == "client disconnected" and cancel["actor"] == ALICE_ACTOR, rid
