@@ -1,13 +1,14 @@
 """Who may do what: LangGraph's custom auth (a ``langgraph_sdk.Auth`` object), applied at one door.
 
 :class:`Authenticate` is an ASGI middleware: every request but those to
-:data:`OPEN_PATHS` goes through the ``@auth.authenticate`` handler first, and
-is answered 401 (or the status of the ``HTTPException`` it raised) without
-reaching a route. Every route is declared with :func:`guarded`, naming the
-action it performs on the ``threads`` resource (runs belong to their thread,
-as in the LangGraph Agent Server); its endpoint calls :func:`authorize` once,
-with the value the reference passes to ``@auth.on`` handlers, and gets back
-the filter (a :class:`~graphledger.ledger.threads.Visibility`) that the
+the public routes (:func:`is_open`: readiness, the API's description and the
+Merkle log's ``/log/...``) goes through the ``@auth.authenticate`` handler
+first, and is answered 401 (or the status of the ``HTTPException`` it raised)
+without reaching a route. Every other route is declared with :func:`guarded`,
+naming the action it performs on the ``threads`` resource (runs belong to
+their thread, as in the LangGraph Agent Server); its endpoint calls
+:func:`authorize` once, with the value the reference passes to ``@auth.on``
+handlers, and gets back the filter (a :class:`~graphledger.ledger.threads.Visibility`) that the
 statements of :mod:`graphledger.ledger.threads` apply in SQL. A guarded
 endpoint that answers without having authorized is a bug, answered 500: a new
 route cannot forget.
@@ -46,19 +47,21 @@ from graphledger.runs.graphs import CONFIG_FILE, load_spec
 _log = logging.getLogger("graphledger.http")
 
 OPEN_PATHS = frozenset({"/ok", "/openapi.json"})
+"""Paths answered without authentication: readiness and the API's description."""
 OPEN_PREFIXES = ("/log/",)
 """Routes under these are public too: the Merkle log's checkpoint and tiles, hashes only, for monitors (see http/log.py)."""
-
-
-def is_open(path: str) -> bool:
-    """Whether a request to ``path`` is served without authentication."""
-    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-"""Paths answered without authentication: readiness and the API's description."""
 RESOURCE = "threads"
 ACTIONS = ("create", "read", "update", "delete", "search", "create_run")
 AUTHENTICATE_PARAMETERS = frozenset(
     {"request", "scope", "scopes", "path", "method", "path_params", "query_params", "headers", "authorization", "body"}
 )
+
+
+def is_open(path: str) -> bool:
+    """Whether a request to ``path`` is served without authentication."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
 class Authorizer:
     """A ``langgraph_sdk.Auth`` object, ready to authenticate requests and authorize actions."""
 
@@ -149,7 +152,7 @@ def _user(found: Any) -> User:
 
 
 class Authenticate:
-    """The door: authenticates every request but those to :data:`OPEN_PATHS` before any route sees it."""
+    """The door: authenticates every request but those to the public routes (:func:`is_open`) before any route sees it."""
 
     def __init__(self, app: ASGIApp, authorizer: Authorizer) -> None:
         self.app = app

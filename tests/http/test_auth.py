@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ PROJECT = Path(__file__).parent / "authproject"
 ALICE, BOB, REVIEWER, MALLORY = (f"token-{name}" for name in ("alice", "bob", "reviewer", "mallory"))
 INPUT = {"messages": [{"role": "user", "content": "two words"}]}
 ALICE_ACTOR = {"identity": "alice", "permissions": ["chat"], "email": "alice@example.org", "display_name": "alice", "is_authenticated": True}
+ARCHITECTURE = Path(__file__).parents[2] / "docs" / "architecture.md"
 
 
 def make_app(dsn: str) -> Any:
@@ -85,6 +87,22 @@ def test_every_route_but_the_open_ones_declares_its_action(dsn: str) -> None:
             assert auth.action_of(route) is None
         else:
             assert auth.action_of(route) in auth.ACTIONS, f"{method} {path} is not guarded"
+
+
+def test_the_architecture_doc_names_every_routes_action(dsn: str) -> None:
+    text = ARCHITECTURE.read_text()
+    who = text[text.index("\n## Who\n"):]
+    who = who[: who.index("\n## ", 1)]
+    documented = set()
+    for row in who.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if not row.startswith("| `") or len(cells) != 2:
+            continue
+        action = None if cells[1].startswith("none") else cells[1].strip("`")
+        for method, path in re.findall(r"`(GET|POST|PATCH|DELETE) (/[^`]*)`", cells[0]):
+            documented.add((method, path, action))
+    served = {(method, path.replace("{path:path}", "{path}"), auth.action_of(route)) for method, path, route in routes(make_app(dsn))}
+    assert documented == served, (sorted(documented - served), sorted(served - documented))
 
 
 async def test_no_token_or_a_bad_token_is_401_on_every_route(dsn: str, url: str) -> None:
