@@ -1,6 +1,6 @@
 """SSE fan-out of one server process, and the server's overhead per streamed chunk.
 
-    python bench/sse.py [--runs 100] [--per-run 10] [--chunks 200] [--rate 20] [--graph-chunks 2000] [--rounds 9]
+    python bench/sse.py [--runs 100] [--per-run 10] [--chunks 200] [--rate 20] [--graph-chunks 2000] [--rounds 9] [--auth]
 
 Uses DATABASE_URL when set, else a fresh embedded PostgreSQL (default, durable
 settings), removed afterwards. Two measurements (the second one first):
@@ -24,8 +24,17 @@ settings), removed afterwards. Two measurements (the second one first):
    time from sending the request to receiving the ``metadata`` event (and,
    reported beside it, the first token).
 
+With ``--auth``, the servers authenticate (``serve --auth bench/_owner_auth.py:auth``:
+a bearer token names the user, and the ``@auth.on`` handler returns an owner
+filter, applied in SQL): each fan-out run's thread belongs to its own user,
+whose token each of its subscribers sends, and the SDK sends a token too.
+The overhead is then measured twice, one phase after the other: through a
+server without auth, then through one with auth, each against its own
+alternating plain ``astream`` rounds.
+
 Ends with one summary line:
-``sse: subscribers=.. delivered=.. expected=.. db_connections=.. overhead_us_per_chunk=.. first_event_ms=..``
+``sse: auth=.. subscribers=.. delivered=.. expected=.. db_connections=.. overhead_us_per_chunk=.. first_event_ms=..``
+(with ``--auth``, followed by the phase without auth: ``without_auth_overhead_us_per_chunk=.. without_auth_first_event_ms=..``).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _database import run_on_database  # noqa: E402
+from _owner_auth import header  # noqa: E402
 from langgraph_sdk.client import LangGraphClient  # noqa: E402
 
 from graphledger import projections  # noqa: E402
@@ -60,6 +70,7 @@ from graphledger.runs import demo  # noqa: E402
 FILLER = "x" * 120
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 QUESTION = {"messages": [{"role": "user", "content": "count these words please"}]}
+AUTH_SPEC = f"{Path(__file__).resolve().parent / '_owner_auth.py'}:auth"
 
 
 def free_port() -> int:
@@ -112,21 +123,36 @@ def percentile(values: list[float], q: float) -> float:
 # -- 1. fan-out ---------------------------------------------------------------------------
 
 
-class Subscriber:
-    """One SSE connection over a raw socket: counts frames; with ``lags``, timestamps each chunk's arrival."""
+def auth_flags(auth: bool) -> list[str]:
+    return ["--auth", AUTH_SPEC] if auth else []
 
-    def __init__(self, port: int, ref: RunRef, lags: list[float] | None) -> None:
+
+class Subscriber:
+    """One SSE connection over a raw socket: counts frames; with ``lags``, timestamps each chunk's arrival.
+
+    With ``owner``, it sends that user's bearer token.
+    """
+
+    def __init__(self, port: int, ref: RunRef, lags: list[float] | None, owner: str | None = None) -> None:
         self.port, self.ref, self.lags = port, ref, lags
+        self.authorization = f"Authorization: {header(owner)}\r\n" if owner is not None else ""
         self.frames = 0
+        self.refused: str | None = None  # the status line of an answer other than 200
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         path = f"/threads/{self.ref.thread_id}/runs/{self.ref.run_id}/stream"
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nLast-Event-ID: 0\r\nConnection: close\r\n\r\n".encode())
+        request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n{self.authorization}Last-Event-ID: 0\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
         await writer.drain()
         tail = b""
         try:
+            status = await reader.readline()
+            if b" 200 " not in status:
+                self.refused = status.decode(errors="replace").strip()
+                self.connected.set()
+                return
             while data := await reader.read(65536):
                 text = tail + data
                 found = text.count(b"\nid: ")
@@ -148,18 +174,25 @@ async def fan_out(dsn: str, args: argparse.Namespace) -> dict[str, float]:
     monitor = await asyncpg.connect(dsn)
     try:
         own = {row["pid"] for row in await monitor.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")}
-        refs = []
-        for _ in range(args.runs):
-            thread_id = await ledger.create_thread()
+        refs, owners = [], []
+        for n in range(args.runs):
+            owner = f"user{n}" if args.auth else None
+            thread_id = await ledger.create_thread(metadata={"owner": owner} if owner is not None else None)
+            owners.append(owner)
             created = await ledger.create_run(thread_id, assistant_id="bench", payload={"assistant_id": "bench", "stream_mode": ["messages-tuple"]})
             ref = RunRef(created.thread_id, created.run_id)
             await ledger.append(ref, "run.started", {"worker": "bench"})
             refs.append(ref)
-        with serve(dsn, "--workers", "0") as (port, process):
+        with serve(dsn, "--workers", "0", *auth_flags(args.auth)) as (port, process):
             lags: list[float] = []
-            subscribers = [Subscriber(port, ref, lags if n == 0 else None) for ref in refs for n in range(args.per_run)]
+            subscribers = [
+                Subscriber(port, ref, lags if n == 0 else None, owner) for ref, owner in zip(refs, owners, strict=True) for n in range(args.per_run)
+            ]
             tasks = [asyncio.create_task(s.run()) for s in subscribers]
             await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subscribers)), 120)
+            refused = [s.refused for s in subscribers if s.refused is not None]
+            if refused:
+                raise SystemExit(f"{len(refused)} subscribers were refused: {refused[0]}")
             connections = 0
             sampling = True
 
@@ -225,9 +258,10 @@ async def served(sdk: LangGraphClient, chunks: int) -> tuple[float, int, float, 
     return time.perf_counter() - started, count, first_event, first_token
 
 
-async def overhead(dsn: str, args: argparse.Namespace) -> dict[str, float]:
-    with serve(dsn, "--workers", "1") as (port, _):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+async def overhead(dsn: str, args: argparse.Namespace, auth: bool) -> dict[str, float]:
+    headers = {"Authorization": header("sdk")} if auth else {}
+    with serve(dsn, "--workers", "1", *auth_flags(auth)) as (port, _):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=headers) as http:
             sdk = LangGraphClient(http)
             await served(sdk, 10)  # warm up both paths once
             await plain(10)
@@ -251,11 +285,22 @@ async def overhead(dsn: str, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def overhead_line(cost: dict[str, float], rounds: int, auth: bool) -> str:
+    return (
+        f"overhead ({'with' if auth else 'without'} auth): demo graph, {cost['chunks']} chunks, median of {rounds}: "
+        f"plain astream {cost['plain_s'] * 1000:.0f} ms, through serve + SDK {cost['server_s'] * 1000:.0f} ms -> "
+        f"{cost['overhead_us_per_chunk']:.0f} us/chunk; first event {cost['first_event_ms']:.1f} ms, first token {cost['first_token_ms']:.1f} ms"
+    )
+
+
 async def run(dsn: str, args: argparse.Namespace) -> None:
-    cost = await overhead(dsn, args)  # first, before the fan-out's writes leave the database busy
+    # The overhead first, before the fan-out's writes leave the database busy;
+    # with --auth, the same measurement without auth just before, for comparison.
+    without = await overhead(dsn, args, auth=False) if args.auth else None
+    cost = await overhead(dsn, args, auth=args.auth)
     spread = await fan_out(dsn, args)
     print(
-        f"fan-out: {spread['subscribers']} subscribers of {args.runs} runs x {args.chunks} chunks at {args.rate}/s: "
+        f"fan-out ({'with' if args.auth else 'without'} auth): {spread['subscribers']} subscribers of {args.runs} runs x {args.chunks} chunks at {args.rate}/s: "
         f"delivered {spread['delivered']}/{spread['expected']} frames in {spread['seconds']:.1f} s "
         f"({spread['frames_per_s']:,.0f} frames/s); server CPU {spread['server_cpu_s']:.1f} s "
         f"= {spread['frames_per_cpu_s']:,.0f} frames per CPU-second; "
@@ -263,16 +308,17 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         f"append-to-receipt lag p50 {spread['lag_p50_ms']:.1f} ms, p99 {spread['lag_p99_ms']:.1f} ms",
         flush=True,
     )
-    print(
-        f"overhead: demo graph, {cost['chunks']} chunks, median of {args.rounds}: plain astream {cost['plain_s'] * 1000:.0f} ms, "
-        f"through serve + SDK {cost['server_s'] * 1000:.0f} ms -> {cost['overhead_us_per_chunk']:.0f} us/chunk; "
-        f"first event {cost['first_event_ms']:.1f} ms, first token {cost['first_token_ms']:.1f} ms",
-        flush=True,
+    if without is not None:
+        print(overhead_line(without, args.rounds, auth=False), flush=True)
+    print(overhead_line(cost, args.rounds, auth=args.auth), flush=True)
+    compared = (
+        f" without_auth_overhead_us_per_chunk={without['overhead_us_per_chunk']:.0f} without_auth_first_event_ms={without['first_event_ms']:.1f}"
+        if without is not None else ""
     )
     print(
-        f"sse: subscribers={spread['subscribers']} delivered={spread['delivered']} expected={spread['expected']} "
-        f"db_connections={spread['db_connections']} overhead_us_per_chunk={cost['overhead_us_per_chunk']:.0f} "
-        f"first_event_ms={cost['first_event_ms']:.1f}"
+        f"sse: auth={'on' if args.auth else 'off'} subscribers={spread['subscribers']} delivered={spread['delivered']} "
+        f"expected={spread['expected']} db_connections={spread['db_connections']} "
+        f"overhead_us_per_chunk={cost['overhead_us_per_chunk']:.0f} first_event_ms={cost['first_event_ms']:.1f}{compared}"
     )
 
 
@@ -284,6 +330,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="chunks/s per run in the fan-out")
     parser.add_argument("--graph-chunks", type=int, default=2000, help="tokens the demo graph streams in the overhead run")
     parser.add_argument("--rounds", type=int, default=9, help="runs of each path in the overhead measurement")
+    parser.add_argument("--auth", action="store_true", help="serve with a bearer-token auth.py and an owner filter; every client sends its token")
     args = parser.parse_args()
     run_on_database(lambda dsn: run(dsn, args))
 
