@@ -55,7 +55,7 @@ const cancelled = await client.runs.cancel(threadId, running.run_id, true);
 const stopped = await client.runs.get(threadId, running.run_id);
 const finalState = await client.threads.getState(threadId);
 
-console.log(JSON.stringify({
+const seen = JSON.stringify({
   thread,
   created,
   streamed,
@@ -63,4 +63,6 @@ console.log(JSON.stringify({
   resume: { run_id: resumed.run_id, first, rest, status: resumedRun.status },
   cancel: { run_id: running.run_id, answered: cancelled.status, status: stopped.status },
   final_state: finalState,
-}));
+});
+// Exit once written: idle keep-alive connections would hold the process for seconds.
+process.stdout.write(seen + "\n", () => process.exit(0));
