@@ -219,7 +219,7 @@ class Recording:
         (the ledger's thread, unless a recorder's caller named its own).
         """
         config = dict(base) if base is not None else copy.deepcopy(dict(self.request.config))
-        ids = {"run_id": str(self.ref.run_id), "assistant_id": self.request.assistant_id, "graph_id": self.request.graph}
+        ids = {"run_id": str(self.ref.run_id), "assistant_id": self.request.assistant_id}
         config["configurable"] = {**(config.get("configurable") or {}), **ids, "thread_id": self.graph_thread_id}
         if self.request.actor is not None:
             config["configurable"].update(actor.configurable(self.request.actor))
