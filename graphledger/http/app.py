@@ -1,4 +1,4 @@
-"""The ASGI application: LangGraph-compatible threads and runs, over the ledger."""
+"""The ASGI application: LangGraph-compatible assistants, threads and runs, over the ledger."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import log, openapi, reads, runs, sse, state, threads
+from graphledger.http import assistants, log, openapi, reads, runs, sse, state, threads
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -29,6 +29,7 @@ from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.note import Signer
 from graphledger.runs import GraphRegistry, RunSettings, Runtime
+from graphledger.runs.assistants import register
 
 _log = logging.getLogger("graphledger.http")
 RETRY_AFTER = "2"
@@ -180,6 +181,7 @@ def create_app(
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)
         checkpointer = Checkpointer(app.state.ledger, signer, interval=checkpoint_interval, directory=checkpoint_dir)
         try:
+            await register(app.state.ledger, graphs)  # each served graph is an assistant
             await app.state.runtime.start()
             checkpointer.start()
             yield
@@ -192,7 +194,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/ok", ok), Route("/openapi.json", openapi.openapi),
-            *threads.routes, *state.routes, *runs.routes, *reads.routes, *log.routes,
+            *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *log.routes,
         ],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},

@@ -6,9 +6,10 @@ Merkle log's ``/log/...``) goes through the ``@auth.authenticate`` handler
 first, and is answered 401 (or the status of the ``HTTPException`` it raised)
 without reaching a route. Every other route is declared with :func:`guarded`,
 naming the action it performs on the ``threads`` resource (runs belong to
-their thread, as in the LangGraph Agent Server); its endpoint calls
-:func:`authorize` once, with the value the reference passes to ``@auth.on``
-handlers, and gets back the filter (a :class:`~graphledger.ledger.threads.Visibility`) that the
+their thread, as in the LangGraph Agent Server) or on ``assistants``; its
+endpoint calls :func:`authorize` once, with the value the reference passes to
+``@auth.on`` handlers, and gets back the filter (a
+:class:`~graphledger.ledger.threads.Visibility`) that the
 statements of :mod:`graphledger.ledger.threads` apply in SQL. A guarded
 endpoint that answers without having authorized is a bug, answered 500: a new
 route cannot forget.
@@ -52,6 +53,11 @@ OPEN_PREFIXES = ("/log/",)
 """Routes under these are public too: the Merkle log's checkpoint and tiles, hashes only, for monitors (see http/log.py)."""
 RESOURCE = "threads"
 ACTIONS = ("create", "read", "update", "delete", "search", "create_run")
+RESOURCES: dict[str, tuple[str, ...]] = {
+    RESOURCE: ACTIONS,
+    "assistants": ("create", "read", "update", "delete", "search"),
+}
+"""The actions of each resource a route may perform, as the reference names them (runs belong to their thread)."""
 AUTHENTICATE_PARAMETERS = frozenset(
     {"request", "scope", "scopes", "path", "method", "path_params", "query_params", "headers", "authorization", "body"}
 )
@@ -179,15 +185,17 @@ class Authenticate:
         await response(scope, receive, send)
 
 
-def guarded(path: str, endpoint: Callable[[Request], Awaitable[Response]], *, methods: list[str], action: str) -> Route:
-    """A route whose endpoint performs ``action`` on threads and must call :func:`authorize` before it answers."""
-    if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}")
+def guarded(
+    path: str, endpoint: Callable[[Request], Awaitable[Response]], *, methods: list[str], action: str, resource: str = RESOURCE
+) -> Route:
+    """A route whose endpoint performs ``action`` on ``resource`` and must call :func:`authorize` before it answers."""
+    if action not in RESOURCES.get(resource, ()):
+        raise ValueError(f"unknown action {action!r} on {resource!r}")
 
     async def run(request: Request) -> Response:
         access = access_of(request)
         if access is not None:
-            access.action, access.authorized = action, False
+            access.resource, access.action, access.authorized = resource, action, False
         response = await endpoint(request)
         if access is not None and not access.authorized:
             raise RuntimeError(f"{request.method} {path} answered without authorizing {action}")
@@ -196,12 +204,18 @@ def guarded(path: str, endpoint: Callable[[Request], Awaitable[Response]], *, me
     run.__name__ = run.__qualname__ = endpoint.__name__
     run.__doc__ = endpoint.__doc__
     run.action = action  # type: ignore[attr-defined]  # read by the coverage test and the docs
+    run.resource = resource  # type: ignore[attr-defined]
     return Route(path, run, methods=methods)
 
 
 def action_of(route: Route) -> str | None:
     """The action a route was declared with (None: an open route)."""
     return getattr(route.endpoint, "action", None)
+
+
+def resource_of(route: Route) -> str | None:
+    """The resource a route acts on (None: an open route)."""
+    return getattr(route.endpoint, "resource", None)
 
 
 async def authorize(request: Request, value: dict[str, Any]) -> Visibility | None:
@@ -215,7 +229,7 @@ async def authorize(request: Request, value: dict[str, Any]) -> Visibility | Non
         return None
     assert access.action is not None, "authorize() is called by guarded routes only"
     authorizer: Authorizer = request.app.state.authorizer
-    visible = await authorizer.authorize(access.user, RESOURCE, access.action, value)
+    visible = await authorizer.authorize(access.user, access.resource, access.action, value)
     access.authorized = True
     return visible
 

@@ -20,9 +20,10 @@ _STATE = "graphledger.auth"  # the scope key holding a request's Access
 
 @dataclass(slots=True)
 class Access:
-    """What the door knows of one request: who, the action its route performs, and whether it authorized it."""
+    """What the door knows of one request: who, the resource and action its route performs, and whether it authorized it."""
 
     user: User
+    resource: str = "threads"
     action: str | None = None
     authorized: bool = False
     actor: dict[str, Any] | None = None  # the user's JSON form as recorded (secrets redacted), made once

@@ -14,8 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from graphledger import __version__
+from graphledger.http.assistants import MAX_TEXT
+from graphledger.http.assistants import SELECT as ASSISTANT_SELECT
 from graphledger.http.common import MAX_JSON_DEPTH
 from graphledger.http.threads import SELECT
+from graphledger.ledger.assistants import SORT_BY as ASSISTANT_SORT_BY
 from graphledger.ledger.events import RUN_STATUSES
 from graphledger.ledger.threads import SORT_BY
 from graphledger.projections.run_status import THREAD_STATUSES
@@ -81,10 +84,82 @@ THREAD_FIELDS: dict[str, Any] = {
     "interrupts": {"type": "object", "additionalProperties": {"type": "array", "items": ref("Interrupt")}},
 }
 
+ASSISTANT_FIELDS: dict[str, Any] = {
+    "assistant_id": UUID,
+    "graph_id": {"type": "string"},
+    "config": OBJECT,
+    "context": OBJECT,
+    "created_at": TIME,
+    "updated_at": TIME,
+    "metadata": OBJECT,
+    "version": {"type": "integer", "minimum": 1},
+    "name": {"type": "string"},
+    "description": nullable({"type": "string"}),
+}
+TEXT = {"type": "string", "maxLength": MAX_TEXT}
+JSON_SCHEMA = nullable(OBJECT)
+DRAWABLE = obj({"nodes": {"type": "array"}, "edges": {"type": "array"}}, ["nodes", "edges"], extra=True)
+GRAPH_SCHEMAS = {name: JSON_SCHEMA for name in ("input_schema", "output_schema", "state_schema", "config_schema", "context_schema")}
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"detail": {"type": "string"}}, ["detail"]),
     "Thread": obj(THREAD_FIELDS, list(THREAD_FIELDS)),
     "ThreadSelected": obj(THREAD_FIELDS),  # a search's ``select``: any of them
+    "Assistant": obj(ASSISTANT_FIELDS, list(ASSISTANT_FIELDS)),
+    "AssistantSelected": obj(ASSISTANT_FIELDS),
+    "AssistantVersion": obj(
+        {k: v for k, v in ASSISTANT_FIELDS.items() if k != "updated_at"}, [k for k in ASSISTANT_FIELDS if k != "updated_at"]
+    ),
+    "AssistantCreate": obj(
+        {
+            "assistant_id": nullable(UUID),
+            "graph_id": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "description": "The name of a served graph."},
+            "config": nullable(OBJECT),
+            "context": nullable(OBJECT),
+            "metadata": nullable(OBJECT),
+            "if_exists": nullable({"type": "string", "enum": ["raise", "do_nothing"]}),
+            "name": nullable(TEXT),
+            "description": nullable(TEXT),
+        },
+        ["graph_id"],
+        extra=True,
+    ),
+    "AssistantUpdate": obj(
+        {
+            "graph_id": nullable({"type": "string", "minLength": 1, "maxLength": MAX_TEXT}),
+            "config": nullable(OBJECT),
+            "context": nullable(OBJECT),
+            "metadata": nullable({"type": "object", "description": "Merged into the assistant's (top-level keys replaced)."}),
+            "name": nullable(TEXT),
+            "description": nullable(TEXT),
+        },
+        extra=True,
+    ),
+    "AssistantSearch": obj(
+        {
+            "graph_id": nullable(TEXT),
+            "metadata": nullable(OBJECT),
+            "name": nullable(TEXT),
+            "sort_by": nullable({"type": "string", "enum": list(ASSISTANT_SORT_BY)}),
+            "sort_order": nullable({"type": "string", "enum": ["asc", "desc"]}),
+            "limit": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "offset": nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+            "select": nullable({"type": "array", "items": {"type": "string", "enum": list(ASSISTANT_SELECT)}, "minItems": 1}),
+        },
+        extra=True,
+    ),
+    "AssistantCount": obj({"graph_id": nullable(TEXT), "metadata": nullable(OBJECT), "name": nullable(TEXT)}, extra=True),
+    "AssistantVersions": obj(
+        {
+            "metadata": nullable(OBJECT),
+            "limit": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "offset": nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+        },
+        extra=True,
+    ),
+    "AssistantLatest": obj({"version": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}, ["version"], extra=True),
+    "GraphSchemas": obj({"graph_id": {"type": "string"}, **GRAPH_SCHEMAS}, ["graph_id", *GRAPH_SCHEMAS]),
+    "SubgraphSchemas": {"type": "object", "additionalProperties": obj(GRAPH_SCHEMAS, list(GRAPH_SCHEMAS))},
     "ThreadUpdate": obj({"metadata": nullable(OBJECT), "ttl": ANY}, extra=True),
     "ThreadSearch": obj(
         {
@@ -206,7 +281,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "RunCreate": obj(
         {
-            "assistant_id": {"type": "string", "minLength": 1, "description": "The name of a served graph."},
+            "assistant_id": {"type": "string", "minLength": 1, "description": "An assistant's id, or the name of a served graph."},
             "input": ANY,
             "command": nullable(obj({"resume": ANY, "update": ANY, "goto": ANY}, extra=False) | {"minProperties": 1}),
             "config": nullable(
@@ -297,8 +372,8 @@ SCHEMAS: dict[str, Any] = {
 }
 
 ERRORS = {
-    404: "No such thread, run, assistant, checkpoint or tile.",
-    409: "A conflict with the thread's or run's state.",
+    404: "No such thread, run, assistant, graph, checkpoint or tile.",
+    409: "A conflict with the thread's, run's or assistant's state.",
     413: "The request body is larger than the server's limit (--max-body-bytes).",
     422: (
         "An invalid parameter or body. Bodies are UTF-8 JSON nested at most "
@@ -351,6 +426,10 @@ def op(summary: str, responses: dict[str, Any], *parameters: dict[str, Any], req
 
 
 THREAD, RUN = path("thread_id"), path("run_id")
+ASSISTANT = {
+    "name": "assistant_id", "in": "path", "required": True, "schema": {"type": "string"},
+    "description": "An assistant's id (a UUID), or the name of a served graph (its assistant).",
+}
 LIMIT_1000 = {"type": "integer", "minimum": 1, "maximum": 1000}
 WAIT_RESULT = {"description": "The final state values, or {\"__error__\": {...}} for a failed run."}
 STREAM_QUERY = [
@@ -395,6 +474,76 @@ def _paths() -> dict[str, Any]:
                 **{k: v for k, v in answers({}, 404).items()},
             },
         }},
+        "/assistants": {
+            "post": op("Create an assistant (version 1)", answers({200: ref("Assistant")}, 404, 409, 413, 422), request="AssistantCreate")
+        },
+        "/assistants/search": {
+            "post": op(
+                "Search assistants by graph, metadata and name",
+                answers({200: {"type": "array", "items": ref("AssistantSelected")}}, 413, 422),
+                request="AssistantSearch",
+                optional=True,
+            )
+        },
+        "/assistants/count": {
+            "post": op(
+                "Count assistants by graph, metadata and name",
+                answers({200: {"type": "integer", "minimum": 0}}, 413, 422),
+                request="AssistantCount",
+                optional=True,
+            )
+        },
+        "/assistants/{assistant_id}": {
+            "get": op("Get an assistant", answers({200: ref("Assistant")}, 404, 422), ASSISTANT),
+            "patch": op(
+                "Change an assistant: a new version, used from now on (metadata merged)",
+                answers({200: ref("Assistant")}, 404, 413, 422),
+                ASSISTANT,
+                request="AssistantUpdate",
+                optional=True,
+            ),
+            "delete": op("Delete an assistant and its versions", answers({204: None}, 404, 422), ASSISTANT),
+        },
+        "/assistants/{assistant_id}/graph": {
+            "get": op(
+                "The assistant's drawable graph (LangGraph's graph.get_graph().to_json())",
+                answers({200: DRAWABLE}, 404, 409, 422),
+                ASSISTANT,
+                query("xray", {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": 0, "maximum": 999}]}, "Include subgraphs (to this depth)."),
+            )
+        },
+        "/assistants/{assistant_id}/schemas": {
+            "get": op("The JSON schemas of the assistant's graph", answers({200: ref("GraphSchemas")}, 404, 409, 422), ASSISTANT)
+        },
+        "/assistants/{assistant_id}/subgraphs": {
+            "get": op(
+                "The schemas of the assistant's subgraphs, by namespace",
+                answers({200: ref("SubgraphSchemas")}, 404, 409, 422),
+                ASSISTANT,
+                query("recurse", {"type": "boolean"}),
+            )
+        },
+        "/assistants/{assistant_id}/subgraphs/{namespace}": {
+            "get": op(
+                "The schemas of one subgraph of the assistant's graph",
+                answers({200: ref("SubgraphSchemas")}, 404, 409, 422),
+                ASSISTANT,
+                {"name": "namespace", "in": "path", "required": True, "schema": {"type": "string"}},
+                query("recurse", {"type": "boolean"}),
+            )
+        },
+        "/assistants/{assistant_id}/versions": {
+            "post": op(
+                "An assistant's versions, newest first",
+                answers({200: {"type": "array", "items": ref("AssistantVersion")}}, 404, 413, 422),
+                ASSISTANT,
+                request="AssistantVersions",
+                optional=True,
+            )
+        },
+        "/assistants/{assistant_id}/latest": {
+            "post": op("Use one of an assistant's versions", answers({200: ref("Assistant")}, 404, 413, 422), ASSISTANT, request="AssistantLatest")
+        },
         "/threads": {"post": op("Create a thread", answers({200: ref("Thread")}, 409, 413, 422), request="ThreadCreate", optional=True)},
         "/threads/search": {
             "post": op(

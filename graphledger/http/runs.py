@@ -38,14 +38,14 @@ from graphledger.ledger.events import FAILURE_KINDS, RUN_STATUSES
 from graphledger.ledger.threads import Visibility
 from graphledger.projections import Projections
 from graphledger.projections.run_status import RunStatus
-from graphledger.runs import RunRequest, admit, cancel, checkpoint, join
+from graphledger.runs import RunRequest, admit, assistants, cancel, checkpoint, join
 from graphledger.runs.actor import AUTH_KEYS
 from graphledger.runs.recorder import stream_kind
 from graphledger.runs.request import CANCEL_ACTIONS, stream_modes
 from graphledger.runs.serialize import to_jsonable
 from graphledger.runs.sse import sse_modes
 
-NOT_KWARGS = ("assistant_id", "metadata", "multitask_strategy", "executor", "actor")
+NOT_KWARGS = ("assistant_id", "graph_id", "assistant_version", "metadata", "multitask_strategy", "executor", "actor")
 """Fields of ``run.created`` that a run's JSON shows on their own, not under ``kwargs``."""
 
 
@@ -86,17 +86,24 @@ def _ref(request: Request) -> RunRef:
 
 async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tuple[RunRequest, Event]:
     body = await json_body(request)
+    ledger: Ledger = request.app.state.ledger
+    named = body.get("assistant_id")
+    assistant = None
+    if isinstance(named, str) and named:  # else parse() says what is wrong
+        assistant = await assistants.find(ledger, request.app.state.graphs, named)  # an id or a graph's name
+        body = assistants.with_defaults(body, assistant)  # before parse(): its secrets are found like the run's
     run_request = RunRequest.parse(body)
+    if assistant is not None:
+        run_request.graph_id, run_request.assistant_version = assistant.graph_id, assistant.version
     if wait and "values" not in run_request.stream_mode:
         run_request.stream_mode.append("values")  # the final state is the last values chunk
-    ledger: Ledger = request.app.state.ledger
     thread_id: UUID | None = None if stateless else path_uuid(request, "thread_id")
     run_id = uuid4()
     value: dict[str, Any] = {
         "thread_id": thread_id, "assistant_id": run_request.assistant_id, "run_id": run_id, "status": "pending",
         "metadata": run_request.metadata, "prevent_insert_if_inflight": run_request.multitask_strategy == "reject",
         "multitask_strategy": run_request.multitask_strategy, "if_not_exists": run_request.if_not_exists, "after_seconds": 0,
-        "kwargs": {k: v for k, v in run_request.record().items() if k not in ("assistant_id", "metadata", "multitask_strategy")},
+        "kwargs": {k: v for k, v in run_request.record().items() if k not in NOT_KWARGS},
     }
     visible = await authorize(request, value)  # may stamp value["metadata"] (an owner)
     run_request.set_actor(user_json(request))  # recorded with its secrets [redacted]; the graph gets them

@@ -5,8 +5,9 @@ Every statement on ``runs`` is here, except the append statement
 same statement that inserts the events. :class:`Heads` binds them to one
 connection of a :class:`~graphledger.ledger.session.Session`.
 
-The head row is derived from the log: ``assistant_id``, ``metadata`` and
-``claimable`` are copied from the run's ``run.created`` payload when the run
+The head row is derived from the log: ``assistant_id`` (the graph the run
+executes: the payload's ``graph_id``, else its ``assistant_id``), ``metadata``
+and ``claimable`` are copied from the run's ``run.created`` payload when the run
 is inserted, and ``status``/``last_*`` move with every append.
 """
 
@@ -158,7 +159,8 @@ class Heads:
 
     async def insert(self, ref: RunRef, created: Mapping[str, Any]) -> None:
         """Insert a run's head row, its columns taken from its ``run.created`` payload."""
-        assistant_id = created.get("assistant_id")
+        # The graph the run executes: a thread's state is read through its latest run's.
+        assistant_id = created.get("graph_id") or created.get("assistant_id")
         metadata = created.get("metadata") or {}
         try:
             await self._conn.execute(
@@ -171,7 +173,7 @@ class Heads:
             raise InvalidEvent(f"run {ref.run_id} already exists") from None
 
     async def latest_assistant(self, thread_id: UUID) -> str | None:
-        """The assistant of the thread's latest run (None without runs, or when it named none)."""
+        """The graph of the thread's latest run (None without runs, or when it named none)."""
         found: str | None = await self._conn.fetchval(LATEST_ASSISTANT_SQL, thread_id)
         return found
 

@@ -176,3 +176,46 @@ checkpoints = sa.Table(
     sa.PrimaryKeyConstraint("checkpoint_id", name="checkpoints_pkey"),
     sa.CheckConstraint("tree_size >= 0", name="checkpoints_tree_size_check"),
 )
+
+# -- assistants (every statement on these tables is in ledger/assistants.py) ---------------------
+# Global like the Merkle tables: an assistant belongs to no thread.
+
+assistants = sa.Table(
+    "assistants",
+    metadata,
+    # The version in use, copied from assistant_versions (POST .../latest moves it).
+    sa.Column("assistant_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("graph_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("config", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("context", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("metadata", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("assistant_id", name="assistants_pkey"),
+    sa.CheckConstraint("version >= 1", name="assistants_version_check"),
+    sa.Index("assistants_graph_id_idx", "graph_id"),
+    sa.Index("assistants_created_at_idx", "created_at"),
+)
+
+assistant_versions = sa.Table(
+    "assistant_versions",
+    metadata,
+    # Every version an assistant had, 1, 2, ...: written once, removed only with the assistant.
+    sa.Column("assistant_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("graph_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("config", postgresql.JSONB, nullable=False),
+    sa.Column("context", postgresql.JSONB, nullable=False),
+    sa.Column("metadata", postgresql.JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint("assistant_id", "version", name="assistant_versions_pkey"),
+    sa.ForeignKeyConstraint(
+        ["assistant_id"], ["assistants.assistant_id"], name="assistant_versions_assistant_id_fkey", ondelete="CASCADE"
+    ),
+    sa.CheckConstraint("version >= 1", name="assistant_versions_version_check"),
+)

@@ -2,7 +2,7 @@
 
 Everything above the ledger reads and writes through these: the tables'
 statements (:attr:`Session.heads`, :attr:`Session.threads`,
-:attr:`Session.secrets`), the log's reads, and in a :class:`Transaction` the
+:attr:`Session.secrets`, :attr:`Session.assistants`), the log's reads, and in a :class:`Transaction` the
 conditional append. Driver errors are translated into ledger errors here, at
 the boundary, by :meth:`Ledger.session <graphledger.ledger.store.Ledger.session>`.
 
@@ -23,6 +23,7 @@ from asyncpg.cursor import CursorFactory
 
 from graphledger.ledger import read
 from graphledger.ledger.access import AccessLog
+from graphledger.ledger.assistants import Assistants
 from graphledger.ledger.events import RUN_CREATED, STATUS_AFTER, Event, NewEvent, RunRef
 from graphledger.ledger.heads import Heads
 from graphledger.ledger.read import Connection
@@ -40,6 +41,7 @@ class Session:
         """The connection itself, for the SQL of tables the ledger does not own (the checkpointer's)."""
         self.heads = Heads(conn)
         self.threads = Threads(conn)
+        self.assistants = Assistants(conn)
         self.secrets = Secrets(conn)
         self.access = AccessLog(conn)
         self.log = Log(conn)

@@ -117,7 +117,7 @@ async def admit(
     requests of the runs its strategy cancels.
     """
     if graphs is not None:
-        graphs.check(request.assistant_id)
+        graphs.check(request.graph)
     create = thread_id is None or request.if_not_exists == "create"
     thread_id = thread_id or uuid4()
     ref = RunRef(thread_id, run_id or uuid4())

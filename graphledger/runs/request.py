@@ -147,6 +147,10 @@ class RunRequest:
     """Who asked for the run (see :mod:`graphledger.runs.actor`); set by the server (:meth:`set_actor`), never read from a body.
 
     As recorded (secrets ``[redacted]``) at admission; with its secrets put back in a claimed run's request."""
+    graph_id: str | None = None
+    """The graph the run executes, when ``assistant_id`` names an assistant (see :mod:`graphledger.runs.assistants`); set by the server."""
+    assistant_version: int | None = None
+    """The version of the assistant the run was admitted with; set by the server."""
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> RunRequest:
@@ -237,7 +241,7 @@ class RunRequest:
             "multitask_strategy": self.multitask_strategy,
             "on_disconnect": self.on_disconnect,
         }
-        for name in ("command", "context", "interrupt_before", "interrupt_after"):
+        for name in ("graph_id", "assistant_version", "command", "context", "interrupt_before", "interrupt_after"):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
         scrubber = self.scrubber()
@@ -273,7 +277,14 @@ class RunRequest:
             secrets=stored,
             redacted=list(payload.get("redacted") or []),
             actor=actor if isinstance(actor, dict) else None,
+            graph_id=payload["graph_id"] if isinstance(payload.get("graph_id"), str) else None,
+            assistant_version=payload["assistant_version"] if isinstance(payload.get("assistant_version"), int) else None,
         )
+
+    @property
+    def graph(self) -> str:
+        """The name of the graph the run executes: ``graph_id``, else (runs that name a graph) ``assistant_id``."""
+        return self.graph_id or self.assistant_id
 
     @property
     def graph_modes(self) -> list[str]:

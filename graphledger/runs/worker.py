@@ -182,7 +182,7 @@ class Worker:
             error: BaseException | None = None
             try:
                 recording.resume = await self._resumes(claimed)
-                graph = await self.graphs.resolve(request.assistant_id, recording.config(), self.checkpointer)
+                graph = await self.graphs.resolve(request.graph, recording.config(), self.checkpointer)
                 stop.task = asyncio.get_running_loop().create_task(self._drive(recording, graph))
                 if stop.reason is not None:
                     stop.task.cancel()

@@ -275,3 +275,31 @@ async def test_a_cancel_on_a_stream_clients_disconnect_records_that_client(alice
         events = (await alice.get(f"/threads/{tid}/runs/{rid}/events")).json()["events"]
         (cancel,) = [e["data"] for e in events if e["kind"] == "run.cancel_requested"]
         assert cancel["reason"] == "client disconnected" and cancel["actor"] == ALICE_ACTOR, rid
+
+
+async def test_assistants_are_authorized_as_the_assistants_resource_and_filtered_in_sql(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, reviewer: httpx.AsyncClient
+) -> None:
+    created = await alice.post("/assistants", json={"graph_id": "whoami", "metadata": {"topic": "t"}, "name": "mine"})
+    assert created.status_code == 200, created.text
+    assistant = created.json()
+    aid = assistant["assistant_id"]
+    assert assistant["metadata"] == {"topic": "t", "owner": "alice"}  # stamped by the handler
+    a = f"/assistants/{aid}"
+    for path in [a, f"{a}/graph", f"{a}/schemas", f"{a}/subgraphs"]:
+        assert (await alice.get(path)).status_code == 200, path
+        assert (await reviewer.get(path)).status_code == 200, path
+        answer = await bob.get(path)
+        assert answer.status_code == 404 and "alice" not in answer.text, path
+    for method, path, body in [
+        ("PATCH", a, {"name": "stolen"}), ("DELETE", a, None), ("POST", f"{a}/versions", {}), ("POST", f"{a}/latest", {"version": 1}),
+    ]:
+        assert (await bob.request(method, path, json=body)).status_code == 404, (method, path)
+    assert (await reviewer.patch(a, json={"name": "reviewed"})).status_code == 404  # an update is not a read
+    assert aid not in {x["assistant_id"] for x in (await bob.post("/assistants/search", json={"limit": 1000})).json()}
+    assert (await bob.post("/assistants/count", json={"metadata": {"owner": "alice"}})).json() == 0
+    assert [x["assistant_id"] for x in (await alice.post("/assistants/search", json={"metadata": {"topic": "t"}})).json()] == [aid]
+    assert (await bob.post("/assistants", json={"graph_id": "whoami", "assistant_id": aid, "if_exists": "do_nothing"})).status_code == 409
+    assert (await alice.get(a)).json()["name"] == "mine"
+    answer = await alice.post("/runs/wait", json={"assistant_id": aid, "input": {}})
+    assert answer.status_code == 200 and answer.json()["who"]["identity"] == "alice"
