@@ -109,6 +109,75 @@ async def test_feed_under_concurrent_writers_returns_every_event_once(ledger: Le
     assert len(seen) == len(set(seen)) == total
 
 
+ADVANCE_SQL = """
+DO $$
+BEGIN
+    FOR i IN 1..{count} LOOP
+        PERFORM pg_current_xact_id();  -- takes a transaction id
+        COMMIT;
+    END LOOP;
+END $$
+"""
+ADVANCE_AT_MOST = 3_000_000  # transaction ids a test may burn to reach the next power of ten (seconds, not minutes)
+
+
+async def across_a_power_of_ten(ledger: Ledger, conn: asyncpg.Connection, ref: RunRef) -> tuple[int, bool]:
+    """Append events to ``ref`` whose transaction ids cross a power of ten; the power, and whether the ids are real.
+
+    The cluster's transaction counter is advanced to just below the next power
+    of ten by committing empty transactions, then each event is appended in a
+    transaction of its own. On a server whose counter is too far from the next
+    power (a long-lived DATABASE_URL), the events are inserted with the ids of
+    transactions that crossed the power below instead (they ended long ago).
+    """
+    now = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
+    power = 10 ** len(str(now))
+    if power - now <= ADVANCE_AT_MOST:
+        await conn.execute(ADVANCE_SQL.format(count=max(1, power - now - 4)))
+        for i in range(40):
+            event = await ledger.append(ref, "stream:values", {"i": i})
+            if int(await conn.fetchval("SELECT tx::text FROM events WHERE run_id = $1 AND seq = $2", ref.run_id, event.seq)) >= power + 2:
+                return power, True
+        raise AssertionError(f"40 transactions did not cross {power}")
+    power //= 10
+    last = await conn.fetchrow("SELECT seq, hash FROM events WHERE run_id = $1 ORDER BY seq DESC LIMIT 1", ref.run_id)
+    for i, tx in enumerate(range(power - 3, power + 3)):
+        await conn.execute(
+            "INSERT INTO events (thread_id, run_id, seq, kind, data, ts, tx, hash) "
+            "VALUES ($1, $2, $3, 'stream:values', '{}', now(), $4::text::xid8, $5)",
+            ref.thread_id, ref.run_id, last["seq"] + 1 + i, str(tx), bytes(last["hash"]),
+        )
+    return power, False
+
+
+async def test_feed_compares_transaction_ids_as_numbers_not_text(ledger: Ledger, conn: asyncpg.Connection) -> None:
+    ref = await new_run(ledger)
+    power, real = await across_a_power_of_ten(ledger, conn, ref)
+    rows = await conn.fetch(
+        "SELECT tx::text AS tx, global_position FROM events WHERE run_id = $1 AND seq > 1 ORDER BY events.tx, global_position", ref.run_id
+    )
+    ids = [int(r["tx"]) for r in rows]
+    assert min(ids) < power <= max(ids)
+    assert sorted(r["tx"] for r in rows) != [r["tx"] for r in rows]  # as text, '10000' < '9999': the order the feed must not use
+    expected = [r["global_position"] for r in rows]
+    start = FeedCursor(ids[0] - 1, 0)
+    for limit in (1, 3, 1000):  # one event a page crosses the power between two pages; a big page crosses it inside
+        seen: list[int] = []
+        cursor = start
+        while True:
+            events, cursor = await ledger.read_feed(cursor, limit=limit)
+            if not events:
+                break
+            seen.extend(e.global_position for e in events if e.run_id == ref.run_id)
+            assert [e.tx for e in events] == sorted(e.tx for e in events)
+        assert seen == expected, limit
+    if real:  # leaves take the feed's order too (forged ids may sort under leaves already given)
+        async with ledger.session() as session:
+            await session.log.grow()
+        leaves = await conn.fetch("SELECT global_position FROM merkle_leaves WHERE run_id = $1 AND seq > 1 ORDER BY leaf_index", ref.run_id)
+        assert [r["global_position"] for r in leaves] == expected
+
+
 @pytest.mark.parametrize("text", ["", "1", "a:b", "1:2:3", "-1:5"])
 def test_bad_feed_cursors(text: str) -> None:
     with pytest.raises(InvalidEvent):
