@@ -39,13 +39,30 @@ def counted(n: int, singular: str, plural: str | None = None) -> str:
 # -- export and verify --------------------------------------------------------------
 
 
-async def export_to(ledger: Ledger, selection: Selection, out: BinaryIO, progress: Progress | None = None) -> None:
-    """Write the export of ``selection`` to ``out`` (see :mod:`graphledger.ledger.export`)."""
-    async for chunk in export(ledger, selection, progress=progress):
+async def export_to(
+    ledger: Ledger,
+    selection: Selection,
+    out: BinaryIO,
+    progress: Progress | None = None,
+    *,
+    signer: Signer | None = None,
+    directory: Path | None = None,
+) -> int:
+    """Write the export of ``selection`` to ``out`` (see :mod:`graphledger.ledger.export`).
+
+    With ``signer``, a checkpoint covering the exported events is signed first
+    when needed (and written to ``directory`` too). Returns how many exported
+    events the header's checkpoint does not cover (its ``unproven``).
+    """
+    unproven: int | None = None
+    async for chunk in export(ledger, selection, progress=progress, signer=signer, directory=directory):
+        if unproven is None:  # the first chunk is the header line alone
+            unproven = int(json.loads(chunk)["unproven"])
         out.write(chunk)
     out.flush()
     if progress is not None:
         progress.close()
+    return unproven or 0
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
@@ -169,6 +169,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             )
         print(f"graphledger: warning: serving on {args.host} without authentication: anyone who reaches it reads and runs everything", file=sys.stderr)
     signer = _signer(args.signing_key) if args.signing_key else None
+    if args.checkpoint_dir and signer is None:
+        raise CommandError("--checkpoint-dir needs --signing-key: only signed checkpoints are written there")
+    checkpoint_dir = _checkpoint_dir(args.checkpoint_dir) if args.checkpoint_dir else None
     settings = RunSettings(
         workers=args.workers,
         lease_seconds=args.lease,
@@ -188,7 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _migrate(upgrade, dsn)
         app = create_app(
             dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes, auth=authorizer, signer=signer,
-            checkpoint_interval=args.checkpoint_interval, checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+            checkpoint_interval=args.checkpoint_interval, checkpoint_dir=checkpoint_dir,
         )
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
         server = Server(config, app, drain_seconds=args.drain)
@@ -320,23 +323,45 @@ def cmd_export(args: argparse.Namespace) -> None:
     if not (args.run or args.thread or args.since or args.until):
         raise CommandError("say what to export: --run ID, --thread ID, or --since/--until")
     _check_window(args)
+    if args.checkpoint_dir and not args.key:
+        raise CommandError("--checkpoint-dir needs --key: it keeps a copy of the checkpoint the export signs")
     selection = Selection(run_id=args.run, thread_id=args.thread, since=args.since, until=args.until)
+    signer = _signer(args.key) if args.key else None
+    directory = _checkpoint_dir(args.checkpoint_dir) if args.checkpoint_dir else None
     target = Path(args.out) if args.out else None
     partial = target.with_name(target.name + ".partial") if target else None
     progress = Progress("events exported")  # shown only when stderr is a terminal
     with _ledger(args) as (loop, ledger):
+
+        def write(out: BinaryIO) -> int:
+            return loop.run_until_complete(audit.export_to(ledger, selection, out, progress, signer=signer, directory=directory))
+
         if target is None or partial is None:
-            loop.run_until_complete(audit.export_to(ledger, selection, sys.stdout.buffer, progress))
-            return
-        try:
-            with open(partial, "wb") as out:
-                loop.run_until_complete(audit.export_to(ledger, selection, out, progress))
-            partial.replace(target)
-        except OSError as exc:
-            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
-        finally:
-            partial.unlink(missing_ok=True)
-    print(f"exported to {args.out}", file=sys.stderr)
+            unproven = write(sys.stdout.buffer)
+        else:
+            try:
+                with open(partial, "wb") as out:
+                    unproven = write(out)
+                partial.replace(target)
+            except OSError as exc:
+                raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+            finally:
+                partial.unlink(missing_ok=True)
+    if target is not None:
+        print(f"exported to {args.out}", file=sys.stderr)
+    if unproven:
+        from graphledger.audit import counted
+
+        why = (
+            "a transaction older than them was still open when the checkpoint was signed; export again"
+            if signer is not None
+            else "verify --key refuses them; export with --key ledger.key to sign a checkpoint that covers them"
+        )
+        print(
+            f"graphledger: warning: {counted(unproven, 'event')} of the export are newer than its signed checkpoint "
+            f"and carry no proof: {why}",
+            file=sys.stderr,
+        )
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -365,6 +390,12 @@ def cmd_verify(args: argparse.Namespace) -> None:
             print(
                 f"{args.file}: ok: {counted(report.proven, 'event')} proven in the log's tree of "
                 f"{counted(report.checkpoint.size, 'event')} at {report.checkpoint.time or '?'}, {signed}"
+            )
+        if report.unproven:
+            print(
+                f"{args.file}: note: {counted(report.unproven, 'event')} without a proof (newer than the export's checkpoint, "
+                "or none was signed): verify --key refuses them; graphledger export --key ledger.key signs a checkpoint "
+                "that covers every event it exports"
             )
         return
     with _ledger(args) as (loop, ledger):
@@ -415,6 +446,18 @@ def _signer(path: str) -> Signer:
         return Signer.parse(_read_text(path, "the signing key"))
     except NoteError as exc:
         raise CommandError(f"{path}: {exc}") from None
+
+
+def _checkpoint_dir(path: str) -> Path:
+    """The directory checkpoints are copied to, made if missing; refused now rather than at the first checkpoint."""
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot use --checkpoint-dir {path}: {exc.strerror or exc}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot use --checkpoint-dir {path}: not writable")
+    return directory
 
 
 def _signed_checkpoint(path: str, verifier: Verifier) -> Checkpoint:
@@ -679,13 +722,15 @@ def parser() -> Parser:
         help="export runs' events as NDJSON, for audits",
         description=(
             "Write the complete record of a run, of a thread's runs, or of the runs created in a time window: "
-            "a header line, one line per event (payload exactly as stored, with its chain hash), and a trailer. "
-            "See docs/export.md for the format."
+            "a header line, one line per event (payload exactly as stored, with its chain hash and its inclusion proof in "
+            "the latest signed checkpoint), and a trailer. Events newer than that checkpoint carry no proof; with --key, "
+            "a checkpoint that covers them all is signed first. See docs/export.md for the format."
         ),
         epilog=(
             "examples:\n  graphledger export --run 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --out run.ndjson\n"
             "  graphledger export --thread 6f1c... > thread.ndjson\n"
-            "  graphledger export --since 2026-11-01 --until 2026-12-01 --out november.ndjson"
+            "  graphledger export --since 2026-11-01 --until 2026-12-01 --out november.ndjson\n"
+            "  graphledger export --run 1b4e28ba-... --key keys/ledger.key --out run.ndjson   # every event proven"
         ),
     )
     export.add_argument("--run", type=_uuid, metavar="ID", help="one run (UUID)")
@@ -693,6 +738,11 @@ def parser() -> Parser:
     export.add_argument("--since", type=_time, metavar="T", help="runs created at or after this time (ISO 8601; UTC unless given)")
     export.add_argument("--until", type=_time, metavar="T", help="runs created before this time (ISO 8601; UTC unless given)")
     export.add_argument("--out", metavar="FILE", help="the file to write (default: standard output)")
+    export.add_argument(
+        "--key", metavar="FILE",
+        help="the signing key (ledger.key): first sign a checkpoint that covers every exported event, unless the latest does",
+    )
+    export.add_argument("--checkpoint-dir", metavar="DIR", help="with --key: also keep a copy of the checkpoint it signs here")
 
     verify = command(
         "verify",

@@ -168,7 +168,8 @@ def create_app(
     the Merkle log's ``/log/...``) authenticates and authorizes (see
     :mod:`graphledger.http.auth`). The Merkle log is grown in the background;
     with a ``signer``, a checkpoint is signed every ``checkpoint_interval``
-    seconds (and written to ``checkpoint_dir`` too).
+    seconds (and written to ``checkpoint_dir`` too), and an export download
+    signs one first when the latest does not cover every event it carries.
     """
     graphs = graphs or GraphRegistry.configure()
 
@@ -179,7 +180,9 @@ def create_app(
         app.state.heartbeat = heartbeat_seconds
         app.state.streams = sse.Streams()
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)
-        checkpointer = Checkpointer(app.state.ledger, signer, interval=checkpoint_interval, directory=checkpoint_dir)
+        checkpointer = app.state.checkpointer = Checkpointer(
+            app.state.ledger, signer, interval=checkpoint_interval, directory=checkpoint_dir
+        )
         try:
             await register(app.state.ledger, graphs)  # each served graph is an assistant
             await app.state.runtime.start()

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from graphledger.http.auth import authorize, guarded
 from graphledger.http.common import iso, path_uuid, query_bool, query_int, query_time, record_access, require
 from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
 from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE, Group
@@ -153,12 +154,18 @@ async def verify(request: Request) -> JSONResponse:
 
 
 async def export_download(request: Request) -> StreamingResponse:
-    """The NDJSON export of a thread's runs (or of one run), streamed (see docs/export.md)."""
+    """The NDJSON export of a thread's runs (or of one run), streamed (see docs/export.md).
+
+    A server that signs checkpoints (``serve --signing-key``) signs one first
+    when the latest does not cover every event of the export, so that each
+    carries its proof; that happens once per new event, not per download.
+    """
     thread_id, run_id = path_uuid(request, "thread_id"), _run_id(request)
     await _check(request, thread_id, run_id)
     await record_access(request, "export", thread_id=thread_id, run_id=run_id)
     selection = Selection(run_id=run_id) if run_id is not None else Selection(thread_id=thread_id)
-    chunks = export(request.app.state.ledger, selection)
+    keeper: Checkpointer = request.app.state.checkpointer
+    chunks = export(request.app.state.ledger, selection, signer=keeper.signer, directory=keeper.directory)
     try:
         header = await anext(chunks)  # refusals (a run that has not ended: 409) come before the first byte
     except BaseException:

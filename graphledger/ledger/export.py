@@ -4,9 +4,10 @@ An export is one UTF-8 file, one JSON object per line (see docs/export.md):
 
 1. a **header**: ``{"type": "header", "format": "graphledger-export",
    "version": 2, "exported_at", "server_version", "filters", "runs",
-   "not_ended", "checkpoint", "sha256"}`` (``checkpoint``: the latest signed
-   checkpoint of the Merkle log, or null); runs that have not ended are left out (their
-   record is not complete yet) and listed in ``not_ended``;
+   "not_ended", "checkpoint", "unproven", "sha256"}`` (``checkpoint``: the latest
+   signed checkpoint of the Merkle log, or null; ``unproven``: how many of the
+   export's events that checkpoint does not cover); runs that have not ended
+   are left out (their record is not complete yet) and listed in ``not_ended``;
 2. one **event** line per event, runs one after another, each run's events in
    ``seq`` order: ``{"type": "event", "thread_id", "run_id", "seq", "kind",
    "ts", "data", "hash"}``, where ``ts`` is the writer's timestamp in the
@@ -20,6 +21,12 @@ An export is one UTF-8 file, one JSON object per line (see docs/export.md):
 The header's and trailer's ``sha256`` is the SHA-256 (hex) of the line's
 canonical JSON without that key, so a changed byte in either is found on its
 own line; event lines are covered by the hash chain.
+
+Only a signed checkpoint proves an event, so an export made with a
+:class:`Signer` first makes sure one covers every event it carries: when the
+latest checkpoint is not signed by that key or leaves some of the events out
+(they are newer), the tree is grown and a checkpoint signed before the
+export's snapshot is taken.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import os
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -50,7 +58,8 @@ from graphledger.ledger.events import (
     RunRef,
     canonical_json,
 )
-from graphledger.ledger.note import Checkpoint, NoteError, Verifier, read_checkpoint, unsigned_checkpoint
+from graphledger.ledger.checkpointer import sign_checkpoint
+from graphledger.ledger.note import Checkpoint, NoteError, Signer, Verifier, read_checkpoint, unsigned_checkpoint
 from graphledger.ledger.session import Session
 
 if TYPE_CHECKING:
@@ -58,10 +67,10 @@ if TYPE_CHECKING:
 
 FORMAT = "graphledger-export"
 VERSION = 2
-"""Version 2 adds the latest signed checkpoint (header) and each event's leaf index and inclusion proof."""
+"""Version 2 adds the latest signed checkpoint and the count of events it does not cover (header), and each
+event's leaf index and inclusion proof."""
 VERSIONS = (1, 2)
 BATCH = 2_000  # event lines per chunk yielded (and rows per cursor fetch)
-
 
 
 def sealed(record: dict[str, Any]) -> str:
@@ -132,11 +141,46 @@ def _event_line(
     ))
 
 
-async def export(ledger: Ledger, selection: Selection, *, progress: Any = None) -> AsyncGenerator[bytes, None]:
+def _signed_by(note: str, verifier: Verifier) -> bool:
+    try:
+        read_checkpoint(note, verifier)
+    except NoteError:
+        return False
+    return True
+
+
+async def cover(ledger: Ledger, selection: Selection, signer: Signer, directory: Path | None = None) -> bool:
+    """Make the latest checkpoint one signed by ``signer`` that covers every event of ``selection``'s ended runs.
+
+    Signs one (growing the tree first, and writing it to ``directory`` too)
+    unless the latest already is; returns whether it signed. Refusals of the
+    selection (a run not found, not ended) come first, before anything is signed.
+    """
+    async with ledger.session() as session:
+        runs, _ = await selection.runs(session)
+        note = await session.log.latest_checkpoint()
+        if note is not None and _signed_by(note, signer.verifier):
+            if await session.log.uncovered(runs, unsigned_checkpoint(note).size) == 0:
+                return False
+    await sign_checkpoint(ledger, signer, directory)
+    return True
+
+
+async def export(
+    ledger: Ledger, selection: Selection, *, progress: Any = None, signer: Signer | None = None, directory: Path | None = None,
+) -> AsyncGenerator[bytes, None]:
     """The export of ``selection`` as chunks of lines, read from one consistent snapshot with constant memory.
 
-    ``progress``, when given, is called with the number of events written so far.
+    The first chunk is the header line alone. With ``signer``, a checkpoint
+    covering every exported event is signed first when the latest does not
+    (:func:`cover`; also written to ``directory``). Events that the header's
+    checkpoint does not cover anyway (a transaction older than them was still
+    open when the tree grew) go out without a proof and are counted in the
+    header's ``unproven``. ``progress``, when given, is called with the number
+    of events written so far.
     """
+    if signer is not None:
+        await cover(ledger, selection, signer, directory)
     async with ledger.transaction(isolation="repeatable_read", readonly=True) as tx:
         runs, active = await selection.runs(tx)
         note = await tx.log.latest_checkpoint()
@@ -144,7 +188,7 @@ async def export(ledger: Ledger, selection: Selection, *, progress: Any = None) 
         header = {
             "type": "header", "format": FORMAT, "version": VERSION, "server_version": __version__,
             "exported_at": datetime.now(timezone.utc).isoformat(), "filters": selection.filters(), "runs": len(runs),
-            "not_ended": [str(run_id) for run_id in active], "checkpoint": note,
+            "not_ended": [str(run_id) for run_id in active], "checkpoint": note, "unproven": await tx.log.uncovered(runs, size),
         }
         yield (sealed(header) + "\n").encode()
         summaries: list[RunSummary] = []
@@ -194,6 +238,8 @@ class FileReport:
     checkpoint: Checkpoint | None = None
     proven: int = 0
     """Events whose inclusion in the checkpoint's tree was proven."""
+    unproven: int = 0
+    """Events without a proof: newer than the checkpoint (refused when a key is given)."""
 
 
 class _Bad(Exception):
@@ -257,6 +303,7 @@ class _Proofs:
     checkpoint: Checkpoint | None
     required: bool
     proven: int = 0
+    unproven: int = 0
 
 
 def verify_lines(lines: Iterable[bytes], verifier: Verifier | None = None) -> FileReport:
@@ -308,15 +355,27 @@ def verify_lines(lines: Iterable[bytes], verifier: Verifier | None = None) -> Fi
         if not trailer_seen:
             raise _Bad(number + 1, "the file ends without a trailer (cut short?)")
     except _Bad as bad:
-        return FileReport(False, len(runs), events, bad.line, bad.reason, version, proofs.checkpoint, proofs.proven)
-    return FileReport(True, len(runs), events, version=version, checkpoint=proofs.checkpoint, proven=proofs.proven)
+        return FileReport(False, len(runs), events, bad.line, bad.reason, version, proofs.checkpoint, proofs.proven, proofs.unproven)
+    return FileReport(
+        True, len(runs), events, version=version, checkpoint=proofs.checkpoint, proven=proofs.proven, unproven=proofs.unproven
+    )
+
+
+SIGN_FIRST = (
+    "export it again with graphledger export --key ledger.key, which first signs a checkpoint that covers it, "
+    "or once the server (serve --signing-key) has signed its next checkpoint"
+)
 
 
 def _header_checkpoint(record: dict[str, Any], verifier: Verifier | None) -> Checkpoint | None:
     note = record.get("checkpoint")
     if note is None:
         if verifier is not None:
-            raise _Bad(1, "the export carries no signed checkpoint to check with the key (a version 1 file, or none was signed yet)")
+            raise _Bad(
+                1,
+                "the export carries no signed checkpoint to check with the key (a version 1 file, or none was signed yet): "
+                + SIGN_FIRST.replace(" it,", " its events,"),
+            )
         return None
     if not isinstance(note, str):
         raise _Bad(1, "the header's checkpoint is not a signed note")
@@ -331,7 +390,10 @@ def _check_proof(number: int, record: dict[str, Any], digest: bytes, proofs: _Pr
     checkpoint = proofs.checkpoint
     if leaf is None:
         if proofs.required:
-            raise _Bad(number, "the event is not in the checkpoint's tree (it is newer: sign a checkpoint, then export again)")
+            raise _Bad(number, f"the event is not in the checkpoint's tree (it is newer than the checkpoint): {SIGN_FIRST}")
+        if proof != []:
+            raise _Bad(number, "an event line without a leaf carries a proof")
+        proofs.unproven += 1
         return
     if type(leaf) is not int or not isinstance(proof, list) or not all(isinstance(p, str) and len(p) == 64 for p in proof):
         raise _Bad(number, "an event line's leaf or proof has the wrong type")

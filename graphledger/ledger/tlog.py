@@ -52,6 +52,14 @@ TILE_SQL = "SELECT hashes FROM merkle_tiles WHERE level = $1 AND tile_index = $2
 LEAF_SQL = "SELECT leaf_index FROM merkle_leaves WHERE thread_id = $1 AND run_id = $2 AND seq = $3"
 RUN_LEAVES_SQL = "SELECT seq, leaf_index FROM merkle_leaves WHERE thread_id = $1 AND run_id = $2 ORDER BY seq"
 LEAVES_FROM_SQL = "SELECT leaf_index, thread_id, run_id, seq, hash FROM merkle_leaves WHERE leaf_index >= $1 ORDER BY leaf_index"
+UNCOVERED_SQL = """
+SELECT count(*) FROM unnest($1::uuid[], $2::uuid[]) AS r(thread_id, run_id)
+JOIN events e ON e.thread_id = r.thread_id AND e.run_id = r.run_id
+WHERE NOT EXISTS (
+    SELECT 1 FROM merkle_leaves l
+    WHERE l.thread_id = e.thread_id AND l.run_id = e.run_id AND l.seq = e.seq AND l.leaf_index < $3
+)
+"""
 ADD_CHECKPOINT_SQL = "INSERT INTO checkpoints (tree_size, root_hash, signed_at, note) VALUES ($1, $2, $3, $4)"
 LATEST_CHECKPOINT_SQL = "SELECT note FROM checkpoints ORDER BY checkpoint_id DESC LIMIT 1"
 
@@ -166,6 +174,13 @@ class Log:
     async def run_leaves(self, thread_id: UUID, run_id: UUID) -> dict[int, int]:
         """``seq -> leaf index`` of a run's events that have one."""
         return {r["seq"]: r["leaf_index"] for r in await self.connection.fetch(RUN_LEAVES_SQL, thread_id, run_id)}
+
+    async def uncovered(self, runs: Sequence[tuple[UUID, UUID]], size: int) -> int:
+        """How many events of ``runs`` (``(thread_id, run_id)`` pairs) the tree of ``size`` leaves does not hold."""
+        if not runs:
+            return 0
+        count: int = await self.connection.fetchval(UNCOVERED_SQL, [t for t, _ in runs], [r for _, r in runs], size)
+        return count
 
     def leaves_from(self, first: int, prefetch: int = 5_000) -> asyncpg.cursor.CursorFactory[asyncpg.Record]:
         """A cursor over the stored leaves from ``first`` on (inside a transaction)."""

@@ -190,6 +190,8 @@ async def test_keys_and_checkpoint_commands(fresh: str, tmp_path: Path) -> None:
         (["verify", "--all", "--checkpoint", "x"], 1, "needs --key"),
         (["verify", "--run", "00000000-0000-0000-0000-000000000000", "--checkpoint", "x", "--key", "y"], 1, "goes with --all"),
         (["checkpoint", "--key", "/nonexistent/ledger.key"], 1, "cannot read the signing key"),
+        (["export", "--run", "00000000-0000-0000-0000-000000000000", "--checkpoint-dir", "{tmp}"], 1, "--checkpoint-dir needs --key"),
+        (["export", "--run", "00000000-0000-0000-0000-000000000000", "--key", "/nonexistent/ledger.key"], 1, "cannot read the signing key"),
         (["checkpoint"], 2, "required"),
         (["keygen", "--out", "{tmp}", "--name", "has space"], 1, "without spaces"),
     ],
@@ -263,6 +265,45 @@ async def test_an_export_proves_its_events_in_the_signed_checkpoint(fresh: str, 
     assert (await acli("verify", str(bare))).returncode == 0
     unproven = await acli("verify", str(bare), "--key", str(public))
     assert unproven.returncode == 1 and "not in the checkpoint's tree" in one_error_line(unproven)
+
+
+async def test_export_with_the_key_signs_a_checkpoint_that_proves_every_event(fresh: str, tmp_path: Path) -> None:
+    private, public = await keys(tmp_path)
+    async with await Ledger.connect(fresh, tail=False) as ledger:
+        await record(ledger, runs=2)
+        assert (await acli("checkpoint", "--key", str(private), dsn=fresh)).returncode == 0
+        (newer,) = await record(ledger, runs=1)  # 5 events the checkpoint does not cover
+    plain = tmp_path / "plain.ndjson"
+    unsigned = await acli("export", "--run", str(newer.run_id), "--out", str(plain), dsn=fresh)
+    assert unsigned.returncode == 0 and "5 events of the export are newer than its signed checkpoint" in unsigned.stderr.decode()
+    assert "--key ledger.key" in unsigned.stderr.decode()
+    assert json.loads(plain.read_bytes().splitlines()[0])["unproven"] == 5
+    chains_only = await acli("verify", str(plain))
+    assert chains_only.returncode == 0 and b"note: 5 events without a proof" in chains_only.stdout, chains_only
+    refused = await acli("verify", str(plain), "--key", str(public))
+    assert refused.returncode == 1 and "graphledger export --key ledger.key" in one_error_line(refused)
+
+    copies = tmp_path / "copies"
+    proven = tmp_path / "proven.ndjson"
+    signed = await acli("export", "--run", str(newer.run_id), "--key", str(private), "--checkpoint-dir", str(copies), "--out", str(proven), dsn=fresh)
+    assert signed.returncode == 0 and b"warning" not in signed.stderr, signed.stderr
+    header = json.loads(proven.read_bytes().splitlines()[0])
+    assert header["unproven"] == 0 and header["checkpoint"].split("\n")[1] == "15"  # the whole log, grown and signed now
+    assert [p.read_text() for p in copies.iterdir()] == [header["checkpoint"]]
+    verified = await acli("verify", str(proven), "--key", str(public))
+    assert verified.returncode == 0 and b"5 events proven in the log's tree of 15 events" in verified.stdout, verified
+    assert b"note:" not in verified.stdout
+
+    conn = await asyncpg.connect(fresh)
+    try:
+        count = await conn.fetchval("SELECT count(*) FROM checkpoints")
+        again = await acli("export", "--run", str(newer.run_id), "--key", str(private), "--checkpoint-dir", str(copies), dsn=fresh)
+        assert again.returncode == 0 and await conn.fetchval("SELECT count(*) FROM checkpoints") == count  # covered: none signed
+        other, _ = await keys(tmp_path / "other")
+        by_other = await acli("export", "--run", str(newer.run_id), "--key", str(other), dsn=fresh)
+        assert by_other.returncode == 0 and await conn.fetchval("SELECT count(*) FROM checkpoints") == count + 1  # not our key's
+    finally:
+        await conn.close()
 
 
 def test_a_version_1_export_still_verifies(tmp_path: Path) -> None:

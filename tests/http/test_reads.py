@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -218,6 +219,34 @@ async def test_the_export_downloads_and_verifies(sdk: LangGraphClient, http: htt
     busy = await http.get(f"/threads/{tid}/runs/{slow['run_id']}/export")
     assert busy.status_code == 409 and "has not ended" in busy.json()["detail"]
     await sdk.runs.cancel(tid, slow["run_id"], wait=True)
+
+
+async def test_a_server_that_signs_proves_every_event_of_an_export(dsn: str, tmp_path: Path) -> None:
+    from graphledger.http.app import create_app
+    from graphledger.ledger.export import verify_lines
+    from graphledger.ledger.note import Signer, read_checkpoint
+    from graphledger.runs import GraphRegistry, RunSettings
+    from tests.http.conftest import serve
+
+    signer = Signer.generate("export.example/log")
+    copies = tmp_path / "checkpoints"
+    app = create_app(
+        dsn, graphs=GraphRegistry({"demo": demo.graph}), settings=RunSettings(workers=2, drain_seconds=1.0),
+        signer=signer, checkpoint_interval=3600.0, checkpoint_dir=copies,  # no periodic checkpoint in this test
+    )
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        sdk = LangGraphClient(http)
+        tid, rid = await finished_run(sdk)
+        first = await http.get(f"/threads/{tid}/export")
+        assert first.status_code == 200
+        report = verify_lines(first.content.splitlines(keepends=True), signer.verifier)
+        assert report.ok and report.events > 0 and report.proven == report.events and report.unproven == 0, report
+        header = json.loads(first.content.splitlines()[0])
+        assert header["unproven"] == 0 and read_checkpoint(header["checkpoint"], signer.verifier).size >= report.events
+        assert [p.read_text() for p in copies.iterdir()] == [header["checkpoint"]]  # kept outside the database too
+        again = await http.get(f"/threads/{tid}/runs/{rid}/export")
+        assert verify_lines(again.content.splitlines(keepends=True), signer.verifier).proven == report.events
+        assert len(list(copies.iterdir())) == 1  # already covered: nothing signed again
 
 
 async def test_reads_of_the_record_are_in_the_access_log(sdk: LangGraphClient, http: httpx.AsyncClient, dsn: str) -> None:
