@@ -33,11 +33,17 @@ BATCH = 50_000
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock($1)"
 LAST_LEAF_SQL = "SELECT leaf_index, tx::text AS tx, global_position FROM merkle_leaves ORDER BY leaf_index DESC LIMIT 1"
+# The leaf hashes (RFC 9162: SHA-256(0x00 || entry)) come back as one value, in
+# leaf order: hashed by the server and not decoded row by row, which halves
+# what a growth costs in Python.
 ADD_LEAVES_SQL = f"""
-INSERT INTO merkle_leaves (leaf_index, tx, global_position, thread_id, run_id, seq, hash)
-SELECT $4 + row_number() OVER (ORDER BY f.tx, f.global_position) - 1, f.tx, f.global_position, f.thread_id, f.run_id, f.seq, f.hash
-FROM ({FEED_HASHES_SQL}) f
-RETURNING leaf_index, hash
+WITH added AS (
+    INSERT INTO merkle_leaves (leaf_index, tx, global_position, thread_id, run_id, seq, hash)
+    SELECT $4 + row_number() OVER (ORDER BY f.tx, f.global_position) - 1, f.tx, f.global_position, f.thread_id, f.run_id, f.seq, f.hash
+    FROM ({FEED_HASHES_SQL}) f
+    RETURNING leaf_index, hash
+)
+SELECT count(*) AS added, string_agg(sha256('\\x00'::bytea || hash), ''::bytea ORDER BY leaf_index) AS leaf_hashes FROM added
 """
 TILES_SQL = """
 SELECT t.level, t.tile_index, t.hashes FROM unnest($1::smallint[], $2::bigint[]) AS k(level, tile_index)
@@ -119,17 +125,19 @@ class Log:
                 size, tx, position = (0, "0", 0) if last is None else (int(last["leaf_index"]) + 1, last["tx"], last["global_position"])
                 before = size if before is None else before
                 take = batch if limit is None else min(batch, limit - (size - before))
-                rows = await self.connection.fetch(ADD_LEAVES_SQL, tx, position, take, size) if take > 0 else []
-                if rows:
-                    hashes = [merkle.leaf_hash(bytes(r["hash"])) for r in sorted(rows, key=lambda r: r["leaf_index"])]
+                added = await self.connection.fetchrow(ADD_LEAVES_SQL, tx, position, take, size) if take > 0 else None
+                count = 0 if added is None else int(added["added"])
+                if added is not None and count:
+                    blob = bytes(added["leaf_hashes"])
+                    hashes = [blob[i : i + merkle.HASH_SIZE] for i in range(0, len(blob), merkle.HASH_SIZE)]
                     edge = await self._tiles([(level, index) for level, index, _ in merkle.tiles_for(size)])
                     changed = merkle.grow_tiles(size, edge, hashes)
                     keys = sorted(changed)
                     await self.connection.execute(
                         PUT_TILES_SQL, [k[0] for k in keys], [k[1] for k in keys], [changed[k] for k in keys]
                     )
-                after = size + len(rows)
-            if len(rows) < take or take <= 0:
+                after = size + count
+            if count < take or take <= 0:
                 return Grown(before, after)
 
     async def _tiles(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
