@@ -46,6 +46,7 @@ import orjson
 from graphledger import __version__
 from graphledger.ledger import merkle
 from graphledger.ledger.chain import GENESIS, format_ts, link_with, run_prefix
+from graphledger.ledger.checkpointer import sign_checkpoint
 from graphledger.ledger.errors import (
     InvalidEvent,
     RunNotEnded,
@@ -58,7 +59,6 @@ from graphledger.ledger.events import (
     RunRef,
     canonical_json,
 )
-from graphledger.ledger.checkpointer import sign_checkpoint
 from graphledger.ledger.note import Checkpoint, NoteError, Signer, Verifier, read_checkpoint, unsigned_checkpoint
 from graphledger.ledger.session import Session
 
