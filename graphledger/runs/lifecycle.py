@@ -34,6 +34,7 @@ from uuid import UUID, uuid4
 from graphledger.ledger import Ledger
 from graphledger.ledger.errors import LedgerError, RunNotFound, ThreadNotFound
 from graphledger.ledger.events import (
+    EXECUTOR_CALLER,
     EXECUTOR_SERVER,
     RUN_CANCEL_REQUESTED,
     RUN_CREATED,
@@ -41,6 +42,7 @@ from graphledger.ledger.events import (
     RUN_INTERRUPTED,
     RUN_RELEASED,
     RUN_STARTED,
+    RUN_SUCCEEDED,
     STREAM_ERROR,
     TERMINAL_STATUSES,
     Event,
@@ -60,6 +62,9 @@ from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.request import CANCEL_ACTIONS, RunRequest
 
 _log = logging.getLogger("graphledger.runs")
+
+DELETE_THREAD = "delete_thread"
+"""The ``command`` of the run that records a thread's deletion."""
 
 
 @dataclass(slots=True)
@@ -160,8 +165,14 @@ async def delete_thread(
     reused, while its runs, their events and the projections remain readable,
     exportable and verifiable. Refused with :class:`ThreadBusy` while a run of
     the thread is pending or running (cancel it first). A thread outside
-    ``visible`` is not found. ``actor`` is recorded on the thread's row
-    (``deleted_by``): a deletion has no run whose log could hold it.
+    ``visible`` is not found.
+
+    The deletion is part of the record: it is written as a short run of the
+    thread, in the same transaction (``run.created`` with ``{"command":
+    "delete_thread", "actor": ...}``, then ``run.succeeded``), so who deleted
+    the thread is inside a hashed payload, chained, exported and verifiable
+    like any command. ``actor`` is also kept on the thread's row
+    (``deleted_by``).
     """
     async with ledger.transaction() as tx:
         # Under the admission lock no run can join the thread; runs only leave the active set.
@@ -171,6 +182,12 @@ async def delete_thread(
         if active:
             other, status = active[0]
             raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); cancel it first")
+        created: dict[str, Any] = {"command": DELETE_THREAD, "executor": EXECUTOR_CALLER, "metadata": {}}
+        if actor is not None:
+            created["actor"] = dict(actor)
+        ref = RunRef(thread_id, uuid4())
+        await tx.create_run(ref, created)
+        await tx.append(ref, [_event(RUN_SUCCEEDED, {})])
         await tx.threads.mark_deleted(thread_id, actor)
         await checkpoint.forget(tx.connection, thread_id)
 

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from graphledger.http import auth
 from graphledger.http.app import create_app
+from graphledger.ledger import Ledger
 from graphledger.runs import GraphRegistry, RunSettings, demo
 from tests.http.conftest import serve
 
@@ -216,6 +217,14 @@ async def test_commands_record_their_actor(dsn: str, alice: httpx.AsyncClient) -
     finally:
         await conn.close()
     assert json.loads(deleted_by) == expected
+    async with await Ledger.connect(dsn, tail=False) as ledger:
+        async with ledger.session() as session:
+            refs = [ref for ref, _ in await session.heads.statuses(thread_id=uuid.UUID(tid))]
+        records = [await ledger.read_run(ref) for ref in refs]
+        (deletion,) = [events for events in records if events[0].value.get("command") == "delete_thread"]
+        assert [e.kind for e in deletion] == ["run.created", "run.succeeded"]
+        assert deletion[0].value["actor"] == expected  # inside the hashed payload
+        assert (await ledger.verify(deletion[0].run_id)).ok
 
 
 async def test_search_count_state_and_history_never_show_another_users_threads(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
