@@ -91,6 +91,11 @@ UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL
 WHERE thread_id = $1 AND run_id = $2 AND lease_owner = $3 AND status = 'running'
 RETURNING run_id
 """
+HELD_BY_SQL = """
+SELECT r.thread_id, r.run_id FROM runs r JOIN unnest($2::uuid[], $3::uuid[]) AS k(thread_id, run_id)
+    ON r.thread_id = k.thread_id AND r.run_id = k.run_id
+WHERE r.lease_owner = $1 AND r.status = 'running'
+"""
 # A running run with no lease (started by a writer that takes none) is judged
 # by its last append instead. No lease is judged until the database has been
 # up for $4 seconds (a lease and its grace): a restart stopped every renewal,
@@ -209,6 +214,11 @@ class Heads:
     async def renew(self, owner: str, refs: Iterable[RunRef], seconds: float) -> set[RunRef]:
         """Extend ``owner``'s leases on ``refs``; the runs it still holds."""
         rows = await self._conn.fetch(RENEW_SQL, owner, *_refs(refs), float(seconds))
+        return {RunRef(row["thread_id"], row["run_id"]) for row in rows}
+
+    async def held_by(self, owner: str, refs: Iterable[RunRef]) -> set[RunRef]:
+        """Those of ``refs`` running under ``owner``'s lease."""
+        rows = await self._conn.fetch(HELD_BY_SQL, owner, *_refs(refs))
         return {RunRef(row["thread_id"], row["run_id"]) for row in rows}
 
     async def expired(self, grace_seconds: float, idle_seconds: float, limit: int, *, settle_seconds: float = 0.0) -> list[Expired]:

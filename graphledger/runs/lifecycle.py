@@ -32,7 +32,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from graphledger.ledger import Ledger
-from graphledger.ledger.errors import LedgerError, RunNotFound, ThreadNotFound
+from graphledger.ledger.errors import DatabaseUnavailable, LedgerError, RunNotFound, ThreadNotFound
 from graphledger.ledger.events import (
     EXECUTOR_CALLER,
     EXECUTOR_SERVER,
@@ -74,6 +74,14 @@ class Admitted:
     ref: RunRef
     created: Event
     cancelled: list[RunRef] = field(default_factory=list)
+
+
+class ClaimUncertain(DatabaseUnavailable):
+    """The database was lost during a claim that had prepared ``claimed``: whether it committed is unknown."""
+
+    def __init__(self, claimed: list[Claimed], cause: DatabaseUnavailable) -> None:
+        super().__init__(f"claim of {len(claimed)} runs may or may not have committed: {cause}")
+        self.claimed = claimed
 
 
 @dataclass(slots=True)
@@ -270,15 +278,32 @@ async def claim(ledger: Ledger, owner: str, *, limit: int, lease_seconds: float)
     if limit <= 0:
         return []
     claimed: list[Claimed] = []
-    async with ledger.transaction() as tx:
-        refs = await tx.heads.claimable(limit)
-        created = await tx.first_events(refs)
-        heads = await tx.heads.load(refs)
-        for ref in refs:
-            request = RunRequest.recorded(created[ref].value, await tx.secrets.take(ref))
-            attempt = await _next_attempt(tx, ref, heads[ref].kind)
-            claimed.append(Claimed(ref, request, await _start_locked(tx, ref, owner, lease_seconds, attempt)))
+    try:
+        async with ledger.transaction() as tx:
+            refs = await tx.heads.claimable(limit)
+            created = await tx.first_events(refs)
+            heads = await tx.heads.load(refs)
+            for ref in refs:
+                request = RunRequest.recorded(created[ref].value, await tx.secrets.take(ref))
+                attempt = await _next_attempt(tx, ref, heads[ref].kind)
+                claimed.append(Claimed(ref, request, await _start_locked(tx, ref, owner, lease_seconds, attempt)))
+    except DatabaseUnavailable as exc:
+        if claimed:
+            # The connection was lost with these claims prepared, perhaps at the
+            # commit: they may hold. Only ``owner`` can tell which (see held_by),
+            # and only this exception still has their requests (secrets included).
+            raise ClaimUncertain(claimed, exc) from exc
+        raise
     return claimed
+
+
+async def held_by(ledger: Ledger, owner: str, refs: Iterable[RunRef]) -> set[RunRef]:
+    """Those of ``refs`` that are running under ``owner``'s lease (claims whose commit did happen)."""
+    refs = list(refs)
+    if not refs:
+        return set()
+    async with ledger.session() as session:
+        return await session.heads.held_by(owner, refs)
 
 
 async def start(ledger: Ledger, ref: RunRef, owner: str, *, lease_seconds: float) -> Event:

@@ -124,6 +124,7 @@ class Worker:
         self.executed = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._uncertain: list[lifecycle.Claimed] = []  # claims whose commit's outcome was lost
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -158,7 +159,12 @@ class Worker:
                 if self.admissions is not None:
                     await self.admissions.quiet(self.hold_back)
                 try:
-                    claimed = await lifecycle.claim(self.ledger, self.owner, limit=free, lease_seconds=self.lease_seconds)
+                    claimed = await self._settle_uncertain()
+                    if not claimed:
+                        claimed = await lifecycle.claim(self.ledger, self.owner, limit=free, lease_seconds=self.lease_seconds)
+                except lifecycle.ClaimUncertain as exc:
+                    self._uncertain.extend(exc.claimed)
+                    _log.warning("claiming runs failed (%s); which of %d claims hold is settled next", exc, len(exc.claimed))
                 except Exception as exc:  # the loop must outlive any one failure
                     _log.warning("claiming runs failed (%s: %s); retrying", type(exc).__name__, exc)
             for item in claimed:
@@ -172,6 +178,23 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
+
+    async def _settle_uncertain(self) -> list[lifecycle.Claimed]:
+        """Of the claims whose commit was lost, those that did commit: they are this worker's to execute.
+
+        A claim that committed holds its runs under this worker's lease and
+        took their secrets, which only the lost claim still has in memory; a
+        claim that did not commit left them pending for anyone. Kept until the
+        database answers (a failure here is retried on the next turn).
+        """
+        if not self._uncertain:
+            return []
+        held = await lifecycle.held_by(self.ledger, self.owner, [c.ref for c in self._uncertain])
+        mine = [c for c in self._uncertain if c.ref in held and c.ref not in self.running]
+        self._uncertain = []
+        if mine:
+            _log.warning("%d runs claimed as the database went away are executed after all", len(mine))
+        return mine
 
     async def _execute(self, claimed: lifecycle.Claimed) -> None:
         ref, request = claimed.ref, claimed.request

@@ -6,9 +6,9 @@ from typing import Any
 
 from graphledger.ledger import Ledger, RunRef
 from graphledger.projections import Projections
-from graphledger.runs import Recorder, RunRequest, Worker, demo
+from graphledger.runs import GraphRegistry, Recorder, RunRequest, Worker, admit, demo, join, lifecycle
 from tests._db import raw
-from tests.runs.conftest import Submit, ask
+from tests.runs.conftest import LEASE, Submit, ask
 
 
 async def test_a_run_of_the_demo_graph_is_recorded_from_created_to_succeeded(ledger: Ledger, worker: Worker, run_to_end: Submit) -> None:
@@ -177,3 +177,24 @@ async def test_claims_wait_for_admissions_in_flight_but_never_longer_than_the_ho
         started = time.monotonic()
         await gate.quiet(0.2)  # steady traffic: the hold-back is the most it waits
         assert 0.15 < time.monotonic() - started < 1.0
+
+
+async def test_a_claim_whose_commit_was_lost_is_settled_by_its_claimer(ledger: Ledger, graphs: GraphRegistry, saver: Any) -> None:
+    """The database went away at a claim's commit: the claims that held are executed, the others left to anyone."""
+    worker = Worker(ledger, graphs, checkpointer=saver, concurrency=4, lease_seconds=LEASE, poll_interval=0.2)
+    held = (await admit(ledger, ask("one two"), graphs=graphs)).ref
+    (committed,) = await lifecycle.claim(ledger, worker.owner, limit=1, lease_seconds=LEASE)  # its answer "lost"
+    assert committed.ref == held
+    pending = (await admit(ledger, ask("three four five"), graphs=graphs)).ref
+    created = (await ledger.read_run(pending, 0, 1))[0]
+    never = lifecycle.Claimed(pending, RunRequest.recorded(created.value), committed.started)  # prepared, never committed
+    worker._uncertain = [committed, never]
+    await worker.start()
+    try:
+        first, second = await join(ledger, held), await join(ledger, pending)
+    finally:
+        await worker.stop(drain_seconds=5)
+    assert first.kind == second.kind == "run.succeeded"
+    kinds = [e.kind for e in await ledger.read_run(held)]
+    assert kinds.count("run.started") == 1  # executed under the claim that held, not claimed again
+    assert [e.value["worker"] for e in await ledger.read_run(pending) if e.kind == "run.started"] == [worker.owner]
