@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from graphledger.http.auth import authorize, guarded
-from graphledger.http.common import HTTPError, iso, json_body, parse_uuid, query_bool
+from graphledger.http.common import MAX_SEARCH, HTTPError, body_int, iso, json_body, parse_uuid, query_bool, search_page
 from graphledger.http.state import no_nul
 from graphledger.ledger import Ledger
 from graphledger.ledger.assistants import SORT_BY, Assistant, Change
@@ -34,7 +34,6 @@ IF_EXISTS = ("raise", "do_nothing")
 SELECT = ("assistant_id", "graph_id", "config", "context", "created_at", "updated_at", "metadata", "version", "name", "description")
 """The fields of an assistant, in order; a search may ``select`` some of them."""
 VERSION_FIELDS = tuple(f for f in SELECT if f != "updated_at")
-MAX_SEARCH = 1000
 MAX_TEXT = 10_000
 DEFAULT_NAME = "Untitled"
 
@@ -116,15 +115,6 @@ def _graph_id(request: Request, body: dict[str, Any], *, required: bool) -> str 
     return graph_id
 
 
-def _int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise HTTPError(422, f"{name} must be a whole number from {low} to {high}")
-    return value
-
-
 def _not_found(assistant_id: UUID) -> HTTPError:
     return HTTPError(404, f"assistant {assistant_id} not found")
 
@@ -155,29 +145,15 @@ def _filters(body: dict[str, Any]) -> dict[str, Any]:
 async def search_assistants(request: Request) -> JSONResponse:
     body = await json_body(request, optional=True)
     filters = _filters(body)
-    sort_by = body.get("sort_by") or "created_at"
-    if sort_by not in SORT_BY:
-        raise HTTPError(422, f"sort_by must be one of {', '.join(SORT_BY)}")
-    sort_order = body.get("sort_order") or "desc"
-    if sort_order not in ("asc", "desc"):
-        raise HTTPError(422, "sort_order must be asc or desc")
-    select = body.get("select")
-    fields: tuple[str, ...]
-    if select is None:
-        fields = SELECT
-    elif not isinstance(select, list) or not select or not all(isinstance(f, str) and f in SELECT for f in select):
-        raise HTTPError(422, f"select must be a non-empty list of {', '.join(SELECT)}")
-    else:
-        fields = tuple(f for f in SELECT if f in select)
-    limit = _int(body, "limit", 10, 1, MAX_SEARCH)
-    offset = _int(body, "offset", 0, 0, 2**31 - 1)
+    page = search_page(body, sort_by=SORT_BY, fields=SELECT)
+    limit, offset = page.limit, page.offset
     visible = await authorize(request, {"graph_id": filters["graph_id"], "metadata": dict(filters["metadata"] or {}), "limit": limit, "offset": offset})
     ledger: Ledger = request.app.state.ledger
     async with ledger.session() as session:
         found = await session.assistants.search(
-            **filters, sort_by=sort_by, descending=sort_order == "desc", limit=limit, offset=offset, visible=visible
+            **filters, sort_by=page.sort_by, descending=page.descending, limit=limit, offset=offset, visible=visible
         )
-    return JSONResponse([assistant_json(a, fields) for a in found])
+    return JSONResponse([assistant_json(a, page.fields) for a in found])
 
 
 async def count_assistants(request: Request) -> JSONResponse:
@@ -234,8 +210,8 @@ async def list_versions(request: Request) -> JSONResponse:
     assistant_id = _assistant_id(request)
     body = await json_body(request, optional=True)
     metadata = _object(body, "metadata") or None
-    limit = _int(body, "limit", 10, 1, MAX_SEARCH)
-    offset = _int(body, "offset", 0, 0, 2**31 - 1)
+    limit = body_int(body, "limit", 10, 1, MAX_SEARCH)
+    offset = body_int(body, "offset", 0, 0, 2**31 - 1)
     visible = await authorize(request, {"assistant_id": assistant_id, "metadata": dict(metadata or {}), "limit": limit, "offset": offset})
     ledger: Ledger = request.app.state.ledger
     async with ledger.session() as session:

@@ -6,7 +6,8 @@ import codecs
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 from uuid import UUID
@@ -230,3 +231,48 @@ def query_time(request: Request, name: str) -> datetime | None:
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+MAX_SEARCH = 1000
+"""The largest page a search (``limit``) or a list of ids may ask for."""
+
+
+def body_int(body: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    """A whole number from a JSON body (``default`` when absent); 422 outside ``[low, high]``."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise HTTPError(422, f"{name} must be a whole number from {low} to {high}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """The page a search body asks for: its order, the fields it selects, ``limit`` and ``offset``."""
+
+    sort_by: str
+    descending: bool
+    fields: tuple[str, ...]
+    limit: int
+    offset: int
+
+
+def search_page(body: Mapping[str, Any], *, sort_by: Sequence[str], fields: tuple[str, ...]) -> SearchPage:
+    """``sort_by``, ``sort_order``, ``select``, ``limit`` and ``offset`` of a search body (LangGraph's defaults); 422 when invalid."""
+    order_by = body.get("sort_by") or "created_at"
+    if order_by not in sort_by:
+        raise HTTPError(422, f"sort_by must be one of {', '.join(sort_by)}")
+    sort_order = body.get("sort_order") or "desc"
+    if sort_order not in ("asc", "desc"):
+        raise HTTPError(422, "sort_order must be asc or desc")
+    select = body.get("select")
+    if select is None:
+        chosen = fields
+    elif not isinstance(select, list) or not select or not all(isinstance(f, str) and f in fields for f in select):
+        raise HTTPError(422, f"select must be a non-empty list of {', '.join(fields)}")
+    else:
+        chosen = tuple(f for f in fields if f in select)
+    return SearchPage(
+        order_by, sort_order == "desc", chosen, body_int(body, "limit", 10, 1, MAX_SEARCH), body_int(body, "offset", 0, 0, 2**31 - 1)
+    )

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from graphledger import runs
 from graphledger.http.auth import authorize, guarded
-from graphledger.http.common import HTTPError, iso, json_body, parse_uuid, path_uuid
+from graphledger.http.common import MAX_SEARCH, HTTPError, iso, json_body, parse_uuid, path_uuid, search_page
 from graphledger.http.identity import actor
 from graphledger.http.state import no_nul, thread_state
 from graphledger.ledger import Ledger
@@ -35,7 +35,6 @@ IF_EXISTS = ("raise", "do_nothing")
 SELECT = ("thread_id", "created_at", "updated_at", "metadata", "status", "values", "interrupts")
 """The fields of a thread, in order; a search may ``select`` some of them."""
 STATE_FIELDS = frozenset({"values", "interrupts"})
-MAX_SEARCH = 1000
 
 
 async def thread_json(states: ThreadState, view: ThreadView, fields: tuple[str, ...] = SELECT) -> dict[str, Any]:
@@ -130,44 +129,17 @@ def _filters(body: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": no_nul(metadata, "metadata") or None, "ids": ids, "status": status}
 
 
-def _int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise HTTPError(422, f"{name} must be a whole number from {low} to {high}")
-    return value
-
-
 async def search_threads(request: Request) -> JSONResponse:
     body = await json_body(request, optional=True)
     filters = _filters(body)
-    sort_by = body.get("sort_by") or "created_at"
-    if sort_by not in SORT_BY:
-        raise HTTPError(422, f"sort_by must be one of {', '.join(SORT_BY)}")
-    sort_order = body.get("sort_order") or "desc"
-    if sort_order not in ("asc", "desc"):
-        raise HTTPError(422, "sort_order must be asc or desc")
-    select = body.get("select")
-    fields: tuple[str, ...]
-    if select is None:
-        fields = SELECT
-    elif not isinstance(select, list) or not select or not all(isinstance(f, str) and f in SELECT for f in select):
-        raise HTTPError(422, f"select must be a non-empty list of {', '.join(SELECT)}")
-    else:
-        fields = tuple(f for f in SELECT if f in select)
+    page = search_page(body, sort_by=SORT_BY, fields=SELECT)
     # As the reference passes it: metadata is a dict, empty when the caller gave none (handlers stamp into it).
-    visible = await authorize(request, {**filters, "metadata": dict(filters["metadata"] or {}), "limit": body.get("limit"), "offset": body.get("offset")})
+    visible = await authorize(request, {**filters, "metadata": dict(filters["metadata"] or {}), "limit": page.limit, "offset": page.offset})
     found = await Projections(request.app.state.ledger).search_threads(
-        **filters,
-        visible=visible,
-        sort_by=sort_by,
-        descending=sort_order == "desc",
-        limit=_int(body, "limit", 10, 1, MAX_SEARCH),
-        offset=_int(body, "offset", 0, 0, 2**31 - 1),
+        **filters, visible=visible, sort_by=page.sort_by, descending=page.descending, limit=page.limit, offset=page.offset
     )
     states = thread_state(request)
-    return JSONResponse([await thread_json(states, view, fields) for view in found])
+    return JSONResponse([await thread_json(states, view, page.fields) for view in found])
 
 
 async def count_threads(request: Request) -> JSONResponse:
