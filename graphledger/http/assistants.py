@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from graphledger.http.auth import authorize, guarded
+from graphledger.http.auth import authorize, guarded, stamped_metadata
 from graphledger.http.common import MAX_SEARCH, HTTPError, body_int, iso, json_body, parse_uuid, query_bool, search_page
 from graphledger.http.state import no_nul
 from graphledger.ledger import Ledger
@@ -238,10 +238,8 @@ async def create_assistant(request: Request) -> JSONResponse:
         "context": context or {}, "metadata": _object(body, "metadata") or {}, "if_exists": if_exists,
         "name": _text(body, "name") or DEFAULT_NAME, "description": _text(body, "description"),
     }
-    visible = await authorize(request, value)  # may stamp value["metadata"] (an owner)
-    metadata = value.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise TypeError("an authorization handler set metadata to something other than a dict")
+    visible = await authorize(request, value)
+    metadata = stamped_metadata(value)
     ledger: Ledger = request.app.state.ledger
     async with ledger.session() as session:
         created = await session.assistants.insert(
@@ -269,10 +267,8 @@ async def update_assistant(request: Request) -> JSONResponse:
         "assistant_id": assistant_id, "graph_id": change.graph_id, "config": change.config, "context": change.context,
         "metadata": dict(change.metadata or {}), "name": change.name, "description": change.description,
     }
-    visible = await authorize(request, value)  # may stamp value["metadata"]
-    metadata = value.get("metadata") or None
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError("an authorization handler set metadata to something other than a dict")
+    visible = await authorize(request, value)
+    metadata = stamped_metadata(value) or None
     ledger: Ledger = request.app.state.ledger
     async with ledger.transaction() as tx:
         changed = await tx.assistants.change(assistant_id, replace(change, metadata=metadata), visible)

@@ -218,6 +218,14 @@ def resource_of(route: Route) -> str | None:
     return getattr(route.endpoint, "resource", None)
 
 
+def stamped_metadata(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``metadata`` of an authorized ``value``, as a handler may have stamped it (an owner); empty when absent."""
+    metadata = value.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise TypeError("an authorization handler set metadata to something other than a dict")
+    return metadata
+
+
 async def authorize(request: Request, value: dict[str, Any]) -> Visibility | None:
     """Authorize the request's route's action with ``value``; the filter that restricts what it sees.
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from graphledger import runs
-from graphledger.http.auth import authorize, guarded
+from graphledger.http.auth import authorize, guarded, stamped_metadata
 from graphledger.http.common import MAX_SEARCH, HTTPError, iso, json_body, parse_uuid, path_uuid, search_page
 from graphledger.http.identity import actor
 from graphledger.http.state import no_nul, thread_state
@@ -69,10 +69,8 @@ async def create_thread(request: Request) -> JSONResponse:
     if if_exists not in IF_EXISTS:
         raise HTTPError(422, f"if_exists must be raise or do_nothing, not {if_exists!r}")
     value = {"thread_id": thread_id, "metadata": metadata, "if_exists": if_exists}
-    visible = await authorize(request, value)  # may stamp value["metadata"] (an owner)
-    metadata = value.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise TypeError("an authorization handler set metadata to something other than a dict")
+    visible = await authorize(request, value)
+    metadata = stamped_metadata(value)
     ledger: Ledger = request.app.state.ledger
     async with ledger.session() as session:
         thread = await session.threads.insert(thread_id, metadata)
