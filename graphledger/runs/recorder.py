@@ -204,6 +204,8 @@ class Recording:
         self.request = request
         self.usage = UsageHandler(self)
         self.interrupts: list[Any] = []
+        self.breakpoint = False
+        """The graph stopped at a static breakpoint (``interrupt_before`` / ``interrupt_after``): an empty ``__interrupt__``."""
         self.chunks = 0
         self.ended: Event | None = None
         self.graph_thread_id = str(ref.thread_id)
@@ -248,6 +250,7 @@ class Recording:
             if not namespace and isinstance(chunk, Mapping) and INTERRUPT_KEY in chunk:
                 value = chunk[INTERRUPT_KEY]
                 self.interrupts.extend(value if isinstance(value, (list, tuple)) else [value])
+                self.breakpoint = self.breakpoint or not value
         self.chunks += 1
         data = encode(chunk)
         if self.scrubber is not None:
@@ -292,9 +295,11 @@ class Recording:
         return self.ended
 
     async def succeed(self) -> Event | None:
-        """End the run: success, or interrupted when the graph stopped at an interrupt."""
+        """End the run: success, or interrupted when the graph stopped at an interrupt or a breakpoint."""
         if self.interrupts:
             return await self._end(RUN_INTERRUPTED, {"reason": "interrupt", "interrupts": to_jsonable(self.interrupts)})
+        if self.breakpoint:
+            return await self._end(RUN_INTERRUPTED, {"reason": "breakpoint"})
         return await self._end(RUN_SUCCEEDED, {})
 
     async def fail(self, exc: BaseException) -> Event | None:
