@@ -17,6 +17,7 @@ from graphledger import __version__
 from graphledger.http.assistants import MAX_TEXT
 from graphledger.http.assistants import SELECT as ASSISTANT_SELECT
 from graphledger.http.common import MAX_JSON_DEPTH
+from graphledger.http.runs import MAX_BATCH
 from graphledger.http.threads import SELECT
 from graphledger.ledger.assistants import SORT_BY as ASSISTANT_SORT_BY
 from graphledger.ledger.events import RUN_STATUSES
@@ -26,7 +27,9 @@ from graphledger.projections.token_usage import TOKEN_FIELDS
 from graphledger.runs.request import (
     CANCEL_ACTIONS,
     IF_NOT_EXISTS,
+    MAX_AFTER_SECONDS,
     MULTITASK_STRATEGIES,
+    ON_COMPLETION,
     ON_DISCONNECT,
     STREAM_MODES,
 )
@@ -296,10 +299,31 @@ SCHEMAS: dict[str, Any] = {
             "if_not_exists": nullable({"type": "string", "enum": list(IF_NOT_EXISTS)}),
             "interrupt_before": nullable({"anyOf": [{"const": "*"}, {"type": "array", "items": {"type": "string"}}]}),
             "interrupt_after": nullable({"anyOf": [{"const": "*"}, {"type": "array", "items": {"type": "string"}}]}),
+            "checkpoint_id": nullable(CHECKPOINT_ID | {
+                "description": "Start from this checkpoint of the thread (time travel: the run forks the thread's history there)."
+            }),
+            "checkpoint": nullable(obj(
+                {
+                    "checkpoint_id": nullable(CHECKPOINT_ID),
+                    "checkpoint_ns": nullable({"const": "", "description": "A run starts from a checkpoint of the thread's graph."}),
+                    "checkpoint_map": nullable({"type": "object", "additionalProperties": {"type": "string"}}),
+                    "thread_id": nullable({"type": "string"}),
+                },
+                extra=True,
+            )),
+            "after_seconds": nullable({
+                "type": "number", "minimum": 0, "maximum": MAX_AFTER_SECONDS,
+                "description": "The run stays pending this long before a worker may start it.",
+            }),
+            "on_completion": nullable({
+                "type": "string", "enum": list(ON_COMPLETION),
+                "description": "A stateless run's new thread, once the run ends: deleted (the default) or kept. Ignored for a thread's run.",
+            }),
         },
         ["assistant_id"],
         extra=True,
     ),
+    "RunBatch": {"type": "array", "items": ref("RunCreate"), "minItems": 1, "maxItems": MAX_BATCH},
     "MessagePage": obj(
         {
             "messages": {
@@ -630,6 +654,14 @@ def _paths() -> dict[str, Any]:
         },
         "/threads/{thread_id}/runs/stream": {"post": op("Create a run and stream it", stream, THREAD, request="RunCreate")},
         "/threads/{thread_id}/runs/wait": {"post": op("Create a run and wait for its result", wait, THREAD, request="RunCreate")},
+        "/runs": {"post": op("Create a background run on a new thread", create, request="RunCreate")},
+        "/runs/batch": {
+            "post": op(
+                "Create background runs on new threads, all or none",
+                answers({200: {"type": "array", "items": ref("Run")}}, 404, 409, 413, 422),
+                request="RunBatch",
+            )
+        },
         "/runs/stream": {"post": op("Create a run on a new thread and stream it", stream, request="RunCreate")},
         "/runs/wait": {"post": op("Create a run on a new thread and wait for its result", wait, request="RunCreate")},
         "/threads/{thread_id}/runs/{run_id}": {"get": op("Get a run", answers({200: ref("Run")}, 404, 422), THREAD, RUN)},

@@ -25,21 +25,25 @@ from graphledger.http.common import (
     HTTPError,
     iso,
     json_body,
+    parse_json,
     path_uuid,
     query_bool,
     query_int,
     record_access,
     require,
+    status_of,
 )
 from graphledger.http.identity import actor, user_json
 from graphledger.http.sse import check_resumable, last_event_id, sse_response, sse_stream
 from graphledger.ledger import Event, Ledger, RunRef
+from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.events import FAILURE_KINDS, RUN_STATUSES
 from graphledger.ledger.threads import Visibility
 from graphledger.projections import Projections
 from graphledger.projections.run_status import RunStatus
 from graphledger.runs import RunRequest, admit, assistants, cancel, checkpoint, join
 from graphledger.runs.actor import AUTH_KEYS
+from graphledger.runs.lifecycle import Admission, admit_batch
 from graphledger.runs.recorder import stream_kind
 from graphledger.runs.request import CANCEL_ACTIONS, stream_modes
 from graphledger.runs.serialize import to_jsonable
@@ -84,8 +88,10 @@ def _ref(request: Request) -> RunRef:
 # -- creating runs ------------------------------------------------------------------
 
 
-async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tuple[RunRequest, Event]:
-    body = await json_body(request)
+async def _prepare(request: Request, body: Any, *, thread_id: UUID | None, wait: bool = False) -> Admission:
+    """A run-create body parsed, its assistant found and the run authorized: ready to admit (nothing written yet)."""
+    if not isinstance(body, dict):
+        raise HTTPError(422, "a run request must be a JSON object")
     ledger: Ledger = request.app.state.ledger
     named = body.get("assistant_id")
     assistant = None
@@ -97,12 +103,17 @@ async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tu
         run_request.graph_id, run_request.assistant_version = assistant.graph_id, assistant.version
     if wait and "values" not in run_request.stream_mode:
         run_request.stream_mode.append("values")  # the final state is the last values chunk
-    thread_id: UUID | None = None if stateless else path_uuid(request, "thread_id")
+    if thread_id is None:
+        run_request.check_stateless()
+        run_request.on_completion = run_request.on_completion or "delete"  # the new thread goes with its run unless kept
+    else:
+        run_request.on_completion = None  # a thread's own run leaves it as it is
     run_id = uuid4()
     value: dict[str, Any] = {
         "thread_id": thread_id, "assistant_id": run_request.assistant_id, "run_id": run_id, "status": "pending",
         "metadata": run_request.metadata, "prevent_insert_if_inflight": run_request.multitask_strategy == "reject",
-        "multitask_strategy": run_request.multitask_strategy, "if_not_exists": run_request.if_not_exists, "after_seconds": 0,
+        "multitask_strategy": run_request.multitask_strategy, "if_not_exists": run_request.if_not_exists,
+        "after_seconds": run_request.after_seconds,
         "kwargs": {k: v for k, v in run_request.record().items() if k not in NOT_KWARGS},
     }
     visible = await authorize(request, value)  # may stamp value["metadata"] (an owner)
@@ -116,17 +127,56 @@ async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tu
         configurable = run_request.config.get("configurable")
         if isinstance(configurable, dict):  # only the server says who the user is
             run_request.config["configurable"] = {k: v for k, v in configurable.items() if k not in AUTH_KEYS}
+    return Admission(run_request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata, visible=visible)
+
+
+async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tuple[RunRequest, Event]:
+    thread_id: UUID | None = None if stateless else path_uuid(request, "thread_id")
+    prepared = await _prepare(request, await json_body(request), thread_id=thread_id, wait=wait)
     with request.app.state.runtime.admissions:  # workers hold back their claims while a burst is admitted
         admitted = await admit(
-            ledger, run_request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata,
-            graphs=request.app.state.graphs, visible=visible,
+            request.app.state.ledger, prepared.request, thread_id=thread_id, run_id=prepared.run_id,
+            thread_metadata=prepared.thread_metadata, graphs=request.app.state.graphs, visible=prepared.visible,
         )
-    return run_request, admitted.created
+    return prepared.request, admitted.created
 
 
 async def create_run(request: Request) -> JSONResponse:
     _, created = await _admit(request, stateless=False)
     return JSONResponse(await fetch_run(request.app.state.ledger, RunRef(created.thread_id, created.run_id)))
+
+
+async def create_stateless(request: Request) -> JSONResponse:
+    _, created = await _admit(request, stateless=True)
+    ref = RunRef(created.thread_id, created.run_id)
+    headers = {"Content-Location": f"/threads/{ref.thread_id}/runs/{ref.run_id}"}
+    return JSONResponse(await fetch_run(request.app.state.ledger, ref), headers=headers)
+
+
+MAX_BATCH = 1000
+"""The most runs one ``POST /runs/batch`` may create."""
+
+
+async def create_batch(request: Request) -> JSONResponse:
+    """Stateless background runs, all admitted in one transaction: every item is checked first, and one bad item admits none."""
+    raw = await request.body()
+    body = parse_json(raw) if raw.strip() else None
+    if not isinstance(body, list) or not body:
+        raise HTTPError(422, "the body must be a non-empty JSON array of run requests")
+    if len(body) > MAX_BATCH:
+        raise HTTPError(422, f"a batch holds at most {MAX_BATCH} run requests, not {len(body)}")
+    prepared: list[Admission] = []
+    for index, item in enumerate(body):
+        try:
+            prepared.append(await _prepare(request, item, thread_id=None))
+        except HTTPError as exc:
+            raise HTTPError(exc.status, f"run request {index}: {exc.detail}") from None
+        except LedgerError as exc:
+            raise HTTPError(status_of(exc), f"run request {index}: {exc}") from None
+    ledger: Ledger = request.app.state.ledger
+    with request.app.state.runtime.admissions:
+        admitted = await admit_batch(ledger, prepared, graphs=request.app.state.graphs)
+    return JSONResponse(await _runs_json(ledger, [await Projections(ledger).run_status(a.ref) for a in admitted]))
 
 
 async def _stream_created(request: Request, stateless: bool) -> StreamingResponse:
@@ -284,6 +334,8 @@ routes = [
     guarded("/threads/{thread_id}/runs", list_runs, methods=["GET"], action="search"),
     guarded("/threads/{thread_id}/runs/stream", stream_run, methods=["POST"], action="create_run"),
     guarded("/threads/{thread_id}/runs/wait", wait_run, methods=["POST"], action="create_run"),
+    guarded("/runs", create_stateless, methods=["POST"], action="create_run"),
+    guarded("/runs/batch", create_batch, methods=["POST"], action="create_run"),
     guarded("/runs/stream", stream_stateless, methods=["POST"], action="create_run"),
     guarded("/runs/wait", wait_stateless, methods=["POST"], action="create_run"),
     guarded("/threads/{thread_id}/runs/{run_id}", get_run, methods=["GET"], action="read"),

@@ -6,9 +6,9 @@ same statement that inserts the events. :class:`Heads` binds them to one
 connection of a :class:`~graphledger.ledger.session.Session`.
 
 The head row is derived from the log: ``assistant_id`` (the graph the run
-executes: the payload's ``graph_id``, else its ``assistant_id``), ``metadata``
-and ``claimable`` are copied from the run's ``run.created`` payload when the run
-is inserted, and ``status``/``last_*`` move with every append.
+executes: the payload's ``graph_id``, else its ``assistant_id``), ``metadata``,
+``claimable`` and ``due_at`` (from ``after_seconds``) are copied from the run's
+``run.created`` payload when the run is inserted, and ``status``/``last_*`` move with every append.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ SELECT r.thread_id, r.run_id, r.last_seq, r.last_hash, r.last_kind, r.status
 FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS k(thread_id, run_id)
     ON r.thread_id = k.thread_id AND r.run_id = k.run_id
 """
+# due_at is now() (the admitting transaction's start) plus the payload's after_seconds.
 INSERT_SQL = """
-INSERT INTO runs (thread_id, run_id, assistant_id, metadata, claimable) VALUES ($1, $2, $3, $4::jsonb, $5)
+INSERT INTO runs (thread_id, run_id, assistant_id, metadata, claimable, due_at)
+VALUES ($1, $2, $3, $4::jsonb, $5, CASE WHEN $6::float8 > 0 THEN now() + make_interval(secs => $6::float8) END)
 """
 LOCATE_SQL = "SELECT thread_id, last_seq, last_kind FROM runs WHERE run_id = $1"
 EXISTS_SQL = "SELECT 1 FROM runs WHERE thread_id = $1 AND run_id = $2"
@@ -61,9 +63,11 @@ ORDER BY created_at, queue_position
 # claimed by another worker are locked, skipped here, and still 'pending' to
 # this snapshot, so they hold back the runs after them. Runs their creator
 # executes itself (not claimable) hold the thread back only once they run.
+# A run admitted with a delay is not claimable before its due_at, and holds
+# back the thread's later runs until then (admission order is kept).
 CLAIM_SQL = """
 SELECT r.thread_id, r.run_id FROM runs r
-WHERE r.status = 'pending' AND r.claimable
+WHERE r.status = 'pending' AND r.claimable AND (r.due_at IS NULL OR r.due_at <= now())
   AND NOT EXISTS (
     SELECT 1 FROM runs o
     WHERE o.thread_id = r.thread_id AND o.status IN ('pending', 'running')
@@ -167,10 +171,12 @@ class Heads:
         # The graph the run executes: a thread's state is read through its latest run's.
         assistant_id = created.get("graph_id") or created.get("assistant_id")
         metadata = created.get("metadata") or {}
+        after = created.get("after_seconds")
+        after = float(after) if isinstance(after, (int, float)) and not isinstance(after, bool) else 0.0
         try:
             await self._conn.execute(
                 INSERT_SQL, ref.thread_id, ref.run_id, str(assistant_id) if assistant_id else None,
-                jsonb_text(metadata, "run metadata"), created.get("executor") == "server",
+                jsonb_text(metadata, "run metadata"), created.get("executor") == "server", after,
             )
         except asyncpg.ForeignKeyViolationError:
             raise ThreadNotFound(f"thread {ref.thread_id} not found") from None

@@ -65,6 +65,9 @@ runs = sa.Table(
     # The worker executing the run, and until when it holds the run unless it renews.
     sa.Column("lease_owner", sa.Text, nullable=True),
     sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+    # When a run admitted with after_seconds may be claimed (NULL: at once); copied
+    # from the run.created payload's after_seconds when the row is inserted.
+    sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint("thread_id", "run_id", name="runs_pkey"),
     sa.ForeignKeyConstraint(["thread_id"], ["threads.thread_id"], name="runs_thread_id_fkey"),
     sa.CheckConstraint("last_seq >= 0", name="runs_last_seq_check"),

@@ -60,6 +60,7 @@ WHERE w.thread_id = $1 AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id
 """
 FORGET_SQL = [f"DELETE FROM {SCHEMA}.{table} WHERE thread_id = $1" for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints")]
 COUNT_SQL = f"SELECT count(*) FROM {SCHEMA}.checkpoints WHERE thread_id = $1 AND metadata ->> 'run_id' = $2"
+EXISTS_SQL = f"SELECT 1 FROM {SCHEMA}.checkpoints WHERE thread_id = $1 AND checkpoint_ns = '' AND checkpoint_id = $2"
 
 _OPTIONS = f"-c search_path={SCHEMA}"
 
@@ -243,6 +244,11 @@ async def written_by(conn: Connection, thread_id: UUID, run_id: UUID) -> int:
     """How many checkpoints run ``run_id`` has written on its thread (a released run with some resumes from them)."""
     count: int = await conn.fetchval(COUNT_SQL, str(thread_id), str(run_id))
     return count
+
+
+async def exists(conn: Connection, thread_id: UUID, checkpoint_id: str) -> bool:
+    """Whether the thread's graph has checkpoint ``checkpoint_id`` (a run may start from it)."""
+    return await conn.fetchval(EXISTS_SQL, str(thread_id), checkpoint_id) is not None
 
 
 async def forget(conn: Connection, thread_id: UUID) -> None:

@@ -25,6 +25,7 @@ not at all:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from graphledger.ledger.session import Transaction
 from graphledger.ledger.threads import Visibility
 from graphledger.runs import checkpoint, secrets
 from graphledger.runs.errors import (
+    CheckpointNotFound,
     InvalidRequest,
     NotCancellable,
     NotPending,
@@ -127,34 +129,85 @@ async def admit(
     ``server`` runs; a ``caller`` run is started by its creator.
     A thread outside ``visible`` (an authorization filter) is not found;
     ``request.actor`` is recorded in ``run.created`` and in the cancel
-    requests of the runs its strategy cancels.
+    requests of the runs its strategy cancels. A request that starts from a
+    checkpoint the thread does not have raises :class:`CheckpointNotFound`.
     """
     if graphs is not None:
         graphs.check(request.graph)
+    # notify=False: notified after the commit, not in it; admissions come in
+    # bursts, and commits that notify are flushed one at a time.
+    async with ledger.transaction(notify=False) as tx:
+        return await _admit_locked(
+            tx, request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata, executor=executor, visible=visible
+        )
+
+
+@dataclass(slots=True)
+class Admission:
+    """One run of a batch (:func:`admit_batch`): the arguments :func:`admit` takes for it."""
+
+    request: RunRequest
+    thread_id: UUID | None = None
+    run_id: UUID | None = None
+    thread_metadata: Mapping[str, Any] | None = None
+    visible: Visibility | None = None
+
+
+async def admit_batch(
+    ledger: Ledger, admissions: Iterable[Admission], *, graphs: GraphRegistry | None = None, executor: str = EXECUTOR_SERVER
+) -> list[Admitted]:
+    """Admit several runs in one transaction: all of them, or (on any error) none."""
+    admissions = list(admissions)
+    if graphs is not None:
+        for admission in admissions:
+            graphs.check(admission.request.graph)
+    async with ledger.transaction(notify=False) as tx:
+        return [
+            await _admit_locked(
+                tx, a.request, thread_id=a.thread_id, run_id=a.run_id, thread_metadata=a.thread_metadata, executor=executor, visible=a.visible
+            )
+            for a in admissions
+        ]
+
+
+async def _admit_locked(
+    tx: Transaction,
+    request: RunRequest,
+    *,
+    thread_id: UUID | None,
+    run_id: UUID | None,
+    thread_metadata: Mapping[str, Any] | None,
+    executor: str,
+    visible: Visibility | None,
+) -> Admitted:
+    """The body of :func:`admit`, in the caller's transaction."""
+    if thread_id is None:
+        request.check_stateless()
     create = thread_id is None or request.if_not_exists == "create"
     thread_id = thread_id or uuid4()
     ref = RunRef(thread_id, run_id or uuid4())
     cancelled: list[RunRef] = []
     thread_metadata, thread_secrets = thread_metadata_without_secrets(thread_metadata)
     request.know(thread_secrets)
-    # notify=False: notified after the commit, not in it; admissions come in
-    # bursts, and commits that notify are flushed one at a time.
-    async with ledger.transaction(notify=False) as tx:
-        if create:
-            await tx.threads.insert(thread_id, thread_metadata)
-        if await tx.threads.lock(thread_id, visible):
-            raise ThreadNotFound(f"thread {thread_id} was deleted; it takes no new runs")
-        active = await tx.heads.active(thread_id, lock=True)
-        if active and request.multitask_strategy == "reject":
-            other, status = active[0]
-            raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); multitask_strategy is reject")
-        if active and request.multitask_strategy in CANCEL_ACTIONS:
-            for other, status in active:
-                await _cancel_locked(tx, other, status, request.multitask_strategy, reason="multitask", by=ref.run_id, actor=request.actor)
-                cancelled.append(other)
-        created = await tx.create_run(ref, {**request.record(), "executor": executor})
-        if request.secrets:
-            await tx.secrets.put(ref, request.secrets)
+    if create:
+        await tx.threads.insert(thread_id, thread_metadata)
+    if await tx.threads.lock(thread_id, visible):
+        raise ThreadNotFound(f"thread {thread_id} was deleted; it takes no new runs")
+    # Under the admission lock: no deletion of the thread's checkpoints (a
+    # thread deletion) can come between this check and the run.created.
+    if request.checkpoint_id is not None and not await checkpoint.exists(tx.connection, thread_id, request.checkpoint_id):
+        raise CheckpointNotFound(f"thread {thread_id} has no checkpoint {request.checkpoint_id} to start a run from")
+    active = await tx.heads.active(thread_id, lock=True)
+    if active and request.multitask_strategy == "reject":
+        other, status = active[0]
+        raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); multitask_strategy is reject")
+    if active and request.multitask_strategy in CANCEL_ACTIONS:
+        for other, status in active:
+            await _cancel_locked(tx, other, status, request.multitask_strategy, reason="multitask", by=ref.run_id, actor=request.actor)
+            cancelled.append(other)
+    created = await tx.create_run(ref, {**request.record(), "executor": executor})
+    if request.secrets:
+        await tx.secrets.put(ref, request.secrets)
     return Admitted(ref, created, cancelled)
 
 
@@ -190,14 +243,80 @@ async def delete_thread(
         if active:
             other, status = active[0]
             raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); cancel it first")
-        created: dict[str, Any] = {"command": DELETE_THREAD, "executor": EXECUTOR_CALLER, "metadata": {}}
-        if actor is not None:
-            created["actor"] = dict(actor)
-        ref = RunRef(thread_id, uuid4())
-        await tx.create_run(ref, created)
-        await tx.append(ref, [_event(RUN_SUCCEEDED, {})])
-        await tx.threads.mark_deleted(thread_id, actor)
-        await checkpoint.forget(tx.connection, thread_id)
+        await _delete_thread_locked(tx, thread_id, actor)
+
+
+async def _delete_thread_locked(tx: Transaction, thread_id: UUID, actor: Mapping[str, Any] | None, **why: Any) -> None:
+    """Record the thread's deletion (a short run of the thread), mark it deleted and forget its checkpoints; under its admission lock."""
+    created: dict[str, Any] = {"command": DELETE_THREAD, "executor": EXECUTOR_CALLER, "metadata": {}, **why}
+    if actor is not None:
+        created["actor"] = dict(actor)
+    ref = RunRef(thread_id, uuid4())
+    await tx.create_run(ref, created)
+    await tx.append(ref, [_event(RUN_SUCCEEDED, {})])
+    await tx.threads.mark_deleted(thread_id, actor)
+    await checkpoint.forget(tx.connection, thread_id)
+
+
+async def complete(ledger: Ledger, ref: RunRef) -> bool:
+    """Once a stateless run has ended, delete its thread if its request says ``on_completion: delete``; return whether it did.
+
+    For runs that a cancel or the reaper ended; a worker ends its runs with
+    :func:`end`, which does this in the terminal event's transaction. Safe to
+    repeat (see :func:`_complete_locked`).
+    """
+    async with ledger.transaction() as tx:
+        if await tx.threads.lock(ref.thread_id):
+            return False  # deleted already
+        return await _complete_locked(tx, ref)
+
+
+async def end(ledger: Ledger, ref: RunRef, kind: str, payload: Mapping[str, Any]) -> Event:
+    """Append a stateless run's terminal event and, in the same transaction, delete its thread as :func:`complete` does.
+
+    The run's events fed to this process's writer are written first, so the
+    terminal event follows every one of them. A client that sees the run
+    end (a join, a wait) therefore finds the thread deleted.
+    """
+    try:
+        await ledger.sync(ref)
+    except LedgerError as exc:  # those events are not in the log; what is there stays gapless
+        _log.warning("run %s: events before its end were not written: %s", ref.run_id, exc)
+    delay = 0.1
+    while True:  # through an outage, like every write of a worker; a retry after a lost commit finds the run ended (RunFinished)
+        try:
+            async with ledger.transaction() as tx:
+                deleted = await tx.threads.lock(ref.thread_id)  # the admission lock first, as an admission takes it
+                (event,) = await tx.append(ref, [_event(kind, dict(payload))])
+                if not deleted:
+                    await _complete_locked(tx, ref)
+            return event
+        except DatabaseUnavailable as exc:
+            _log.warning("ending run %s: %s; retrying in %.2f s", ref.run_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _complete_locked(tx: Transaction, ref: RunRef) -> bool:
+    """Delete the thread of ended run ``ref`` if its ``run.created`` says ``on_completion: delete``; under the thread's admission lock.
+
+    The deletion follows :func:`delete_thread`: the thread's checkpoints go,
+    its record stays, and the deletion is recorded as a short run of the
+    thread (``{"command": "delete_thread", "reason": "on_completion",
+    "by_run_id": ...}`` with the run's recorded actor). Nothing is done while
+    the run or another run of the thread is pending or running (a run
+    admitted on the thread meanwhile keeps it).
+    """
+    created = (await tx.first_events([ref])).get(ref)
+    request = created.value if created is not None and isinstance(created.value, dict) else {}
+    if request.get("on_completion") != "delete":
+        return False
+    if await tx.heads.active(ref.thread_id):
+        _log.info("thread %s of stateless run %s is kept: it has an active run", ref.thread_id, ref.run_id)
+        return False
+    actor = request.get("actor")
+    await _delete_thread_locked(tx, ref.thread_id, actor if isinstance(actor, dict) else None, reason="on_completion", by_run_id=str(ref.run_id))
+    return True
 
 
 async def _cancel_locked(
@@ -252,6 +371,8 @@ async def cancel(
         if status in TERMINAL_STATUSES:
             raise NotCancellable(f"run {ref.run_id} already ended ({status}); there is nothing to cancel")
         await _cancel_locked(tx, ref, status, action, reason=reason, actor=actor)
+    if status == "pending":
+        await complete(ledger, ref)  # it ended here: a stateless run's thread may go
     return Cancelled(ref, "interrupted" if status == "pending" else status, requested=True)
 
 
@@ -368,6 +489,9 @@ async def reap(ledger: Ledger, *, grace_seconds: float, idle_seconds: float, set
             error = {"type": "LeaseExpired", "message": f"{owner} stopped renewing its lease on the run"}
             new = [_event(STREAM_ERROR, {"error": error["type"], "message": error["message"]}), _event(RUN_FAILED, {"error": error})]
             failed += await tx.append(expired.ref, new)
+    for event in failed:
+        if event.kind == RUN_FAILED:
+            await complete(ledger, RunRef(event.thread_id, event.run_id))
     return failed
 
 

@@ -48,6 +48,7 @@ from graphledger.ledger.events import (
 from graphledger.runs import actor, checkpoint, lifecycle
 from graphledger.runs.leases import LeaseKeeper
 from graphledger.runs.request import (
+    CHECKPOINT_KEYS,
     STREAM_MODES,
     RunRequest,
     stream_modes,
@@ -223,6 +224,9 @@ class Recording:
         config = dict(base) if base is not None else copy.deepcopy(dict(self.request.config))
         ids = {"run_id": str(self.ref.run_id), "assistant_id": self.request.assistant_id}
         config["configurable"] = {**(config.get("configurable") or {}), **ids, "thread_id": self.graph_thread_id}
+        if self.resume:  # a later attempt continues from the run's own latest checkpoint, not from where it forked
+            for key in CHECKPOINT_KEYS:
+                config["configurable"].pop(key, None)
         if self.request.actor is not None:
             config["configurable"].update(actor.configurable(self.request.actor))
         config["metadata"] = {**self.request.metadata, **(config.get("metadata") or {}), **ids, "thread_id": str(self.ref.thread_id)}
@@ -288,7 +292,10 @@ class Recording:
         try:
             if error is not None:
                 self.feed(STREAM_ERROR, {"error": error["type"], "message": error["message"]})
-            self.ended = await self.ledger.append(self.ref, kind, self.scrubbed(dict(payload)))
+            if self.request.on_completion == "delete":  # a stateless run's thread goes with its end, in one transaction
+                self.ended = await lifecycle.end(self.ledger, self.ref, kind, self.scrubbed(dict(payload)))
+            else:
+                self.ended = await self.ledger.append(self.ref, kind, self.scrubbed(dict(payload)))
         except RunFinished as exc:
             _log.warning("run %s was ended elsewhere (%s) before this process could end it", self.ref.run_id, exc.status)
             return None

@@ -41,7 +41,12 @@ STREAM_MODES = {
 MULTITASK_STRATEGIES = ("reject", "interrupt", "rollback", "enqueue")
 CANCEL_ACTIONS = ("interrupt", "rollback")
 ON_DISCONNECT = ("cancel", "continue")
+ON_COMPLETION = ("delete", "keep")
 IF_NOT_EXISTS = ("create", "reject")
+MAX_AFTER_SECONDS = 366 * 24 * 3600
+"""The longest delay a run may be admitted with (``after_seconds``): a year."""
+CHECKPOINT_KEYS = ("checkpoint_id", "checkpoint_ns", "checkpoint_map")
+"""The keys of ``config.configurable`` that name the checkpoint a run starts from."""
 COMMAND_KEYS = {"resume", "update", "goto"}
 
 CONTEXT_SECRETS = "$context"
@@ -89,6 +94,62 @@ def _nodes(name: str, value: Any) -> str | list[str] | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
     raise InvalidRequest(f'{name} must be "*" or a list of node names')
+
+
+def _checkpoint_id(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise InvalidRequest(f"{name} must be a checkpoint id (a UUID), not {str(value)[:100]!r}")
+
+
+def start_checkpoint(body: Mapping[str, Any], configurable: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint a run starts from (``{}``: the thread's latest), from ``checkpoint_id``, ``checkpoint`` or ``config.configurable``.
+
+    They must agree. A run forks the thread's history at a checkpoint of the
+    thread's own graph: ``checkpoint_ns`` must be empty (a subgraph's
+    checkpoints are not a place to start a run from).
+    """
+    found: dict[str, Any] = {}
+    sources = [("config.configurable", configurable)]
+    checkpoint = body.get("checkpoint")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, Mapping):
+            raise InvalidRequest("checkpoint must be an object with a checkpoint_id")
+        sources.append(("checkpoint", checkpoint))
+    if body.get("checkpoint_id") not in (None, ""):
+        sources.append(("", {"checkpoint_id": body["checkpoint_id"]}))
+    for prefix, source in sources:
+        for key in CHECKPOINT_KEYS:
+            value = source.get(key)
+            if value is None or (key == "checkpoint_id" and value == ""):
+                continue
+            name = f"{prefix}.{key}" if prefix else key
+            if key == "checkpoint_id":
+                value = _checkpoint_id(name, value)
+            elif key == "checkpoint_ns":
+                if value != "":
+                    raise InvalidRequest(f"{name} must be empty: a run starts from a checkpoint of the thread's graph, not of a subgraph")
+            elif not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise InvalidRequest(f"{name} must be an object of strings")
+            else:
+                value = dict(value)
+            if key in found and found[key] != value:
+                raise InvalidRequest(f"{name} names another checkpoint than the request's other checkpoint fields")
+            found[key] = value
+    if "checkpoint_id" not in found:
+        return {}  # a namespace or map alone names no checkpoint: the run starts from the latest
+    return found
+
+
+def _after_seconds(value: Any) -> float:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_AFTER_SECONDS:
+        raise InvalidRequest(f"after_seconds must be a number of seconds from 0 to {MAX_AFTER_SECONDS}, not {str(value)[:50]}")
+    return value
 
 
 def stream_modes(value: Any) -> list[str]:
@@ -139,6 +200,10 @@ class RunRequest:
     if_not_exists: str = "reject"
     interrupt_before: str | list[str] | None = None
     interrupt_after: str | list[str] | None = None
+    after_seconds: float = 0
+    """How long the run stays pending before a worker may start it (recorded when not 0; the ``runs`` row's ``due_at``)."""
+    on_completion: str | None = None
+    """What becomes of a stateless run's thread when the run ends: ``delete`` or ``keep`` (None: a thread's own run)."""
     secrets: dict[str, Any] = field(default_factory=dict)
     """The request's secrets as ``run_secrets`` keeps them (see :data:`CONTEXT_SECRETS`)."""
     redacted: list[str] = field(default_factory=list)
@@ -169,6 +234,10 @@ class RunRequest:
         config = _mapping("config", body.get("config"))
         if "configurable" in config:
             config["configurable"] = _mapping("config.configurable", config["configurable"])
+        start = start_checkpoint(body, config.get("configurable") or {})
+        if config.get("configurable") or start:  # the run starts from ``start``, as LangGraph reads it: in configurable
+            configurable = {k: v for k, v in (config.get("configurable") or {}).items() if k not in CHECKPOINT_KEYS}
+            config["configurable"] = {**configurable, **start}
         recursion_limit = config.get("recursion_limit")
         if recursion_limit is not None and (not isinstance(recursion_limit, int) or isinstance(recursion_limit, bool) or recursion_limit < 1):
             raise InvalidRequest("config.recursion_limit must be a positive integer")
@@ -198,6 +267,8 @@ class RunRequest:
             if_not_exists=_choice("if_not_exists", body.get("if_not_exists") or "reject", IF_NOT_EXISTS),
             interrupt_before=_nodes("interrupt_before", body.get("interrupt_before")),
             interrupt_after=_nodes("interrupt_after", body.get("interrupt_after")),
+            after_seconds=_after_seconds(body.get("after_seconds")),
+            on_completion=_choice("on_completion", body["on_completion"], ON_COMPLETION) if body.get("on_completion") is not None else None,
             secrets=to_jsonable(stored),
             redacted=sorted([*redacted, *context_paths, *metadata_paths]),
         )
@@ -241,9 +312,11 @@ class RunRequest:
             "multitask_strategy": self.multitask_strategy,
             "on_disconnect": self.on_disconnect,
         }
-        for name in ("graph_id", "assistant_version", "command", "context", "interrupt_before", "interrupt_after"):
+        for name in ("graph_id", "assistant_version", "command", "context", "interrupt_before", "interrupt_after", "on_completion"):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
+        if self.after_seconds:
+            payload["after_seconds"] = self.after_seconds
         scrubber = self.scrubber()
         if scrubber is not None:
             payload = scrubber.json(payload)
@@ -274,6 +347,8 @@ class RunRequest:
             on_disconnect=str(payload.get("on_disconnect") or "continue"),
             interrupt_before=payload.get("interrupt_before"),
             interrupt_after=payload.get("interrupt_after"),
+            after_seconds=payload["after_seconds"] if isinstance(payload.get("after_seconds"), (int, float)) else 0,
+            on_completion=payload["on_completion"] if payload.get("on_completion") in ON_COMPLETION else None,
             secrets=stored,
             redacted=list(payload.get("redacted") or []),
             actor=actor if isinstance(actor, dict) else None,
@@ -285,6 +360,17 @@ class RunRequest:
     def graph(self) -> str:
         """The name of the graph the run executes: ``graph_id``, else (runs that name a graph) ``assistant_id``."""
         return self.graph_id or self.assistant_id
+
+    def check_stateless(self) -> None:
+        """Refuse what a run on a new thread cannot do: start from a checkpoint (the thread has none)."""
+        if self.checkpoint_id is not None:
+            raise InvalidRequest("checkpoint_id names a checkpoint of a thread; a stateless run's new thread has none")
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        """The checkpoint of the thread the run starts from (None: the thread's latest)."""
+        found = (self.config.get("configurable") or {}).get("checkpoint_id")
+        return found if isinstance(found, str) else None
 
     @property
     def graph_modes(self) -> list[str]:
