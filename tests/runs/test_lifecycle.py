@@ -18,6 +18,7 @@ from graphledger.runs import (
     cancel,
     lifecycle,
 )
+from graphledger.runs.errors import CheckpointNotFound
 from graphledger.runs.leases import LeaseKeeper, Reaper
 from tests._db import raw
 from tests.runs.conftest import ask
@@ -214,4 +215,37 @@ async def test_no_lease_is_judged_until_the_database_has_been_up_a_lease_and_its
     assert await Reaper(ledger, grace_seconds=0, settle_seconds=float(up_for) + 3600).reap_once() == 0
     assert (await Projections(ledger).run_status(ref)).status == "running"
     assert await Reaper(ledger, grace_seconds=0, settle_seconds=0).reap_once() == 1
+    await drain(ledger)
+
+
+async def test_a_run_is_not_claimed_before_it_is_due_and_holds_back_its_threads_later_runs(ledger: Ledger, graphs: GraphRegistry) -> None:
+    await drain(ledger)
+    delayed = await admit(ledger, ask(after_seconds=3600), graphs=graphs)
+    behind = await admit(ledger, ask(), thread_id=delayed.ref.thread_id, graphs=graphs)
+    elsewhere = await admit(ledger, ask(), graphs=graphs)
+    claimed = await lifecycle.claim(ledger, "due", limit=10, lease_seconds=30)
+    assert [c.ref for c in claimed] == [elsewhere.ref]
+    async with raw(ledger) as conn:
+        due = await conn.fetchval("SELECT due_at - created_at FROM runs WHERE run_id = $1", delayed.ref.run_id)
+        assert due.total_seconds() == pytest.approx(3600, abs=1)
+        await conn.execute("UPDATE runs SET due_at = now() - interval '1 second' WHERE run_id = $1", delayed.ref.run_id)
+    claimed = await lifecycle.claim(ledger, "due", limit=10, lease_seconds=30)
+    assert [c.ref for c in claimed] == [delayed.ref]  # due now; the run behind it waits for it to end
+    assert behind.ref not in [c.ref for c in await lifecycle.claim(ledger, "due", limit=10, lease_seconds=30)]
+    await drain(ledger)
+
+
+async def test_a_batch_is_admitted_whole_or_not_at_all(ledger: Ledger, graphs: GraphRegistry) -> None:
+    await drain(ledger)
+    async with raw(ledger) as conn:
+        before = await conn.fetchval("SELECT count(*) FROM events")
+    taken = (await admit(ledger, ask(), graphs=graphs)).ref
+    missing = ask("three", checkpoint_id=str(uuid4()))
+    batch = [lifecycle.Admission(ask("one")), lifecycle.Admission(ask("two")), lifecycle.Admission(missing, thread_id=taken.thread_id)]
+    with pytest.raises(CheckpointNotFound):  # the third run cannot start: the first two are not admitted either
+        await lifecycle.admit_batch(ledger, batch, graphs=graphs)
+    async with raw(ledger) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events") == before + 1
+    admitted = await lifecycle.admit_batch(ledger, batch[:2], graphs=graphs)
+    assert len({a.ref.thread_id for a in admitted}) == 2
     await drain(ledger)

@@ -18,6 +18,8 @@ from graphledger.runs import InvalidRequest, RunRequest
 from graphledger.runs.request import is_secret_key, merge_secrets, split_secrets
 from graphledger.runs.serialize import encode, to_jsonable
 
+CP, CP2 = "1f1eb942-74e0-6c31-8001-6942481efdb9", "1f1eb942-7e8e-639b-8004-41506b44a0f2"
+
 
 def parse(**body: Any) -> RunRequest:
     return RunRequest.parse({"assistant_id": "demo", **body})
@@ -43,6 +45,20 @@ def parse(**body: Any) -> RunRequest:
         ({"assistant_id": "demo", "metadata": "x"}, "metadata must be an object"),
         ({"assistant_id": "demo", "interrupt_before": "agent"}, "interrupt_before"),
         ({"assistant_id": "demo", "stream_subgraphs": "yes"}, "stream_subgraphs"),
+        ({"assistant_id": "demo", "checkpoint_id": "nope"}, "checkpoint_id must be a checkpoint id"),
+        ({"assistant_id": "demo", "checkpoint_id": 7}, "checkpoint_id must be a checkpoint id"),
+        ({"assistant_id": "demo", "checkpoint": "x"}, "checkpoint must be an object"),
+        ({"assistant_id": "demo", "checkpoint": {"checkpoint_id": "x"}}, r"checkpoint\.checkpoint_id must be"),
+        ({"assistant_id": "demo", "checkpoint": {"checkpoint_id": CP, "checkpoint_ns": "agent:1"}}, "must be empty"),
+        ({"assistant_id": "demo", "checkpoint": {"checkpoint_id": CP, "checkpoint_map": {"": 1}}}, "object of strings"),
+        ({"assistant_id": "demo", "checkpoint": {"checkpoint_id": CP}, "checkpoint_id": CP2}, "another checkpoint"),
+        ({"assistant_id": "demo", "config": {"configurable": {"checkpoint_id": CP2}}, "checkpoint_id": CP}, "another checkpoint"),
+        ({"assistant_id": "demo", "config": {"configurable": {"checkpoint_id": "x"}}}, r"config\.configurable\.checkpoint_id"),
+        ({"assistant_id": "demo", "after_seconds": -1}, "after_seconds must be"),
+        ({"assistant_id": "demo", "after_seconds": "5"}, "after_seconds must be"),
+        ({"assistant_id": "demo", "after_seconds": True}, "after_seconds must be"),
+        ({"assistant_id": "demo", "after_seconds": 10**9}, "after_seconds must be"),
+        ({"assistant_id": "demo", "on_completion": "later"}, "on_completion must be one of"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(body: dict[str, Any], message: str) -> None:
@@ -62,6 +78,27 @@ def test_defaults_and_what_clients_send() -> None:
     assert request.multitask_strategy == "enqueue" and request.if_not_exists == "reject"
     assert parse(stream_mode=["values", "values", "updates"]).stream_mode == ["values", "updates"]
     assert parse().stream_mode == ["values"] and parse().graph_modes == ["values", "updates"]
+
+
+def test_the_checkpoint_a_run_starts_from_is_recorded_in_its_config() -> None:
+    for body in ({"checkpoint_id": CP}, {"checkpoint": {"checkpoint_id": CP, "checkpoint_ns": "", "thread_id": "ignored"}},
+                 {"config": {"configurable": {"checkpoint_id": CP, "model": "m"}}}, {"checkpoint_id": CP.upper(), "checkpoint": {"checkpoint_id": CP}}):
+        request = parse(**body)
+        assert request.checkpoint_id == CP
+        assert request.record()["config"]["configurable"]["checkpoint_id"] == CP
+        assert RunRequest.recorded(request.record()).checkpoint_id == CP
+    assert parse(checkpoint_id="", checkpoint={"checkpoint_ns": ""}).checkpoint_id is None  # the latest
+    assert parse(checkpoint_id=None).record()["config"] == {}
+
+
+def test_delays_and_what_becomes_of_a_stateless_runs_thread_are_recorded() -> None:
+    request = parse(after_seconds=2.5, on_completion="keep")
+    record = request.record()
+    assert record["after_seconds"] == 2.5 and record["on_completion"] == "keep"
+    again = RunRequest.recorded(record)
+    assert again.after_seconds == 2.5 and again.on_completion == "keep"
+    plain = parse(after_seconds=0).record()
+    assert "after_seconds" not in plain and "on_completion" not in plain
 
 
 def test_input_messages_get_ids_and_keep_given_ones() -> None:
