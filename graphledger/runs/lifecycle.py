@@ -183,6 +183,8 @@ async def _admit_locked(
     """The body of :func:`admit`, in the caller's transaction."""
     if thread_id is None:
         request.check_stateless()
+    else:
+        request.on_completion = None  # only a stateless run's own new thread goes with it
     create = thread_id is None or request.if_not_exists == "create"
     thread_id = thread_id or uuid4()
     ref = RunRef(thread_id, run_id or uuid4())

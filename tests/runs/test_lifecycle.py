@@ -249,3 +249,18 @@ async def test_a_batch_is_admitted_whole_or_not_at_all(ledger: Ledger, graphs: G
     admitted = await lifecycle.admit_batch(ledger, batch[:2], graphs=graphs)
     assert len({a.ref.thread_id for a in admitted}) == 2
     await drain(ledger)
+
+
+async def test_a_stateless_run_the_reaper_fails_has_its_thread_deleted(ledger: Ledger, graphs: GraphRegistry) -> None:
+    await drain(ledger)
+    ref = (await admit(ledger, ask(on_completion="delete"), graphs=graphs)).ref
+    kept = (await admit(ledger, ask(on_completion="keep"), graphs=graphs)).ref
+    await lifecycle.claim(ledger, "gone", limit=2, lease_seconds=30)
+    async with raw(ledger) as conn:
+        await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '1 hour' WHERE status = 'running'")
+    failed = await lifecycle.reap(ledger, grace_seconds=0, idle_seconds=0, settle_seconds=0)
+    assert {(e.thread_id, e.run_id) for e in failed if e.kind == "run.failed"} == {(ref.thread_id, ref.run_id), (kept.thread_id, kept.run_id)}
+    async with raw(ledger) as conn:
+        deleted = dict(await conn.fetch("SELECT thread_id, deleted_at IS NOT NULL FROM threads WHERE thread_id = ANY($1)", [ref.thread_id, kept.thread_id]))
+    assert deleted == {ref.thread_id: True, kept.thread_id: False}
+    assert await lifecycle.complete(ledger, ref) is False  # once
