@@ -172,6 +172,8 @@ async def create_batch(request: Request) -> JSONResponse:
         except HTTPError as exc:
             raise HTTPError(exc.status, f"run request {index}: {exc.detail}") from None
         except LedgerError as exc:
+            if status_of(exc) >= 500:
+                raise  # the database, not the item: answered as such (503, Retry-After)
             raise HTTPError(status_of(exc), f"run request {index}: {exc}") from None
     ledger: Ledger = request.app.state.ledger
     with request.app.state.runtime.admissions:

@@ -31,6 +31,7 @@ from graphledger.ledger.events import RUN_CANCEL_REQUESTED, RunRef
 from graphledger.ledger.statement import RUNS_CHANNEL
 from graphledger.ledger.tasks import cancel_and_wait
 from graphledger.runs import checkpoint, lifecycle
+from graphledger.runs.errors import CheckpointNotFound
 from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.leases import LeaseKeeper
 from graphledger.runs.recorder import Recording
@@ -205,6 +206,8 @@ class Worker:
             error: BaseException | None = None
             try:
                 recording.resume = await self._resumes(claimed)
+                if not recording.resume:
+                    await self._check_start(claimed)
                 graph = await self.graphs.resolve(request.graph, recording.config(), self.checkpointer)
                 stop.task = asyncio.get_running_loop().create_task(self._drive(recording, graph))
                 if stop.reason is not None:
@@ -238,6 +241,16 @@ class Worker:
             written = await checkpoint.written_by(session.connection, claimed.ref.thread_id, claimed.ref.run_id)
         _log.info("run %s: attempt %d %s", claimed.ref.run_id, claimed.attempt, "resumes from its last checkpoint" if written else "starts over")
         return written > 0
+
+    async def _check_start(self, claimed: lifecycle.Claimed) -> None:
+        """Refuse to run from a checkpoint that is gone (a rollback deleted it after admission): LangGraph would start from nothing."""
+        checkpoint_id = claimed.request.checkpoint_id
+        if checkpoint_id is None or self.checkpointer is None:
+            return
+        async with self.ledger.session() as session:
+            found = await checkpoint.exists(session.connection, claimed.ref.thread_id, checkpoint_id)
+        if not found:
+            raise CheckpointNotFound(f"checkpoint {checkpoint_id} of thread {claimed.ref.thread_id} was removed before the run started")
 
     async def _drive(self, recording: Recording, graph: Any) -> None:
         async for _ in recording.stream(graph):

@@ -17,6 +17,7 @@ INPUT = {"messages": [{"role": "user", "content": "count these words please"}]}
 OTHER = {"messages": [{"role": "user", "content": "two words"}]}
 THIRD = {"messages": [{"role": "user", "content": "three more words"}]}
 HOUR = 3600
+SLOW = {"configurable": {"tokens": 300, "token_delay": 0.02}}
 
 
 def contents(state: dict[str, Any]) -> list[str]:
@@ -116,6 +117,21 @@ async def test_an_unknown_or_malformed_checkpoint_is_refused_and_nothing_is_admi
     response = await http.post("/runs/wait", json={"assistant_id": "demo", "input": INPUT, "checkpoint_id": unknown})
     assert response.status_code == 422, response.text
     assert len(await sdk.runs.list(thread_id)) == 1
+
+
+async def test_a_run_whose_checkpoint_a_rollback_removed_fails_rather_than_start_from_nothing(sdk: LangGraphClient) -> None:
+    thread_id = (await sdk.threads.create())["thread_id"]
+    await sdk.runs.wait(thread_id, "demo", input=INPUT)
+    slow = await sdk.runs.create(thread_id, "demo", input=OTHER, config=SLOW, stream_mode=["messages-tuple"])
+    async for part in sdk.runs.join_stream(thread_id, slow["run_id"], last_event_id="0"):
+        if part.event == "messages":
+            break  # it has written checkpoints by now
+    fork_at = await final_checkpoint(sdk, thread_id, slow["run_id"])
+    # Admitted (the checkpoint exists), then the rollback the same admission asks for removes it.
+    values = await sdk.runs.wait(thread_id, "demo", input=THIRD, checkpoint_id=fork_at, multitask_strategy="rollback", raise_error=False)
+    assert values["__error__"]["error"] == "CheckpointNotFound"
+    assert (await sdk.runs.get(thread_id, slow["run_id"]))["status"] == "interrupted"
+    assert contents(await sdk.threads.get_state(thread_id)) == [INPUT["messages"][0]["content"]]
 
 
 # -- delayed runs ----------------------------------------------------------------------
