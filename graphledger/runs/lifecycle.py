@@ -182,7 +182,8 @@ async def _admit_locked(
 ) -> Admitted:
     """The body of :func:`admit`, in the caller's transaction."""
     if thread_id is None:
-        request.check_stateless()
+        if executor == EXECUTOR_SERVER:
+            request.check_stateless()
     else:
         request.on_completion = None  # only a stateless run's own new thread goes with it
     create = thread_id is None or request.if_not_exists == "create"
@@ -196,8 +197,10 @@ async def _admit_locked(
     if await tx.threads.lock(thread_id, visible):
         raise ThreadNotFound(f"thread {thread_id} was deleted; it takes no new runs")
     # Under the admission lock: no deletion of the thread's checkpoints (a
-    # thread deletion) can come between this check and the run.created.
-    if request.checkpoint_id is not None and not await checkpoint.exists(tx.connection, thread_id, request.checkpoint_id):
+    # thread deletion) can come between this check and the run.created. A
+    # caller's run (the recorder) runs on the caller's own checkpointer.
+    starts_at = request.checkpoint_id if executor == EXECUTOR_SERVER else None
+    if starts_at is not None and not await checkpoint.exists(tx.connection, thread_id, starts_at):
         raise CheckpointNotFound(f"thread {thread_id} has no checkpoint {request.checkpoint_id} to start a run from")
     active = await tx.heads.active(thread_id, lock=True)
     if active and request.multitask_strategy == "reject":

@@ -70,6 +70,24 @@ async def test_a_string_thread_id_keeps_the_callers_checkpoints_and_maps_to_one_
     assert len(page.messages) == 8
 
 
+async def test_a_caller_forks_from_a_checkpoint_of_its_own_checkpointer(ledger: Ledger) -> None:
+    graph = demo.build().copy(update={"checkpointer": InMemorySaver()})
+    recorder = Recorder(ledger)
+    config = {"configurable": {"thread_id": "customer-43"}}
+    await recorder.ainvoke(graph, INPUT, config)
+    first = (await graph.aget_state(config)).config["configurable"]["checkpoint_id"]
+    await recorder.ainvoke(graph, {"messages": [{"role": "user", "content": "again"}]}, config)
+    fork = {"configurable": {"thread_id": "customer-43", "checkpoint_id": first}}
+    forked = await recorder.ainvoke(graph, {"messages": [{"role": "user", "content": "instead"}]}, fork)
+    assert len(forked["messages"]) == 8  # the first run's four, then the fork's: not the ledger's checkpoints that were asked for
+    from graphledger.runs.recorder import ledger_thread_id
+
+    thread = ledger_thread_id("customer-43")
+    assert thread is not None
+    runs = await Projections(ledger).thread_runs(thread)
+    assert len(runs) == 3 and all(r.status == "success" for r in runs)
+
+
 async def test_a_failure_is_recorded_and_raised(ledger: Ledger) -> None:
     thread = UUID(int=77)
     with pytest.raises(RuntimeError, match="boom"):
