@@ -270,6 +270,10 @@ async def complete(ledger: Ledger, ref: RunRef) -> bool:
     :func:`end`, which does this in the terminal event's transaction. Safe to
     repeat (see :func:`_complete_locked`).
     """
+    async with ledger.session() as session:  # most runs are not stateless: no lock taken for them
+        created = (await session.first_events([ref])).get(ref)
+    if created is None or not isinstance(created.value, dict) or created.value.get("on_completion") != "delete":
+        return False
     async with ledger.transaction() as tx:
         if await tx.threads.lock(ref.thread_id):
             return False  # deleted already
