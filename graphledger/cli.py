@@ -134,18 +134,19 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def _migrate(upgrade: Callable[[str], None], dsn: str) -> None:
-    """The ledger's migrations, then the LangGraph checkpointer's tables (in their own schema)."""
+    """The ledger's migrations, then the LangGraph checkpointer's and store's tables (in their own schema)."""
     import asyncio
 
     import asyncpg
     import psycopg
     import sqlalchemy.exc
 
-    from graphledger.runs import checkpoint
+    from graphledger.runs import checkpoint, store
 
     try:
         upgrade(dsn)
         asyncio.run(checkpoint.setup(dsn))
+        asyncio.run(store.setup(dsn))
     except (OSError, asyncpg.PostgresError, sqlalchemy.exc.DBAPIError, psycopg.Error) as exc:
         raise CommandError(f"cannot migrate the database: {str(exc).splitlines()[0]}") from exc
 

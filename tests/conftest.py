@@ -26,7 +26,7 @@ import pytest
 
 from graphledger.ledger import Ledger
 from graphledger.ledger.migrate import upgrade
-from graphledger.runs import checkpoint
+from graphledger.runs import checkpoint, store
 
 
 def _docker_answers() -> bool:
@@ -133,6 +133,7 @@ async def template_db(server_dsn: str) -> AsyncIterator[str]:
     await _admin(server_dsn, f"CREATE DATABASE {name}")
     upgrade(with_database(server_dsn, name))
     await checkpoint.setup(with_database(server_dsn, name))
+    await store.setup(with_database(server_dsn, name))
     yield name
     await drop_database(server_dsn, name)
 

@@ -6,7 +6,8 @@ Merkle log's ``/log/...``) goes through the ``@auth.authenticate`` handler
 first, and is answered 401 (or the status of the ``HTTPException`` it raised)
 without reaching a route. Every other route is declared with :func:`guarded`,
 naming the action it performs on the ``threads`` resource (runs belong to
-their thread, as in the LangGraph Agent Server) or on ``assistants``; its
+their thread, as in the LangGraph Agent Server), on ``assistants`` or on the
+``store``; its
 endpoint calls :func:`authorize` once, with the value the reference passes to
 ``@auth.on`` handlers, and gets back the filter (a
 :class:`~graphledger.ledger.threads.Visibility`) that the
@@ -53,9 +54,11 @@ OPEN_PREFIXES = ("/log/",)
 """Routes under these are public too: the Merkle log's checkpoint and tiles, hashes only, for monitors (see http/log.py)."""
 RESOURCE = "threads"
 ACTIONS = ("create", "read", "update", "delete", "search", "create_run")
+STORE = "store"
 RESOURCES: dict[str, tuple[str, ...]] = {
     RESOURCE: ACTIONS,
     "assistants": ("create", "read", "update", "delete", "search"),
+    STORE: ("put", "get", "search", "list_namespaces", "delete"),
 }
 """The actions of each resource a route may perform, as the reference names them (runs belong to their thread)."""
 AUTHENTICATE_PARAMETERS = frozenset(
@@ -120,8 +123,8 @@ class Authorizer:
                 return handlers[key][-1]
         return self.auth._global_handlers[-1] if self.auth._global_handlers else None
 
-    async def authorize(self, user: User, resource: str, action: str, value: dict[str, Any]) -> Visibility | None:
-        """Ask the handler; the filter it returned (None: none); :class:`HTTPError` 403 when it returned False."""
+    async def authorize(self, user: User, resource: str, action: str, value: dict[str, Any]) -> dict[str, Any] | None:
+        """Ask the handler; the filter dict it returned (None: none); :class:`HTTPError` 403 when it returned False."""
         handler = self.handler(resource, action)
         if handler is None:
             return None
@@ -132,7 +135,7 @@ class Authorizer:
         if result is False:
             raise HTTPError(403, "Forbidden")
         if isinstance(result, Mapping):
-            return Visibility.of(result)
+            return dict(result) or None
         raise TypeError(f"an authorization handler returned {type(result).__name__}; expected None, a bool or a filter dict")
 
 
@@ -232,14 +235,19 @@ async def authorize(request: Request, value: dict[str, Any]) -> Visibility | Non
     None when authentication is off or the handler set no filter. ``value``
     may come back changed (``value["metadata"]`` stamped by the handler).
     """
+    return Visibility.of(await authorize_filter(request, value))
+
+
+async def authorize_filter(request: Request, value: dict[str, Any]) -> dict[str, Any] | None:
+    """As :func:`authorize`, with the handler's filter as it returned it (the store applies it to items' values)."""
     access = access_of(request)
     if access is None:
         return None
     assert access.action is not None, "authorize() is called by guarded routes only"
     authorizer: Authorizer = request.app.state.authorizer
-    visible = await authorizer.authorize(access.user, access.resource, access.action, value)
+    found = await authorizer.authorize(access.user, access.resource, access.action, value)
     access.authorized = True
-    return visible
+    return found
 
 
 def load(spec: str | None = None, config: Path | None = None, *, cwd: Path | None = None) -> Authorizer | None:

@@ -18,6 +18,8 @@ from graphledger.http.assistants import MAX_TEXT
 from graphledger.http.assistants import SELECT as ASSISTANT_SELECT
 from graphledger.http.common import MAX_JSON_DEPTH
 from graphledger.http.runs import MAX_BATCH
+from graphledger.http.store import MAX_NAME_BYTES, MAX_TTL, MIN_TTL
+from graphledger.http.store import OPERATORS as STORE_OPERATORS
 from graphledger.http.threads import SELECT
 from graphledger.ledger.assistants import SORT_BY as ASSISTANT_SORT_BY
 from graphledger.ledger.events import RUN_STATUSES
@@ -104,8 +106,63 @@ JSON_SCHEMA = nullable(OBJECT)
 DRAWABLE = obj({"nodes": {"type": "array"}, "edges": {"type": "array"}}, ["nodes", "edges"], extra=True)
 GRAPH_SCHEMAS = {name: JSON_SCHEMA for name in ("input_schema", "output_schema", "state_schema", "config_schema", "context_schema")}
 
+LABEL = {"type": "string", "minLength": 1, "pattern": "^[^.]+$", "description": "A namespace label: no periods."}
+NAMESPACE = {
+    "type": "array", "items": LABEL, "minItems": 1,
+    "description": f"The labels joined by '.' are at most {MAX_NAME_BYTES} bytes (UTF-8); the first is not 'langgraph'.",
+}
+STORE_KEY = {"type": "string", "minLength": 1, "description": f"At most {MAX_NAME_BYTES} bytes (UTF-8)."}
+LABELS = nullable({"type": "array", "items": LABEL})
+ITEM_FIELDS: dict[str, Any] = {
+    "namespace": {"type": "array", "items": {"type": "string"}},
+    "key": {"type": "string"},
+    "value": OBJECT,
+    "created_at": TIME,
+    "updated_at": TIME,
+}
+STORE_FILTER = nullable({
+    "type": "object",
+    "description": "Top-level keys of an item's value: a value to equal, or {operator: value} with operators "
+    + ", ".join(STORE_OPERATORS) + ".",
+})
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"detail": {"type": "string"}}, ["detail"]),
+    "StoreItem": obj(ITEM_FIELDS, list(ITEM_FIELDS)),
+    "StoreSearchItem": obj({**ITEM_FIELDS, "score": nullable({"type": "number"})}, [*ITEM_FIELDS, "score"]),
+    "StorePut": obj(
+        {
+            "namespace": NAMESPACE,
+            "key": STORE_KEY,
+            "value": OBJECT,
+            "index": {"anyOf": [{"const": False}, {"type": "null"}, {"type": "array", "items": {"type": "string"}}]},
+            "ttl": nullable({"type": "number", "minimum": MIN_TTL, "maximum": MAX_TTL, "description": "Minutes until the item expires."}),
+        },
+        ["namespace", "key", "value"],
+        extra=True,
+    ),
+    "StoreDelete": obj({"namespace": NAMESPACE, "key": STORE_KEY}, ["namespace", "key"], extra=True),
+    "StoreSearch": obj(
+        {
+            "namespace_prefix": LABELS,
+            "filter": STORE_FILTER,
+            "limit": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "offset": nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+            "query": nullable({"type": "string", "description": "Ignored: the store has no embeddings configured."}),
+            "refresh_ttl": nullable({"type": "boolean"}),
+        },
+        extra=True,
+    ),
+    "StoreNamespaces": obj(
+        {
+            "prefix": LABELS,
+            "suffix": LABELS,
+            "max_depth": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "limit": nullable({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "offset": nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+        },
+        extra=True,
+    ),
     "Thread": obj(THREAD_FIELDS, list(THREAD_FIELDS)),
     "ThreadSelected": obj(THREAD_FIELDS),  # a search's ``select``: any of them
     "Assistant": obj(ASSISTANT_FIELDS, list(ASSISTANT_FIELDS)),
@@ -718,6 +775,34 @@ def _paths() -> dict[str, Any]:
         },
         "/threads/{thread_id}/runs/{run_id}/verify": {
             "get": op("Recompute a run's hash chain", answers({200: ref("Verification")}, 404, 422), THREAD, RUN)
+        },
+        "/store/items": {
+            "put": op("Store or replace an item (recorded in the access log)", answers({204: None}, 413, 422), request="StorePut"),
+            "get": op(
+                "An item; null when there is none",
+                answers({200: nullable(ref("StoreItem"))}, 422),
+                {"name": "namespace", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
+                 "description": "The namespace's labels joined by '.'."},
+                {"name": "key", "in": "query", "required": True, "schema": STORE_KEY},
+                query("refresh_ttl", {"type": "boolean"}),
+            ),
+            "delete": op("Delete an item (recorded in the access log)", answers({204: None}, 413, 422), request="StoreDelete"),
+        },
+        "/store/items/search": {
+            "post": op(
+                "Items under a namespace prefix whose values match a filter",
+                answers({200: obj({"items": {"type": "array", "items": ref("StoreSearchItem")}}, ["items"])}, 413, 422),
+                request="StoreSearch",
+                optional=True,
+            )
+        },
+        "/store/namespaces": {
+            "post": op(
+                "The namespaces that hold items",
+                answers({200: obj({"namespaces": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}}}, ["namespaces"])}, 413, 422),
+                request="StoreNamespaces",
+                optional=True,
+            )
         },
     }
 

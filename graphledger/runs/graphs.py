@@ -8,7 +8,8 @@ the registry is built, so a bad spec stops ``graphledger serve`` at once with
 the reason.
 
 A request's ``assistant_id`` names a graph. The runs of a graph share the
-server's checkpointer, unless the graph was compiled with its own.
+server's checkpointer and store (:mod:`graphledger.runs.store`), unless the
+graph was compiled with its own.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ class GraphRegistry:
         if name not in self._graphs:
             raise UnknownAssistant(f"assistant {name!r} not found; registered graphs: {', '.join(self.names)}")
 
-    async def resolve(self, name: str, config: Mapping[str, Any], checkpointer: Any = None) -> Any:
-        """The graph for one run: made by its factory if it has one, with ``checkpointer`` unless it has its own."""
+    async def resolve(self, name: str, config: Mapping[str, Any], checkpointer: Any = None, store: Any = None) -> Any:
+        """The graph for one run: made by its factory if it has one, with ``checkpointer`` and ``store`` unless it has its own."""
         self.check(name)
         value = self._graphs[name]
         graph = value
@@ -146,6 +147,8 @@ class GraphRegistry:
                 graph = await graph
             if not _is_graph(graph):
                 raise GraphLoadError(f"graph factory {name!r} returned a {type(graph).__name__}, not a compiled graph")
-        if checkpointer is not None and getattr(graph, "checkpointer", None) is None:
-            graph = graph.copy(update={"checkpointer": checkpointer})
-        return graph
+        update = {
+            name: given for name, given in (("checkpointer", checkpointer), ("store", store))
+            if given is not None and getattr(graph, name, None) is None
+        }
+        return graph.copy(update=update) if update else graph

@@ -1,4 +1,4 @@
-"""Everything a server process runs besides HTTP: the checkpointer, the workers and the reaper."""
+"""Everything a server process runs besides HTTP: the checkpointer, the store, the workers and the reaper."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+from langgraph.store.postgres.aio import AsyncPostgresStore
+
 from graphledger.ledger import Ledger
-from graphledger.runs import checkpoint
+from graphledger.runs import checkpoint, store
 from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.leases import Reaper
 from graphledger.runs.worker import Admissions, Worker
@@ -31,7 +33,7 @@ class RunSettings:
 
 
 class Runtime:
-    """Starts and stops the checkpointer, the worker (unless ``workers`` is 0) and the reaper of one process.
+    """Starts and stops the checkpointer, the store, the worker (unless ``workers`` is 0) and the reaper of one process.
 
     The reaper runs in every process, workers or not: any live server ends
     the runs of a dead one.
@@ -44,6 +46,7 @@ class Runtime:
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
         self.checkpointer: Any = None
+        self.store: AsyncPostgresStore | None = None
         self.admissions = Admissions()
         self._stack = AsyncExitStack()
         # drain() may be called by the server's shutdown and by close() at
@@ -55,11 +58,13 @@ class Runtime:
         try:
             # Also without workers: reads of a thread's state (a join's answer) come from it.
             self.checkpointer = await self._stack.enter_async_context(checkpoint.saver(self.ledger.dsn, outage_seconds=s.outage_seconds))
+            self.store = await self._stack.enter_async_context(store.store(self.ledger.dsn))
             if s.workers > 0:
                 self.worker = Worker(
                     self.ledger,
                     self.graphs,
                     checkpointer=self.checkpointer,
+                    store=self.store,
                     concurrency=s.workers,
                     lease_seconds=s.lease_seconds,
                     poll_interval=s.poll_interval,

@@ -100,6 +100,7 @@ class Worker:
         graphs: GraphRegistry,
         *,
         checkpointer: Any = None,
+        store: Any = None,
         concurrency: int = 10,
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
@@ -113,6 +114,7 @@ class Worker:
         self.ledger = ledger
         self.graphs = graphs
         self.checkpointer = checkpointer
+        self.store = store
         self.admissions = admissions
         self.hold_back = hold_back
         self.concurrency = concurrency
@@ -208,7 +210,7 @@ class Worker:
                 recording.resume = await self._resumes(claimed)
                 if not recording.resume:
                     await self._check_start(claimed)
-                graph = await self.graphs.resolve(request.graph, recording.config(), self.checkpointer)
+                graph = await self.graphs.resolve(request.graph, recording.config(), self.checkpointer, self.store)
                 stop.task = asyncio.get_running_loop().create_task(self._drive(recording, graph))
                 if stop.reason is not None:
                     stop.task.cancel()

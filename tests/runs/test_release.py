@@ -97,9 +97,9 @@ async def test_a_run_released_before_its_first_checkpoint_starts_over_with_its_i
     worker = new_worker(ledger, graphs, saver, "worker b")
     original = worker.graphs.resolve
 
-    async def resolve(name: str, config: Any, checkpointer: Any = None) -> Any:
+    async def resolve(name: str, config: Any, checkpointer: Any = None, store: Any = None) -> Any:
         seen.append(config["configurable"].get("api_key"))
-        return await original(name, config, checkpointer)
+        return await original(name, config, checkpointer, store)
 
     worker.graphs.resolve = resolve  # type: ignore[method-assign]
     await worker.start()

@@ -97,9 +97,9 @@ async def test_secrets_in_config_reach_the_graph_but_not_the_log(ledger: Ledger,
     seen: list[Any] = []
     original = worker.graphs.resolve
 
-    async def resolve(name: str, config: Any, checkpointer: Any = None) -> Any:
+    async def resolve(name: str, config: Any, checkpointer: Any = None, store: Any = None) -> Any:
         seen.append(config["configurable"].get("openai_api_key"))
-        return await original(name, config, checkpointer)
+        return await original(name, config, checkpointer, store)
 
     worker.graphs.resolve = resolve  # type: ignore[method-assign]
     ref, end = await run_to_end(ask(config={"configurable": {"openai_api_key": "sk-very-secret", "tokens": 2}}))
