@@ -41,6 +41,8 @@ threads = sa.Table(
     # Who deleted it ({"identity": ..., "permissions": [...]}), when authentication is on:
     # a deletion has no run whose log could record its actor.
     sa.Column("deleted_by", postgresql.JSONB, nullable=True),
+    # Searches by metadata containment (@>), the caller's filter and an authorization filter's.
+    sa.Index("threads_metadata_idx", "metadata", postgresql_using="gin", postgresql_ops={"metadata": "jsonb_path_ops"}),
 )
 
 runs = sa.Table(

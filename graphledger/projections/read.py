@@ -73,8 +73,11 @@ THREAD_CHANGED_SQL = f"(SELECT max(greatest(s.created_at, s.started_at, s.finish
 """When a run of the thread last started, ended or was created: a thread's ``updated_at`` is never earlier."""
 THREADS_VIEW_SQL = view_sql(THREAD_STATUS_SQL, THREAD_CHANGED_SQL)
 THREAD_SQL = f"SELECT v.* FROM ({THREADS_VIEW_SQL}) v WHERE v.thread_id = $1 AND {visible_sql(2, 3, 'v.')}"
-SEARCH_THREADS_SQL = {(by, desc): search_sql(THREADS_VIEW_SQL, by, desc) for by in SORT_BY for desc in (False, True)}
-COUNT_THREADS_SQL = count_sql(THREADS_VIEW_SQL)
+SEARCH_THREADS_SQL = {
+    (by, desc, by_metadata): search_sql(THREADS_VIEW_SQL, by, desc, by_metadata)
+    for by in SORT_BY for desc in (False, True) for by_metadata in (False, True)
+}
+COUNT_THREADS_SQL = {by_metadata: count_sql(THREADS_VIEW_SQL, by_metadata) for by_metadata in (False, True)}
 
 _SUMS = ", ".join(f"coalesce(sum(l.{name}), 0)::bigint AS {name}" for name in TOKEN_FIELDS)
 # A thread's calls are found by its key; the time window is then a filter
@@ -283,8 +286,9 @@ class Projections:
         if sort_by not in SORT_BY:
             raise InvalidArgument(f"sort_by must be one of {', '.join(SORT_BY)}")
         async with self.ledger.session() as session:
+            filters = _filters(metadata, ids, status)
             rows = await session.connection.fetch(
-                SEARCH_THREADS_SQL[(sort_by, descending)], *_filters(metadata, ids, status), limit, offset, *visibility_args(visible)
+                SEARCH_THREADS_SQL[(sort_by, descending, filters[0] is not None)], *filters, limit, offset, *visibility_args(visible)
             )
         return [_view(row) for row in rows]
 
@@ -298,7 +302,8 @@ class Projections:
     ) -> int:
         """How many threads :meth:`search_threads` would find with these filters, on every page."""
         async with self.ledger.session() as session:
-            found: int = await session.connection.fetchval(COUNT_THREADS_SQL, *_filters(metadata, ids, status), *visibility_args(visible))
+            filters = _filters(metadata, ids, status)
+            found: int = await session.connection.fetchval(COUNT_THREADS_SQL[filters[0] is not None], *filters, *visibility_args(visible))
         return found
 
     async def runs(
