@@ -21,6 +21,7 @@ from pathlib import PurePath
 from typing import Any
 from uuid import UUID
 
+import orjson
 from pydantic import BaseModel
 
 from graphledger.ledger.events import canonical_json, encode_json
@@ -60,10 +61,24 @@ def _convert(value: Any) -> Any:
     return str(value)
 
 
+_FAST = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def to_jsonable(value: Any, _depth: int = 0) -> Any:
-    """``value`` as JSON-encodable data (dicts with string keys, lists, str, int, float, bool, None)."""
+    """``value`` as JSON-encodable data (dicts with string keys, lists, str, int, float, bool, None).
+
+    Made in C when it can be (orjson, with :func:`_convert` for what it has
+    no type for, and back), which is what makes a page of 50 states cheap;
+    what orjson refuses (keys that are not strings, integers beyond 64 bits,
+    very deep nesting, lone surrogates) takes the walk below, to the same result.
+    """
     if value is None or isinstance(value, (str, bool, int)):
         return value
+    if _depth == 0:
+        try:
+            return orjson.loads(orjson.dumps(value, default=_convert, option=_FAST))
+        except (TypeError, ValueError):
+            pass
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if _depth > _MAX_DEPTH:
