@@ -132,6 +132,14 @@ def check_filter(value: Any, name: str = "filter") -> dict[str, Any] | None:
     return value or None
 
 
+def _handler_filter(found: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A filter an authorization handler returned: one the store can apply, else the server's fault (500)."""
+    try:
+        return check_filter(found, "authorization filter")
+    except HTTPError as exc:
+        raise TypeError(f"an authorization handler returned a store filter the store cannot apply: {exc.detail}") from None
+
+
 def combined(given: dict[str, Any] | None, required: dict[str, Any] | None) -> dict[str, Any] | None:
     """The caller's filter and an authorization handler's, both to hold; None when they cannot both hold.
 
@@ -235,7 +243,7 @@ async def get_item(request: Request) -> JSONResponse:
     required = await authorize_filter(request, op)
     namespace = item_namespace(op["namespace"])
     item = await runs_store.call(_store(request).aget(namespace, key, refresh_ttl=refresh_ttl))
-    if item is None or (required is not None and not _matches(item.value, check_filter(required, "authorization filter") or {})):
+    if item is None or (required is not None and not _matches(item.value, _handler_filter(required) or {})):
         return JSONResponse(None)
     return JSONResponse(item_json(item))
 
@@ -269,7 +277,7 @@ async def search_items(request: Request) -> JSONResponse:
     }
     required = await authorize_filter(request, op)
     prefix = labels(op["namespace"], "namespace_prefix", empty=True)
-    where = combined(check_filter(op["filter"]), check_filter(required, "authorization filter"))
+    where = combined(check_filter(op["filter"]), _handler_filter(required))
     if where is None:
         return JSONResponse({"items": []})
     found = await runs_store.call(
