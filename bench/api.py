@@ -1,26 +1,39 @@
 """The thread endpoints a chat front end calls first, over real HTTP on one database.
 
-    python bench/api.py [--threads 20000] [--runs 10] [--samples 300]
+    python bench/api.py [--threads 100000] [--checkpoints 1000000] [--runs 10] [--samples 300] [--profile]
 
 Loads ``--threads`` threads (metadata ``{"user": "u<n % 1000>", "n": n}``),
-each with one finished run in the run status projection (inserted directly:
-this measures reads), then executes ``--runs`` runs of the demo graph on one
-more thread, so that its history holds more than 50 checkpoints. The app is
-served by uvicorn on 127.0.0.1 in this process and driven with httpx; each
-request is timed, ``--samples`` times:
+each with one finished run of the demo graph in the run status projection
+(its head and its status, inserted directly: this measures reads). Then executes ``--runs`` runs of the
+demo graph on one more thread over HTTP (``--runs 10``: 60 checkpoints), and
+copies that thread's checkpoints, blobs and writes, in SQL (``INSERT ...
+SELECT`` over the loaded threads, a few thousand threads per statement), to
+as many of the loaded threads as make ``--checkpoints`` checkpoints in all.
+Every copy is a complete, readable thread state.
+
+The app is served by uvicorn on 127.0.0.1 in this process (the server
+``graphledger serve`` runs) and driven with httpx; each request is timed,
+``--samples`` times, each on a thread drawn at random:
 
 1. search: ``POST /threads/search`` by one ``user`` metadata value (about
-   ``threads / 1000`` matches), a page of 10, newest first, without state fields;
-2. history: ``GET /threads/{id}/history?limit=50``;
-3. state: ``GET /threads/{id}/state``.
+   ``threads / 1000`` matches), a page of 10, newest first, without state
+   fields (its plan is printed first: it should use ``threads_metadata_idx``);
+2. history: ``POST /threads/{id}/history`` with ``limit`` 50, on a thread
+   holding a copy;
+3. state: ``GET /threads/{id}/state``, on a thread holding a copy.
 
-Ends with one summary line:
-``api: threads=.. search_p99_ms=.. history_p99_ms=.. state_p99_ms=..``
+With ``--profile`` the history and state requests are also run under
+cProfile (client and server share this process) and the top functions are
+printed. Ends with one summary line:
+``api: threads=.. checkpoints=.. search_p99_ms=.. history_p99_ms=.. state_p99_ms=..``
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import math
+import pstats
 import random
 import statistics
 import sys
@@ -36,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _database import run_on_database  # noqa: E402
 
 from graphledger.http.app import create_app  # noqa: E402
-from graphledger.runs import GraphRegistry, RunSettings, checkpoint, demo  # noqa: E402
+from graphledger.projections.read import SEARCH_THREADS_SQL  # noqa: E402
+from graphledger.runs import GraphRegistry, RunSettings, checkpoint, demo, store  # noqa: E402
 from tests.http.conftest import serve  # noqa: E402
 
 LOAD_THREADS_SQL = """
@@ -45,11 +59,38 @@ SELECT gen_random_uuid(), jsonb_build_object('user', 'u' || (i % 1000), 'n', i),
        now() - i * interval '1 second', now() - i * interval '1 second'
 FROM generate_series(1, $1) i
 """
-LOAD_STATUS_SQL = """
-INSERT INTO run_status (thread_id, run_id, status, status_seq, assistant_id, created_at, started_at, finished_at, attempt)
-SELECT thread_id, gen_random_uuid(), 'success', 4, 'demo', created_at, created_at, created_at + interval '1 second', 1
+# One finished demo run per loaded thread: its head (which names the thread's graph) and its status.
+LOAD_RUNS_SQL = """
+INSERT INTO runs (thread_id, run_id, assistant_id, status, last_seq, last_kind, created_at, updated_at)
+SELECT thread_id, gen_random_uuid(), 'demo', 'success', 4, 'run.succeeded', created_at, created_at + interval '1 second'
 FROM threads WHERE metadata ? 'n'
 """
+LOAD_STATUS_SQL = """
+INSERT INTO run_status (thread_id, run_id, status, status_seq, assistant_id, created_at, started_at, finished_at, attempt)
+SELECT r.thread_id, r.run_id, 'success', 4, 'demo', r.created_at, r.created_at, r.updated_at, 1
+FROM runs r JOIN threads t USING (thread_id) WHERE t.metadata ? 'n'
+"""
+# The threads that get a copy of the template's state: those loaded with n in [$1, $2).
+COPY_TARGETS = "SELECT thread_id::text AS id FROM threads WHERE metadata ? 'n' AND (metadata ->> 'n')::int >= $1 AND (metadata ->> 'n')::int < $2"
+COPY_SQL = [
+    f"""
+INSERT INTO langgraph.checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata)
+SELECT t.id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type, c.checkpoint, c.metadata
+FROM langgraph.checkpoints c, ({COPY_TARGETS}) t WHERE c.thread_id = $3
+""",
+    f"""
+INSERT INTO langgraph.checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+SELECT t.id, b.checkpoint_ns, b.channel, b.version, b.type, b.blob
+FROM langgraph.checkpoint_blobs b, ({COPY_TARGETS}) t WHERE b.thread_id = $3
+""",
+    f"""
+INSERT INTO langgraph.checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob, task_path)
+SELECT t.id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.channel, w.type, w.blob, w.task_path
+FROM langgraph.checkpoint_writes w, ({COPY_TARGETS}) t WHERE w.thread_id = $3
+""",
+]
+COPY_BATCH = 2000
+"""Threads per copy statement."""
 
 
 def p(samples: list[float], q: float) -> float:
@@ -67,42 +108,105 @@ async def timed(samples: int, call: Callable[[int], Awaitable[httpx.Response]]) 
     return found
 
 
-async def main(dsn: str, threads: int, runs: int, samples: int) -> None:
+async def load_threads(conn: asyncpg.Connection, threads: int) -> None:
+    start = time.perf_counter()
+    await conn.execute(LOAD_THREADS_SQL, threads)
+    await conn.execute(LOAD_RUNS_SQL)
+    await conn.execute(LOAD_STATUS_SQL)
+    await conn.execute("ANALYZE threads; ANALYZE runs; ANALYZE run_status")
+    print(f"load: {threads} threads with one run each in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+async def copy_state(conn: asyncpg.Connection, template: str, copies: int) -> int:
+    """Copy the template thread's checkpoints to ``copies`` loaded threads; the number of checkpoints in all."""
+    start = time.perf_counter()
+    for low in range(1, copies + 1, COPY_BATCH):
+        high = min(low + COPY_BATCH, copies + 1)
+        async with conn.transaction():
+            for sql in COPY_SQL:
+                await conn.execute(sql, low, high, template)
+        print(f"  copied to {high - 1} threads, {time.perf_counter() - start:.0f} s", flush=True)
+    await conn.execute("ANALYZE langgraph.checkpoints; ANALYZE langgraph.checkpoint_blobs; ANALYZE langgraph.checkpoint_writes")
+    total: int = await conn.fetchval("SELECT count(*) FROM langgraph.checkpoints")
+    size = await conn.fetchval(
+        "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'langgraph' AND c.relkind = 'r'"
+    )
+    print(f"copy: {total} checkpoints on {copies + 1} threads ({size} with blobs and writes) in {time.perf_counter() - start:.1f} s", flush=True)
+    return total
+
+
+async def explain_search(conn: asyncpg.Connection) -> None:
+    """The plan of a search by metadata as the server may run it: the generic plan of the prepared statement."""
+    sql = SEARCH_THREADS_SQL[("created_at", True, True)]
+    await conn.execute(f"PREPARE bench_search (jsonb, uuid[], text, bigint, bigint, jsonb, jsonb) AS {sql}")
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    rows = await conn.fetch("""EXPLAIN (ANALYZE, COSTS OFF) EXECUTE bench_search('{"user": "u7"}', NULL, NULL, 10, 0, NULL, NULL)""")
+    await conn.execute("RESET plan_cache_mode; DEALLOCATE bench_search")
+    print("search plan (generic):", flush=True)
+    for row in rows:
+        print("  " + row[0], flush=True)
+
+
+async def main(dsn: str, threads: int, checkpoints: int, runs: int, samples: int, profile: bool) -> None:
     await checkpoint.setup(dsn)
+    await store.setup(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        start = time.perf_counter()
-        await conn.execute(LOAD_THREADS_SQL, threads)
-        await conn.execute(LOAD_STATUS_SQL)
-        await conn.execute("ANALYZE threads; ANALYZE run_status")
-        print(f"load: {threads} threads with one run each in {time.perf_counter() - start:.1f} s", flush=True)
+        await load_threads(conn, threads)
+        app = create_app(dsn, graphs=GraphRegistry({"demo": demo.graph}), settings=RunSettings(workers=2, poll_interval=0.2))
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+            template = (await http.post("/threads", json={"metadata": {"bench": "template"}})).json()["thread_id"]
+            body = {"assistant_id": "demo", "input": {"messages": [{"role": "user", "content": "count these words"}]}}
+            for _ in range(runs):
+                (await http.post(f"/threads/{template}/runs/wait", json=body)).raise_for_status()
+            depth = await conn.fetchval("SELECT count(*) FROM langgraph.checkpoints WHERE thread_id = $1", template)
+            copies = min(threads, math.ceil(max(0, checkpoints - depth) / depth))
+            print(f"template thread: {runs} runs, {depth} checkpoints; copying to {copies} threads", flush=True)
+            total = await copy_state(conn, template, copies)
+            await explain_search(conn)
+            ids = [row["id"] for row in await conn.fetch(COPY_TARGETS, 1, copies + 1)]
+
+            rng = random.Random(7)
+            search = await timed(samples, lambda i: http.post("/threads/search", json={
+                "metadata": {"user": f"u{rng.randrange(1000)}"}, "limit": 10, "select": ["thread_id", "status", "updated_at", "metadata"]}))
+            found = (await http.post("/threads/search", json={"metadata": {"user": "u7"}, "limit": 10})).json()
+            assert len(found) == min(10, threads // 1000) and all(t["metadata"]["user"] == "u7" for t in found), found
+            page = (await http.post(f"/threads/{ids[0]}/history", json={"limit": 50})).json()
+            assert len(page) == min(50, depth), len(page)
+
+            async def history(i: int) -> httpx.Response:
+                return await http.post(f"/threads/{rng.choice(ids)}/history", json={"limit": 50})
+
+            async def state(i: int) -> httpx.Response:
+                return await http.get(f"/threads/{rng.choice(ids)}/state")
+
+            profiler = cProfile.Profile() if profile else None
+            if profiler is not None:
+                profiler.enable()
+            history_ms = await timed(samples, history)
+            state_ms = await timed(samples, state)
+            if profiler is not None:
+                profiler.disable()
     finally:
         await conn.close()
-    app = create_app(dsn, graphs=GraphRegistry({"demo": demo.graph}), settings=RunSettings(workers=2, poll_interval=0.2))
-    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
-        thread_id = (await http.post("/threads", json={"metadata": {"bench": "history"}})).json()["thread_id"]
-        body = {"assistant_id": "demo", "input": {"messages": [{"role": "user", "content": "count these words"}]}}
-        for _ in range(runs):
-            (await http.post(f"/threads/{thread_id}/runs/wait", json=body)).raise_for_status()
-        depth = len((await http.get(f"/threads/{thread_id}/history", params={"limit": 1000})).json())
-        print(f"history thread: {runs} runs, {depth} checkpoints", flush=True)
-        rng = random.Random(7)
-        search = await timed(samples, lambda i: http.post("/threads/search", json={
-            "metadata": {"user": f"u{rng.randrange(1000)}"}, "limit": 10, "select": ["thread_id", "status", "updated_at", "metadata"]}))
-        history = await timed(samples, lambda i: http.get(f"/threads/{thread_id}/history", params={"limit": 50}))
-        state = await timed(samples, lambda i: http.get(f"/threads/{thread_id}/state"))
-    for name, found in (("search", search), ("history", history), ("state", state)):
-        print(f"{name}: p50 {statistics.median(found):.2f} ms, p99 {p(found, 0.99):.2f} ms", flush=True)
+    for name, found_ms in (("search", search), ("history", history_ms), ("state", state_ms)):
+        print(f"{name}: p50 {statistics.median(found_ms):.2f} ms, p99 {p(found_ms, 0.99):.2f} ms, max {max(found_ms):.2f} ms", flush=True)
+    if profiler is not None:
+        print("profile of the history and state requests (client and server, this process), by own time:")
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(25)
     print(
-        f"api: threads={threads} search_p99_ms={p(search, 0.99):.2f} history_p99_ms={p(history, 0.99):.2f} "
-        f"state_p99_ms={p(state, 0.99):.2f}"
+        f"api: threads={threads} checkpoints={total} search_p99_ms={p(search, 0.99):.2f} history_p99_ms={p(history_ms, 0.99):.2f} "
+        f"state_p99_ms={p(state_ms, 0.99):.2f}"
     )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=100_000)
+    parser.add_argument("--checkpoints", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    run_on_database(lambda dsn: main(dsn, args.threads, args.runs, args.samples))
+    run_on_database(lambda dsn: main(dsn, args.threads, args.checkpoints, args.runs, args.samples, args.profile))
