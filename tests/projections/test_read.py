@@ -6,11 +6,12 @@ import asyncio
 from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import pytest
 
 from graphledger.ledger import Ledger, RunNotFound, RunRef, ThreadNotFound
 from graphledger.projections import InvalidArgument, InvalidCursor, Projections
-from graphledger.projections.read import encode_cursor
+from graphledger.projections.read import COUNT_THREADS_SQL, SEARCH_THREADS_SQL, encode_cursor
 
 USAGE = {
     "input_tokens": 100, "output_tokens": 40, "total_tokens": 140,
@@ -180,3 +181,21 @@ async def test_text_the_log_accepts_is_never_refused_by_a_projection(projected: 
     assert (call.call_id, call.model) == ("c\ufffd", "m\ufffd")
     (message,) = (await views.messages(ref.thread_id)).messages
     assert (message.message_id, message.data["content"]) == ("h\ufffd", "nul \x00 inside")
+
+
+async def test_a_search_by_metadata_can_use_the_metadata_index_in_a_generic_plan(dsn: str) -> None:
+    """What the server's prepared statement may run after a few executions: the plan must still reach ``threads_metadata_idx``."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
+        for (by, desc, by_metadata), sql in SEARCH_THREADS_SQL.items():
+            await conn.execute(f"PREPARE search_{by}_{desc}_{by_metadata} (jsonb, uuid[], text, bigint, bigint, jsonb, jsonb) AS {sql}")
+            plan = "\n".join(r[0] for r in await conn.fetch(
+                f"""EXPLAIN EXECUTE search_{by}_{desc}_{by_metadata}('{{"user": "u7"}}', NULL, NULL, 10, 0, NULL, NULL)"""
+            ))
+            assert ("threads_metadata_idx" in plan) == by_metadata, plan
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {COUNT_THREADS_SQL[True]}".replace("$1", "'{\"user\": \"u7\"}'")
+                                                        .replace("$2", "NULL").replace("$3", "NULL").replace("$4", "NULL").replace("$5", "NULL")))
+        assert "threads_metadata_idx" in plan, plan
+    finally:
+        await conn.close()
