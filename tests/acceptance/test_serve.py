@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -10,11 +11,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+
+from tests.conftest import _admin, drop_database, with_database
 
 
 def free_port() -> int:
@@ -88,6 +93,26 @@ def test_migrate_with_database_url(workdir: Path, server_dsn: str) -> None:
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
     assert "latest schema revision" in output
+
+
+async def test_migrate_creates_the_checkpointer_and_store_tables_and_the_metadata_index(workdir: Path, server_dsn: str) -> None:
+    name = f"graphledger_migrate_{uuid.uuid4().hex[:8]}"
+    await _admin(server_dsn, f"CREATE DATABASE {name}")
+    try:
+        dsn = with_database(server_dsn, name)
+        process = await asyncio.to_thread(graphledger, "migrate", "--database-url", dsn, cwd=workdir)
+        output = (await asyncio.to_thread(process.communicate, timeout=120))[0]
+        assert process.returncode == 0, output
+        conn = await asyncpg.connect(dsn)
+        try:
+            tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'langgraph'")}
+            index = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'threads_metadata_idx'")
+        finally:
+            await conn.close()
+        assert {"checkpoints", "checkpoint_blobs", "checkpoint_writes", "store", "store_migrations"} <= tables
+        assert "USING gin (metadata jsonb_path_ops)" in index
+    finally:
+        await drop_database(server_dsn, name)
 
 
 AUTH_PROJECT = Path(__file__).parent.parent / "http" / "authproject"
