@@ -229,24 +229,30 @@ def stamped_metadata(value: Mapping[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-async def authorize(request: Request, value: dict[str, Any]) -> Visibility | None:
+async def authorize(request: Request, value: dict[str, Any], *, action: str | None = None) -> Visibility | None:
     """Authorize the request's route's action with ``value``; the filter that restricts what it sees.
 
     None when authentication is off or the handler set no filter. ``value``
     may come back changed (``value["metadata"]`` stamped by the handler).
+    A route that also performs another action on another resource of the same
+    kind (a copy reads its source) asks for it with ``action``, as well as
+    for its own.
     """
-    return Visibility.of(await authorize_filter(request, value))
+    return Visibility.of(await authorize_filter(request, value, action=action))
 
 
-async def authorize_filter(request: Request, value: dict[str, Any]) -> dict[str, Any] | None:
+async def authorize_filter(request: Request, value: dict[str, Any], *, action: str | None = None) -> dict[str, Any] | None:
     """As :func:`authorize`, with the handler's filter as it returned it (the store applies it to items' values)."""
     access = access_of(request)
     if access is None:
         return None
     assert access.action is not None, "authorize() is called by guarded routes only"
+    if action is not None and action not in RESOURCES.get(access.resource or RESOURCE, ()):
+        raise ValueError(f"unknown action {action!r} on {access.resource!r}")
     authorizer: Authorizer = request.app.state.authorizer
-    found = await authorizer.authorize(access.user, access.resource, access.action, value)
-    access.authorized = True
+    found = await authorizer.authorize(access.user, access.resource, action or access.action, value)
+    if action is None or action == access.action:
+        access.authorized = True
     return found
 
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from graphledger.http.auth import authorize, guarded
-from graphledger.http.common import iso, path_uuid, query_bool, query_int, query_time, record_access, require
+from graphledger.http.common import HTTPError, iso, path_uuid, query_bool, query_int, query_time, record_access, require
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.export import Selection, export
@@ -68,6 +68,29 @@ async def messages(request: Request) -> JSONResponse:
     page = await Projections(request.app.state.ledger).messages(
         thread_id, run_id=run_id, limit=limit, before=before, after=after, last=last
     )
+    return JSONResponse(page_json(page))
+
+
+async def run_messages(request: Request) -> JSONResponse:
+    """``GET /runs/{run_id}/messages``: as ``/threads/{t}/runs/{r}/messages``, the thread found from the run.
+
+    Authorized as a read of the run's thread, with the same value; a run
+    outside the caller's filter is as unknown as one that never existed.
+    """
+    run_id = path_uuid(request, "run_id")
+    limit = query_int(request, "limit", DEFAULT_PAGE, low=1, high=MAX_PAGE)
+    before = request.query_params.get("before") or None
+    after = request.query_params.get("after") or None
+    last = query_bool(request, "last")
+    ledger: Ledger = request.app.state.ledger
+    async with ledger.session() as session:
+        found = await session.heads.locate(run_id)
+    if found is None:
+        await authorize(request, {"run_id": run_id})  # a forbidden caller is told so (403) before it learns anything
+        raise HTTPError(404, f"run {run_id} not found")
+    thread_id = found.ref.thread_id
+    await _check(request, thread_id, run_id)
+    page = await Projections(ledger).messages(thread_id, run_id=run_id, limit=limit, before=before, after=after, last=last)
     return JSONResponse(page_json(page))
 
 
@@ -192,6 +215,7 @@ routes = [
     guarded("/threads/{thread_id}/messages", messages, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}/usage", usage, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}/runs/{run_id}/messages", messages, methods=["GET"], action="read"),
+    guarded("/runs/{run_id}/messages", run_messages, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}/runs/{run_id}/events", events, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}/runs/{run_id}/usage", usage, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}/runs/{run_id}/verify", verify, methods=["GET"], action="read"),

@@ -29,6 +29,7 @@ from graphledger.projections import Projections
 from graphledger.projections.read import ThreadView
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.runs.lifecycle import thread_metadata_without_secrets
+from graphledger.runs import thread_copy
 from graphledger.runs.state import ThreadState, pending_interrupts
 
 IF_EXISTS = ("raise", "do_nothing")
@@ -155,6 +156,29 @@ async def delete_thread(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def copy_thread(request: Request) -> JSONResponse:
+    """A new thread with the source's metadata, state and checkpoint history (see :mod:`graphledger.runs.thread_copy`).
+
+    Authorized as the reference does: a ``read`` of the source, then a
+    ``create`` of the copy (whose handler may stamp the copy's metadata).
+    """
+    source = path_uuid(request, "thread_id")
+    readable = await authorize(request, {"thread_id": source}, action="read")
+    ledger: Ledger = request.app.state.ledger
+    async with ledger.session() as session:
+        found = await session.threads.get(source, readable)
+    if found is None or found.deleted:
+        await authorize(request, {"thread_id": source})  # the route's own action is always asked
+        raise HTTPError(404, f"thread {source} not found")
+    target = uuid4()
+    value: dict[str, Any] = {"thread_id": target, "metadata": dict(found.metadata)}
+    await authorize(request, value)  # may stamp value["metadata"] (an owner of the copy)
+    thread = await thread_copy.copy_thread(
+        ledger, thread_state(request), source, metadata=stamped_metadata(value), visible=readable, actor=actor(request), thread_id=target
+    )
+    return JSONResponse(await _thread_json(request, thread.thread_id))
+
+
 routes = [
     guarded("/threads", create_thread, methods=["POST"], action="create"),
     guarded("/threads/search", search_threads, methods=["POST"], action="search"),
@@ -162,4 +186,5 @@ routes = [
     guarded("/threads/{thread_id}", get_thread, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}", update_thread, methods=["PATCH"], action="update"),
     guarded("/threads/{thread_id}", delete_thread, methods=["DELETE"], action="delete"),
+    guarded("/threads/{thread_id}/copy", copy_thread, methods=["POST"], action="create"),  # and a read of the source
 ]

@@ -255,3 +255,39 @@ async def forget(conn: Connection, thread_id: UUID) -> None:
     """Delete every checkpoint of a thread (its state), in the caller's transaction."""
     for sql in FORGET_SQL:
         await conn.execute(sql, str(thread_id))
+
+
+# A copy names the new thread in every row; in the checkpoints' metadata too,
+# where LangGraph keeps the config's thread_id. Checkpoint ids are kept, so a
+# copy's history names the same checkpoints as its source's.
+COPY_SQL = [
+    f"""INSERT INTO {SCHEMA}.checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata)
+    SELECT $2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint,
+           CASE WHEN metadata ? 'thread_id' THEN jsonb_set(metadata, '{{thread_id}}', to_jsonb($2::text)) ELSE metadata END
+    FROM {SCHEMA}.checkpoints WHERE thread_id = $1""",
+    f"""INSERT INTO {SCHEMA}.checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT $2, checkpoint_ns, channel, version, type, blob FROM {SCHEMA}.checkpoint_blobs WHERE thread_id = $1""",
+    f"""INSERT INTO {SCHEMA}.checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob, task_path)
+    SELECT $2, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob, task_path
+    FROM {SCHEMA}.checkpoint_writes WHERE thread_id = $1""",
+]
+LATEST_SQL = f"SELECT max(checkpoint_id) FROM {SCHEMA}.checkpoints WHERE thread_id = $1 AND checkpoint_ns = ''"
+
+
+async def copy(conn: Connection, source: UUID, target: UUID) -> int:
+    """Copy every checkpoint of thread ``source`` (with its blobs and pending writes) to ``target``, in the caller's transaction.
+
+    Returns how many checkpoints were copied.
+    """
+    copied = 0
+    for n, sql in enumerate(COPY_SQL):
+        status = await conn.execute(sql, str(source), str(target))
+        if n == 0:
+            copied = int(status.rsplit(" ", 1)[-1])
+    return copied
+
+
+async def latest_id(conn: Connection, thread_id: UUID) -> str | None:
+    """The id of the thread's latest root checkpoint (None: it has none)."""
+    found: str | None = await conn.fetchval(LATEST_SQL, str(thread_id))
+    return found

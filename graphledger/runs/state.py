@@ -145,6 +145,10 @@ class ThreadState:
                 raise ThreadNotFound(f"thread {thread_id} not found")
             return await session.heads.latest_assistant(thread_id)
 
+    async def assistant_of(self, thread_id: UUID) -> str | None:
+        """The graph the thread's latest run named (None: no runs yet); :class:`ThreadNotFound` for a deleted thread."""
+        return await self._assistant(thread_id)
+
     async def graph(self, thread_id: UUID) -> Any | None:
         """The compiled graph of the thread's latest run, on the server's checkpointer (None: no runs yet)."""
         assistant = await self._assistant(thread_id)
