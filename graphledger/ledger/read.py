@@ -58,6 +58,24 @@ WHERE (tx, global_position) > ($1::text::xid8, $2)
 ORDER BY events.tx, events.global_position LIMIT $3
 """
 
+# One thread's part of the global feed, in feed order, with the same rule. The
+# snapshot's xmin comes back with the rows (one statement, one snapshot): every
+# row of the thread below it has then been returned, so a follower that read
+# them all can start its next scan there ($4, the floor) and never scans the
+# whole log after an old cursor again.
+READ_THREAD_FEED_SQL = f"""
+WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+SELECT s.xmin::text AS floor, e.* FROM s LEFT JOIN LATERAL (
+    SELECT {_COLUMNS} FROM events
+    WHERE thread_id = $1 AND tx >= $4::text::xid8
+      AND (tx, global_position) > ($2::text::xid8, $3)
+      AND tx < s.xmin
+    ORDER BY events.tx, events.global_position LIMIT $5
+) e ON true
+"""
+FEED_EVENT_SQL = "SELECT 1 FROM events WHERE thread_id = $1 AND global_position = $2 AND tx = $3::text::xid8"
+FEED_NOW_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
+
 FEED_HASHES_SQL = """
 SELECT tx, global_position, thread_id, run_id, seq, hash FROM events
 WHERE (tx, global_position) > ($1::text::xid8, $2)
@@ -159,6 +177,30 @@ async def read_feed(conn: Connection, after: FeedCursor = FeedCursor(), limit: i
     events = [to_event(r) for r in await conn.fetch(READ_FEED_SQL, str(after.tx), after.position, limit)]
     cursor = FeedCursor(events[-1].tx, events[-1].global_position) if events else after
     return events, cursor
+
+
+async def read_thread_feed(
+    conn: Connection, thread_id: UUID, after: FeedCursor, floor: int = 0, limit: int = 1_000
+) -> tuple[list[Event], int]:
+    """The thread's next events in feed order after ``after`` (none with ``tx`` below ``floor``), and the next floor.
+
+    The next floor is the snapshot's xmin when fewer than ``limit`` rows came
+    back (every row of the thread below it has been read), else ``floor``.
+    """
+    rows = await conn.fetch(READ_THREAD_FEED_SQL, thread_id, str(after.tx), after.position, str(floor), limit)
+    events = [to_event(r) for r in rows if r["global_position"] is not None]
+    return events, (int(rows[0]["floor"]) if len(events) < limit else floor)
+
+
+async def feed_event_exists(conn: Connection, thread_id: UUID, cursor: FeedCursor) -> bool:
+    """Whether ``cursor`` names an event of the thread (its ``tx`` and global position)."""
+    return await conn.fetchval(FEED_EVENT_SQL, thread_id, cursor.position, str(cursor.tx)) is not None
+
+
+async def feed_now(conn: Connection) -> FeedCursor:
+    """A cursor at the feed's present: every transaction older than the oldest one still running is behind it."""
+    xmin = int(await conn.fetchval(FEED_NOW_SQL))
+    return FeedCursor(xmin - 1, 2**63 - 1)
 
 
 async def last_of_kind(conn: Connection, ref: RunRef, kind: str) -> Event | None:

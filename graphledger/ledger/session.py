@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from asyncpg.cursor import CursorFactory
@@ -66,6 +67,16 @@ class Session:
     def feed_rows(self, *, prefetch: int = 5_000) -> CursorFactory[asyncpg.Record]:
         """Every event of the feed in feed order, through a cursor (inside a REPEATABLE READ transaction)."""
         return read.feed_rows(self.connection, prefetch)
+
+    async def read_thread_feed(self, thread_id: UUID, after: read.FeedCursor, floor: int = 0, limit: int = 1_000) -> tuple[list[Event], int]:
+        """The thread's part of the global feed after ``after`` (see :func:`read.read_thread_feed`)."""
+        return await read.read_thread_feed(self.connection, thread_id, after, floor, limit)
+
+    async def feed_event_exists(self, thread_id: UUID, cursor: read.FeedCursor) -> bool:
+        return await read.feed_event_exists(self.connection, thread_id, cursor)
+
+    async def feed_now(self) -> read.FeedCursor:
+        return await read.feed_now(self.connection)
 
     async def last_of_kind(self, ref: RunRef, kind: str) -> Event | None:
         """The run's last event of ``kind``."""

@@ -126,6 +126,7 @@ class Hub:
         self._reader_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._hints: dict[str, list[Callable[[], None]]] = {}  # other channels: callbacks
+        self._watchers: set[Callable[[UUID, int], None]] = set()  # every hint of the events channel
         self._listener: asyncpg.Connection | None = None
         self.listening = asyncio.Event()
         self._closed = False
@@ -251,6 +252,16 @@ class Hub:
                 await self._listener.add_listener(channel, self._on_hint)
         callback()
 
+    def watch(self, callback: Callable[[UUID, int], None]) -> Callable[[], None]:
+        """Call ``callback(run_id, last_seq)`` for every hint of the events channel, of any run; return the unwatch.
+
+        For followers of more than one run (a thread's stream), which read the
+        events themselves: a hint is a wake-up, never the data, and may be lost
+        while the listener reconnects (they poll as well).
+        """
+        self._watchers.add(callback)
+        return lambda: self._watchers.discard(callback)
+
     def _on_hint(self, _conn: object, _pid: int, channel: str, _payload: object) -> None:
         for callback in self._hints.get(channel, ()):
             callback()
@@ -264,6 +275,8 @@ class Hub:
                 run_id, last_seq = UUID(run_text), int(seq_text)
             except ValueError:
                 continue
+            for watcher in tuple(self._watchers):
+                watcher(run_id, last_seq)
             ref = self._refs.get(run_id)
             if self._sending.get(run_id, 0) >= last_seq:
                 continue  # committed by this process: publish() delivers it
