@@ -86,3 +86,26 @@ async def test_a_run_executed_by_one_process_is_cancelled_through_another(sdks: 
     events = (await b.http.get(f"/threads/{thread['thread_id']}/runs/{run['run_id']}/events", params={"kinds": "run.*"}))
     assert [e["kind"] for e in events["events"]] == ["run.created", "run.started", "run.cancel_requested", "run.interrupted"]
     assert (await a.runs.get(thread["thread_id"], run["run_id"]))["status"] == "interrupted"
+
+
+async def test_a_thread_stream_begun_on_one_process_resumes_on_another(sdks: tuple[LangGraphClient, LangGraphClient]) -> None:
+    a, b = sdks
+    thread = await a.threads.create()
+    tid = thread["thread_id"]
+    run = await a.runs.create(tid, "demo", input=INPUT, config=SLOW, stream_mode=["messages-tuple"])
+    # Cut on A in the middle of the run (A executes it), resumed on B, which executes nothing.
+    first = await asyncio.wait_for(collect(await a.threads.join_stream(tid, last_event_id="-1"), upto=30), HANG_GUARD)
+    rest: list[Any] = []
+    async for part in await b.threads.join_stream(tid, last_event_id=first[-1].id):
+        rest.append(part)
+        if part.event == "metadata" and part.data.get("status") == "run_done":
+            break
+    parts = first + rest
+    assert parts[0].event == "metadata" and parts[0].data == {"run_id": run["run_id"], "attempt": 1}
+    assert parts[-1].data == {"status": "run_done", "run_id": run["run_id"]}
+    ids = [p.id for p in parts]
+    assert len(set(ids)) == len(ids)  # nothing twice
+    whole = await asyncio.wait_for(collect(await b.threads.join_stream(tid, last_event_id="-1"), upto=len(parts)), HANG_GUARD)
+    assert [(p.event, p.id, p.data) for p in whole] == [(p.event, p.id, p.data) for p in parts]  # nothing skipped
+    run_stream = await asyncio.wait_for(collect(a.runs.join_stream(tid, run["run_id"], last_event_id="0")), HANG_GUARD)
+    assert [p.data for p in parts if p.event == "messages"] == [p.data for p in run_stream if p.event == "messages"]
