@@ -33,6 +33,18 @@ STREAM_ERROR = STREAM_PREFIX + "error"
 """A run's error as its stream tells it (sent as the SSE ``error`` event), appended before ``run.failed``/``run.timed_out``."""
 
 TERMINAL_KINDS = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_TIMED_OUT, RUN_INTERRUPTED})
+NOTE_PREFIX = "note."
+"""A note (``note.feedback``, ...) is a record about a run, not a step of it: it may follow the terminal event."""
+NOTE_FEEDBACK = NOTE_PREFIX + "feedback"
+
+
+def is_note(kind: str | None) -> bool:
+    """Whether ``kind`` is a note: appended at any time after ``run.created``, even after the terminal event.
+
+    A note changes no status, is never part of a stream, and does not become
+    the head's ``last_kind``: a finished run stays finished.
+    """
+    return kind is not None and kind.startswith(NOTE_PREFIX)
 FAILURE_KINDS = frozenset({RUN_FAILED, RUN_TIMED_OUT})
 """Terminal kinds whose payload carries ``{"error": {"type", "message"}}``."""
 

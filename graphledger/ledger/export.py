@@ -56,6 +56,7 @@ from graphledger.ledger.errors import (
 from graphledger.ledger.events import (
     TERMINAL_KINDS,
     TERMINAL_STATUSES,
+    is_note,
     RunRef,
     canonical_json,
 )
@@ -430,8 +431,8 @@ def _check_event(
         raise _Bad(number, f"run {run} appears again after other runs' events (lines out of order)")
     if thread != state.thread_id:
         raise _Bad(number, f"run {run} changes thread")
-    if state.terminal is not None:
-        raise _Bad(number, f"an event after run {run}'s terminal event ({state.terminal})")
+    if state.terminal is not None and not is_note(kind):
+        raise _Bad(number, f"an event after run {run}'s terminal event ({state.terminal}) that is not a note")
     if seq != state.seq + 1:
         raise _Bad(number, f"seq {seq} of run {run} where {state.seq + 1} was expected (a line missing or out of order)")
     digest = link_with(state.hash, state.prefix, seq, kind, ts, data)

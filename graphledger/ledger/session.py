@@ -25,7 +25,7 @@ from asyncpg.cursor import CursorFactory
 from graphledger.ledger import read
 from graphledger.ledger.access import AccessLog
 from graphledger.ledger.assistants import Assistants
-from graphledger.ledger.events import RUN_CREATED, STATUS_AFTER, Event, NewEvent, RunRef
+from graphledger.ledger.events import RUN_CREATED, STATUS_AFTER, Event, NewEvent, RunRef, is_note
 from graphledger.ledger.heads import Heads
 from graphledger.ledger.read import Connection
 from graphledger.ledger.secrets import Secrets
@@ -112,11 +112,12 @@ class Transaction(Session):
             # Another writer appended between the read and the statement: say where the head is now.
             raise refusal(ref, await self.heads.get(ref), expected_seq) from None
         if events and head is not None:
-            status = head.status
+            status, kind = head.status, head.kind
             for event in events:
                 status = STATUS_AFTER.get(event.kind, status)
+                kind = kind if is_note(event.kind) else event.kind  # as the head's last_kind: notes never count
             last = events[-1]
-            self.heads_after[ref] = Head(last.seq, last.hash, last.kind, status)
+            self.heads_after[ref] = Head(last.seq, last.hash, kind, status)
             self.appended.extend(events)
         return events
 

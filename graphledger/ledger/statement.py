@@ -38,8 +38,10 @@ from typing import Any, Protocol
 from graphledger.ledger import chain
 from graphledger.ledger.errors import Conflict, LedgerError, RunFinished, RunNotFound
 from graphledger.ledger.events import (
+    NOTE_PREFIX,
     STATUS_AFTER,
     TERMINAL_KINDS,
+    is_note,
     Event,
     NewEvent,
     RunRef,
@@ -115,7 +117,11 @@ WITH batch AS (
 ), locked AS (
     SELECT b.idx
     FROM runs r JOIN batch b ON r.thread_id = b.thread_id AND r.run_id = b.run_id
-    WHERE r.last_seq = b.expected_seq AND coalesce(r.last_kind, '') <> ALL (ARRAY[{_TERMINAL_KINDS_SQL}])
+    WHERE r.last_seq = b.expected_seq
+      AND (coalesce(r.last_kind, '') <> ALL (ARRAY[{_TERMINAL_KINDS_SQL}])
+           -- after the terminal event, only notes (see events.is_note)
+           OR NOT EXISTS (SELECT 1 FROM unnest({_OWN["event_idx"]}::int[], {_OWN["event_kind"]}::text[]) AS k(idx, kind)
+                          WHERE k.idx = b.idx AND k.kind NOT LIKE '{NOTE_PREFIX}%'))
     ORDER BY r.thread_id, r.run_id
     FOR UPDATE OF r
 ), head AS (
@@ -231,13 +237,16 @@ class Batch:
         stamps.extend([e.ts for e in events])
         hashes.extend([e.hash for e in events])
         status = None
+        kind = head.kind  # the last kind that is not a note's: a note never makes a run unfinished
         for event in events:
             if event.kind in STATUS_AFTER:
                 status = STATUS_AFTER[event.kind]
+            if not is_note(event.kind):
+                kind = event.kind
         last = events[-1]
-        for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, last.seq, last.hash, last.kind, status), strict=True):
+        for column, value in zip(self.heads, (ref.thread_id, ref.run_id, head.seq, last.seq, last.hash, kind, status), strict=True):
             column.append(value)
-        return Head(last.seq, last.hash, last.kind, status or head.status)
+        return Head(last.seq, last.hash, kind, status or head.status)
 
     def args(self) -> list[Any]:
         return [*self.heads, *self.events]
@@ -277,7 +286,8 @@ async def append_at(
     unknown run, and :class:`HeadMoved` when the head moved after it was read.
     Writes nothing then.
     """
-    if head is None or head.terminal or head.seq != expected_seq:
+    notes_only = bool(new) and all(is_note(e.kind) for e in new)
+    if head is None or (head.terminal and not notes_only) or head.seq != expected_seq:
         raise refusal(ref, head, expected_seq)
     if not new:
         return []

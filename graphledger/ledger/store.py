@@ -17,6 +17,7 @@ from graphledger.ledger.events import (
     Event,
     NewEvent,
     RunRef,
+    is_note,
     validate_kind,
 )
 from graphledger.ledger.hints import Hints
@@ -303,8 +304,28 @@ class Ledger:
             ref, last_seq, finished = await self._hub.head(run.run_id if isinstance(run, RunRef) else run)
         if isinstance(run, RunRef) and run.thread_id != ref.thread_id:
             raise RunNotFound(f"run {run.run_id} not found in thread {run.thread_id}")
-        if finished and after_seq >= last_seq:
-            return  # nothing after the terminal event, ever
+        if finished:
+            # Everything up to the terminal event is stored, and only notes may
+            # follow it, which a tail never carries: read, never wait. A note
+            # is held until an event of the run follows it (then it came
+            # before the terminal event), and dropped at the end.
+            held: list[Event] = []
+            while after_seq < last_seq:
+                events = await self.read_run(ref, after_seq, 1_000)
+                for event in events:
+                    after_seq = event.seq
+                    if is_note(event.kind):
+                        held.append(event)
+                        continue
+                    for note in held:
+                        yield note
+                    held.clear()
+                    yield event
+                    if event.is_terminal:
+                        return
+                if not events:
+                    return
+            return
         async for event in self._hub.follow(ref, after_seq):
             yield event
 
