@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import assistants, log, openapi, reads, runs, sse, state, store, thread_stream, threads
+from graphledger.http import assistants, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -198,6 +198,7 @@ def create_app(
         routes=[
             Route("/ok", ok), Route("/openapi.json", openapi.openapi),
             *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *store.routes, *thread_stream.routes,
+            *feedback.routes,
             *log.routes,
         ],
         lifespan=lifespan,

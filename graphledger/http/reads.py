@@ -6,7 +6,7 @@ removes a thread's state, never its history.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -15,10 +15,12 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from graphledger.http.auth import authorize, guarded
 from graphledger.http.common import HTTPError, iso, path_uuid, query_bool, query_int, query_time, record_access, require
+from graphledger.http.feedback import feedback_json
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
+from graphledger.projections.feedback import Feedback, on_last_ai_messages
 from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE, Group
 from graphledger.projections.token_usage import Totals
 
@@ -40,7 +42,9 @@ def _run_id(request: Request) -> UUID | None:
 # -- messages -------------------------------------------------------------------------
 
 
-def page_json(page: MessagePage) -> dict[str, Any]:
+def page_json(page: MessagePage, feedback: Mapping[str, list[Feedback]] | None = None) -> dict[str, Any]:
+    """A page of messages; ``feedback`` by message id (a run's feedback is shown on its last AI message)."""
+    feedback = feedback or {}
     return {
         "messages": [
             {
@@ -48,6 +52,7 @@ def page_json(page: MessagePage) -> dict[str, Any]:
                 "position": m.position, "part": m.part, "data": m.data,
                 "updated_run_id": str(m.updated_run_id), "updated_seq": m.updated_seq,
                 "edited_by_run_id": str(m.edited_by) if m.edited_by is not None else None,
+                "feedback": [feedback_json(f) for f in feedback.get(m.message_id, ())],
             }
             for m in page.messages
         ],
@@ -68,7 +73,12 @@ async def messages(request: Request) -> JSONResponse:
     page = await Projections(request.app.state.ledger).messages(
         thread_id, run_id=run_id, limit=limit, before=before, after=after, last=last
     )
-    return JSONResponse(page_json(page))
+    return JSONResponse(page_json(page, await _feedback(request.app.state.ledger, thread_id, page)))
+
+
+async def _feedback(ledger: Ledger, thread_id: UUID, page: MessagePage) -> dict[str, list[Feedback]]:
+    """The feedback to show on the page's messages: each run's, on its last AI message."""
+    return await on_last_ai_messages(ledger, thread_id, {m.run_id for m in page.messages if m.type == "ai"})
 
 
 async def run_messages(request: Request) -> JSONResponse:
@@ -91,7 +101,7 @@ async def run_messages(request: Request) -> JSONResponse:
     thread_id = found.ref.thread_id
     await _check(request, thread_id, run_id)
     page = await Projections(ledger).messages(thread_id, run_id=run_id, limit=limit, before=before, after=after, last=last)
-    return JSONResponse(page_json(page))
+    return JSONResponse(page_json(page, await _feedback(ledger, thread_id, page)))
 
 
 # -- events -----------------------------------------------------------------------------

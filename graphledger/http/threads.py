@@ -28,8 +28,8 @@ from graphledger.ledger.threads import SORT_BY, Visibility
 from graphledger.projections import Projections
 from graphledger.projections.read import ThreadView
 from graphledger.projections.run_status import THREAD_STATUSES
-from graphledger.runs.lifecycle import thread_metadata_without_secrets
 from graphledger.runs import thread_copy
+from graphledger.runs.lifecycle import thread_metadata_without_secrets
 from graphledger.runs.state import ThreadState, pending_interrupts
 
 IF_EXISTS = ("raise", "do_nothing")

@@ -56,9 +56,9 @@ from graphledger.ledger.errors import (
 from graphledger.ledger.events import (
     TERMINAL_KINDS,
     TERMINAL_STATUSES,
-    is_note,
     RunRef,
     canonical_json,
+    is_note,
 )
 from graphledger.ledger.note import Checkpoint, NoteError, Signer, Verifier, read_checkpoint, unsigned_checkpoint
 from graphledger.ledger.session import Session

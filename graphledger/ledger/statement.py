@@ -41,10 +41,10 @@ from graphledger.ledger.events import (
     NOTE_PREFIX,
     STATUS_AFTER,
     TERMINAL_KINDS,
-    is_note,
     Event,
     NewEvent,
     RunRef,
+    is_note,
 )
 from graphledger.ledger.read import Connection
 

@@ -277,3 +277,16 @@ async def test_served_runs_hold_the_lease_the_server_was_given(sdk: LangGraphCli
     tid, rid = await finished_run(sdk)
     events = (await http.get(f"/threads/{tid}/runs/{rid}/events", params={"kinds": "run.started"})).json()["events"]
     assert [e["data"]["lease_seconds"] for e in events] == [2.0]  # RunSettings(lease_seconds=2.0) in the fixture
+
+
+async def test_run_messages_without_the_thread(sdk: LangGraphClient, http: httpx.AsyncClient) -> None:
+    thread = await sdk.threads.create()
+    await sdk.runs.wait(thread["thread_id"], "demo", input=INPUT)
+    (run,) = await sdk.runs.list(thread["thread_id"])
+    by_run = (await http.get(f"/runs/{run['run_id']}/messages", params={"limit": 2})).json()
+    assert by_run == (await http.get(f"/threads/{thread['thread_id']}/runs/{run['run_id']}/messages", params={"limit": 2})).json()
+    assert by_run["has_more"] and len(by_run["messages"]) == 2
+    assert (await http.get("/runs/00000000-0000-0000-0000-000000000000/messages")).status_code == 404
+    assert (await http.get("/runs/nope/messages")).status_code == 422
+    assert (await http.get(f"/runs/{run['run_id']}/messages", params={"limit": 0})).status_code == 422
+    assert (await http.get(f"/runs/{run['run_id']}/messages", params={"after": "garbage"})).status_code == 422
