@@ -35,6 +35,7 @@ from graphledger.runs.request import (
     ON_DISCONNECT,
     STREAM_MODES,
 )
+from graphledger.runs.thread_sse import THREAD_STREAM_MODES
 
 UUID = {"type": "string", "format": "uuid"}
 TIME = {"type": "string", "format": "date-time"}
@@ -125,6 +126,15 @@ STORE_FILTER = nullable({
     "description": "Top-level keys of an item's value: a value to equal, or {operator: value} with operators "
     + ", ".join(STORE_OPERATORS) + ".",
 })
+THREAD_SSE_EVENT = obj(
+    {
+        "event": {"type": "string", "description": "metadata, error, state_update, or <mode>[|<namespace>]"},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "One line of JSON."},
+        "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$", "description": "The event's place in the feed: send it back as Last-Event-ID."},
+    },
+    ["event", "data", "id"],
+    extra=True,
+)
 
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"detail": {"type": "string"}}, ["detail"]),
@@ -381,6 +391,29 @@ SCHEMAS: dict[str, Any] = {
         extra=True,
     ),
     "RunBatch": {"type": "array", "items": ref("RunCreate"), "minItems": 1, "maxItems": MAX_BATCH},
+    "Feedback": obj(
+        {
+            "feedback_id": {"type": "string"},
+            "thread_id": UUID,
+            "run_id": UUID,
+            "key": {"type": "string"},
+            "score": nullable({"type": "number"}),
+            "comment": nullable({"type": "string"}),
+            "actor": nullable(OBJECT),
+            "created_at": TIME,
+            "seq": {"type": "integer", "minimum": 1},
+        },
+        ["feedback_id", "thread_id", "run_id", "key", "score", "comment", "actor", "created_at", "seq"],
+    ),
+    "FeedbackCreate": obj(
+        {
+            "key": {"type": "string", "minLength": 1, "maxLength": 200},
+            "score": nullable({"type": "number"}),
+            "comment": nullable({"type": "string", "maxLength": 10_000}),
+        },
+        ["key"],
+        extra=False,
+    ),
     "MessagePage": obj(
         {
             "messages": {
@@ -397,8 +430,9 @@ SCHEMAS: dict[str, Any] = {
                         "updated_run_id": UUID,
                         "updated_seq": {"type": "integer"},
                         "edited_by_run_id": nullable(UUID),
+                        "feedback": {"type": "array", "items": ref("Feedback"), "description": "A run's feedback, on its last AI message."},
                     },
-                    ["id", "type", "run_id", "seq", "position", "part", "data", "updated_run_id", "updated_seq", "edited_by_run_id"],
+                    ["id", "type", "run_id", "seq", "position", "part", "data", "updated_run_id", "updated_seq", "edited_by_run_id", "feedback"],
                 ),
             },
             "has_more": {"type": "boolean"},
@@ -474,6 +508,14 @@ def answers(ok: dict[int, Any], *errors: int) -> dict[str, Any]:
             responses[str(status)] = {
                 "description": "An export: a header line, one line per event, a trailer line.",
                 "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            }
+        elif schema == "thread-sse":
+            responses[str(status)] = {
+                "description": (
+                    "Server-Sent Events of every run of the thread: `event: <mode>[|ns]`, `metadata`, `state_update`, "
+                    "`data: <json>`, `id: <tx>:<position>` (a place in the global feed); never ends by itself."
+                ),
+                "content": {"text/event-stream": {"itemSchema": THREAD_SSE_EVENT}},
             }
         elif schema == "sse":
             responses[str(status)] = {
@@ -656,6 +698,26 @@ def _paths() -> dict[str, Any]:
                 THREAD,
             ),
         },
+        "/threads/{thread_id}/copy": {
+            "post": op(
+                "Copy a thread: a new thread with its metadata, state and checkpoint history (recorded as a run of the copy)",
+                answers({200: ref("Thread")}, 404, 409, 422),
+                THREAD,
+            )
+        },
+        "/threads/{thread_id}/stream": {
+            "get": op(
+                "Follow every run of a thread as it happens",
+                answers({200: "thread-sse"}, 404, 422),
+                THREAD,
+                query("stream_mode", {"type": "array", "items": {"type": "string", "enum": ["", *THREAD_STREAM_MODES]}}, "Repeated."),
+                query("stream_modes", {"type": "string"}, "Comma-separated: run_modes (the default), lifecycle, state_update."),
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}, "description": (
+                    "Resume after this id (tx:position, as sent); -1 or 0 replays the thread from its start. "
+                    "Anything else, or an id that names no event of the thread, is refused with 422."
+                )},
+            )
+        },
         "/threads/{thread_id}/state": {
             "get": op(
                 "A thread's current state (empty without runs)",
@@ -752,6 +814,24 @@ def _paths() -> dict[str, Any]:
         },
         "/threads/{thread_id}/runs/{run_id}/messages": {
             "get": op("A page of the messages a run recorded", answers({200: ref("MessagePage")}, 404, 422), THREAD, RUN, *MESSAGE_QUERY)
+        },
+        "/runs/{run_id}/messages": {
+            "get": op(
+                "A page of the messages a run recorded (its thread found from the run)",
+                answers({200: ref("MessagePage")}, 404, 422),
+                RUN,
+                *MESSAGE_QUERY,
+            )
+        },
+        "/threads/{thread_id}/runs/{run_id}/feedback": {
+            "post": op(
+                "Give feedback on a run (recorded in its log, also after it ended)",
+                answers({201: ref("Feedback")}, 404, 413, 422),
+                THREAD,
+                RUN,
+                request="FeedbackCreate",
+            ),
+            "get": op("A run's feedback, oldest first", answers({200: {"type": "array", "items": ref("Feedback")}}, 404, 422), THREAD, RUN),
         },
         "/threads/{thread_id}/runs/{run_id}/events": {
             "get": op(

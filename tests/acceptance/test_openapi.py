@@ -65,6 +65,8 @@ def known(server: Server) -> dict[str, str]:
 def test_generated_requests_get_no_5xx_and_answers_that_match_the_description(operation: Any, server: Server, known: dict[str, str]) -> None:
     assert httpx.get(f"{server.url}/openapi.json").json() == document()
     aim = operation.method.upper() != "DELETE"  # deleting the known thread would leave only unknown ids
+    # A thread's stream never ends by itself (clients close it): it is asked with unknown ids and bad parameters only.
+    aim = aim and operation.path != "/threads/{thread_id}/stream"
 
     @given(case=operation.as_strategy(), data=st.data())
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)

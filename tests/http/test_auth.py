@@ -312,3 +312,36 @@ async def test_assistants_are_authorized_as_the_assistants_resource_and_filtered
     assert (await alice.get(a)).json()["name"] == "mine"
     answer = await alice.post("/runs/wait", json={"assistant_id": aid, "input": {}})
     assert answer.status_code == 200 and answer.json()["who"]["identity"] == "alice"
+
+
+async def test_copies_streams_feedback_and_run_messages_are_authorized_like_their_thread(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, reviewer: httpx.AsyncClient, url: str
+) -> None:
+    tid, rid, _ = await _alices_run(alice)
+    t, r = f"/threads/{tid}", f"/threads/{tid}/runs/{rid}"
+    for method, path in [("POST", f"{t}/copy"), ("GET", f"{t}/stream"), ("GET", f"/runs/{rid}/messages"), ("GET", f"{r}/feedback")]:
+        answer = await bob.request(method, path)
+        assert answer.status_code == 404 and "alice" not in answer.text, (method, path, answer.status_code)
+    assert (await bob.post(f"{r}/feedback", json={"key": "k", "score": 1})).status_code == 404
+    assert (await reviewer.post(f"{r}/feedback", json={"key": "k", "score": 1})).status_code == 404  # an update, not a read
+    async with client(url, MALLORY) as mallory:
+        assert (await mallory.post(f"{t}/copy")).status_code == 403
+
+    # A copy: a read of the source, a create of the copy (the handler stamps its owner), recorded with its actor.
+    mine = (await alice.post(f"{t}/copy")).json()
+    assert mine["metadata"] == {"topic": "t", "owner": "alice"}
+    theirs = (await reviewer.post(f"{t}/copy")).json()  # the reviewer reads everything; its copy is its own
+    assert theirs["metadata"] == {"topic": "t", "owner": "reviewer"}
+    assert (await bob.get(f"/threads/{theirs['thread_id']}")).status_code == 404
+    (copy_run,) = (await reviewer.get(f"/threads/{theirs['thread_id']}/runs")).json()
+    created = (await reviewer.get(f"/threads/{theirs['thread_id']}/runs/{copy_run['run_id']}/events", params={"kinds": "run.created"})).json()
+    assert created["events"][0]["data"]["actor"]["identity"] == "reviewer"
+    assert created["events"][0]["data"]["copied_from"]["thread_id"] == tid
+
+    # Feedback records who gave it; the run's messages read by run id is the thread's.
+    given = (await alice.post(f"{r}/feedback", json={"key": "helpful", "score": 1})).json()
+    assert given["actor"]["identity"] == "alice"
+    assert [f["actor"]["identity"] for f in (await reviewer.get(f"{r}/feedback")).json()] == ["alice"]
+    assert (await alice.get(f"/runs/{rid}/messages")).json() == (await alice.get(f"{r}/messages")).json()
+    async with alice.stream("GET", f"{t}/stream") as answer:
+        assert answer.status_code == 200
