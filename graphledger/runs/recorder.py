@@ -46,9 +46,11 @@ from graphledger.ledger.events import (
     RunRef,
 )
 from graphledger.runs import actor, checkpoint, lifecycle
+from graphledger.runs.errors import InvalidRequest
 from graphledger.runs.leases import LeaseKeeper
 from graphledger.runs.request import (
     CHECKPOINT_KEYS,
+    EVENTS,
     STREAM_MODES,
     RunRequest,
     stream_modes,
@@ -196,6 +198,28 @@ def _name_messages(chunk: Any) -> None:
                     message.id = str(uuid.uuid4())
 
 
+async def with_events(
+    graph: Any, input: Any, config: dict[str, Any], run_id: UUID, name: str, options: Mapping[str, Any]
+) -> AsyncIterator[tuple[Any, ...]]:
+    """The graph's stream parts, and LangChain's ``astream_events`` (v2) as parts of mode ``events``.
+
+    As the LangGraph API streams the ``events`` mode: the graph runs once,
+    under ``astream_events``, with the run's id as the root run's id and
+    the graph's name (``graph_id``) as its name; the
+    root's own ``on_chain_stream`` events carry the graph's stream parts
+    (the other modes, namespaced as usual) and are not sent as events; every
+    other event is, whole, with no namespace (subgraphs' events included).
+    """
+    config = {**config, "run_id": run_id, "run_name": name}
+    async for event in graph.astream_events(input, config, version="v2", **options):
+        if event.get("event") == "on_chain_stream" and not event.get("parent_ids"):
+            part = event.get("data", {}).get("chunk")
+            if isinstance(part, tuple) and len(part) in (2, 3):
+                yield part
+            continue
+        yield (EVENTS, event)
+
+
 class Recording:
     """The events of one run of the ledger, written as its graph streams."""
 
@@ -275,8 +299,12 @@ class Recording:
                 options[name] = getattr(request, name)
         if input is None:
             input = self.graph_input()
+        if EVENTS in request.stream_mode:
+            parts = with_events(graph, input, self.config(config), self.ref.run_id, request.graph, options)
+        else:
+            parts = graph.astream(input, self.config(config), **options)
         with checkpoint.scrubbing(self.ref.run_id, self.scrubber):
-            async for part in graph.astream(input, self.config(config), **options):
+            async for part in parts:
                 if len(part) == 3:
                     namespace, mode, chunk = part
                 else:
@@ -370,6 +398,8 @@ class Recorder:
         """Stream ``graph`` like ``graph.astream(input, config, stream_mode=..., subgraphs=...)``, recording the run."""
         single = isinstance(stream_mode, str)
         modes = stream_modes([stream_mode] if single else list(stream_mode))
+        if EVENTS in modes:  # graph.astream has no such mode; this yields what it would
+            raise InvalidRequest('stream_mode "events" is not a mode of graph.astream; the HTTP API streams it')
         wanted = {STREAM_MODES[m] for m in modes}
         config = dict(config or {})
         # Input messages get their ids here, so the log and the graph's state name them alike.

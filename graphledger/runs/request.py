@@ -37,7 +37,9 @@ STREAM_MODES = {
     "debug": "debug",
     "tasks": "tasks",
     "checkpoints": "checkpoints",
+    "events": "events",  # LangChain's astream_events (v2); not a LangGraph stream mode (see graph_modes)
 }
+EVENTS = "events"
 MULTITASK_STRATEGIES = ("reject", "interrupt", "rollback", "enqueue")
 CANCEL_ACTIONS = ("interrupt", "rollback")
 ON_DISCONNECT = ("cancel", "continue")
@@ -161,8 +163,6 @@ def stream_modes(value: Any) -> list[str]:
         raise InvalidRequest("stream_mode must be a mode name or a non-empty list of mode names")
     seen: list[str] = []
     for mode in modes:
-        if mode == "events":
-            raise InvalidRequest('stream_mode "events" is not supported; use "messages-tuple" for tokens')
         _choice("stream_mode", mode, STREAM_MODES)
         if mode not in seen:
             seen.append(mode)
@@ -374,8 +374,11 @@ class RunRequest:
 
     @property
     def graph_modes(self) -> list[str]:
-        """The LangGraph stream modes to run with: the requested ones, plus ``updates`` (messages and interrupts come from it)."""
-        modes = [STREAM_MODES[m] for m in self.stream_mode]
+        """The LangGraph stream modes to run with: the requested ones, plus ``updates`` (messages and interrupts come from it).
+
+        ``events`` is not one of them: it asks for LangChain's ``astream_events`` (see :meth:`Recording.stream`).
+        """
+        modes = [STREAM_MODES[m] for m in self.stream_mode if m != EVENTS]
         if "updates" not in modes:
             modes.append("updates")
         return list(dict.fromkeys(modes))

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from graphledger.ledger import Ledger, RunRef
 from graphledger.projections import Projections
-from graphledger.runs import Recorder, demo
+from graphledger.runs import InvalidRequest, Recorder, demo
 
 INPUT = {"messages": [{"role": "user", "content": "count these four words"}]}
 
@@ -146,3 +146,9 @@ async def test_a_model_field_holding_nan_is_recorded_as_null(ledger: Ledger) -> 
     assert len(parts) == 1 and math.isnan(parts[0]["verdict"].score)  # the caller gets what the graph wrote
     events = await ledger.read_run(await latest_run(ledger, thread))
     assert [e.value for e in events if e.kind == "stream:custom"] == [{"verdict": {"name": "judge", "score": None}}]
+
+
+async def test_the_recorder_refuses_the_events_mode_as_graph_astream_would(projected: Ledger) -> None:
+    with pytest.raises(InvalidRequest, match='"events"'):
+        async for _ in Recorder(projected).astream(demo.graph, {"messages": []}, stream_mode=["events"]):
+            pass

@@ -33,7 +33,7 @@ def parse(**body: Any) -> RunRequest:
         ({"assistant_id": 7}, "assistant_id is required"),
         ({"assistant_id": "demo", "stream_mode": "nonsense"}, "stream_mode must be one of"),
         ({"assistant_id": "demo", "stream_mode": []}, "non-empty list"),
-        ({"assistant_id": "demo", "stream_mode": "events"}, '"events" is not supported'),
+        ({"assistant_id": "demo", "stream_mode": ["events", "tokens"]}, "stream_mode must be one of"),
         ({"assistant_id": "demo", "multitask_strategy": "ignore"}, "multitask_strategy must be one of"),
         ({"assistant_id": "demo", "on_disconnect": "explode"}, "on_disconnect must be one of"),
         ({"assistant_id": "demo", "if_not_exists": "maybe"}, "if_not_exists must be one of"),
@@ -64,6 +64,12 @@ def parse(**body: Any) -> RunRequest:
 def test_bad_requests_say_what_is_wrong(body: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         RunRequest.parse(body)
+
+
+def test_events_are_streamed_beside_the_graph_s_own_modes() -> None:
+    request = parse(stream_mode=["events", "custom"])
+    assert request.stream_mode == ["events", "custom"]
+    assert request.graph_modes == ["custom", "updates"]  # events come from astream_events, not a LangGraph mode
 
 
 def test_a_body_that_is_not_an_object_is_refused() -> None:
