@@ -80,14 +80,19 @@ async def thread_frames(
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
     if streams is not None:
         streams._open(queue)
-    pump = asyncio.get_running_loop().create_task(_pump(ledger, thread_id, after, queue))
+    loop = asyncio.get_running_loop()
+    pump = loop.create_task(_pump(ledger, thread_id, after, queue))
+    last_sent = loop.time()
     try:
         while streams is None or not streams.closing:
             try:
-                async with asyncio.timeout(heartbeat):
+                # A heartbeat after ``heartbeat`` seconds without a byte, even
+                # while events this stream does not carry keep arriving.
+                async with asyncio.timeout(max(last_sent + heartbeat - loop.time(), 0)):
                     item = await queue.get()
             except TimeoutError:
                 yield HEARTBEAT
+                last_sent = loop.time()
                 continue
             if item is _END:
                 await asyncio.wait({pump})
@@ -101,8 +106,11 @@ async def thread_frames(
                     created = await session.first_events([RunRef(item.thread_id, item.run_id)])
                 frames.learn(created[RunRef(item.thread_id, item.run_id)])
             data = frames.frame(item)
+            if data is None and loop.time() - last_sent >= heartbeat:
+                data = HEARTBEAT  # events keep coming, none of them for this stream
             if data is not None:
                 yield data
+                last_sent = loop.time()
     finally:
         if streams is not None:
             streams._done(queue)
