@@ -114,3 +114,20 @@ async def test_unknown_threads_are_not_streamed(http: httpx.AsyncClient) -> None
     answer = await http.get("/threads/00000000-0000-0000-0000-000000000000/stream")
     assert answer.status_code == 404 and answer.json()["detail"].endswith("not found")
     assert (await http.get("/threads/nope/stream")).status_code == 422
+
+
+async def test_a_thread_stream_beats_while_a_run_streams_nothing_it_carries(sdk: LangGraphClient, http: httpx.AsyncClient) -> None:
+    thread = await sdk.threads.create()
+    tid = thread["thread_id"]
+    run = await sdk.runs.create(tid, "demo", input=INPUT, config={"configurable": {"tokens": 200, "token_delay": 0.02}}, stream_mode=["messages-tuple"])
+    lines: list[str] = []
+    async with http.stream("GET", f"/threads/{tid}/stream", params={"stream_modes": "lifecycle"}, headers={"Last-Event-ID": "-1"}) as answer:
+        async for line in answer.aiter_lines():
+            lines.append(line)
+            if line.startswith("data: ") and "run_done" in line:
+                break
+    # Only lifecycle frames, and heartbeats in between while the tokens went by (the test server beats every 0.5 s).
+    frames = [line for line in lines if line.startswith("event: ")]
+    assert frames == ["event: metadata", "event: metadata"]
+    assert ": heartbeat" in lines
+    assert (await sdk.runs.get(tid, run["run_id"]))["status"] == "success"
