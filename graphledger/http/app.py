@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import assistants, log, openapi, reads, runs, sse, state, store, threads
+from graphledger.http import assistants, log, openapi, reads, runs, sse, state, store, threads, viewer
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -197,7 +197,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/ok", ok), Route("/openapi.json", openapi.openapi),
-            *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *store.routes, *log.routes,
+            *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *store.routes, *log.routes, *viewer.routes,
         ],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},

@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
@@ -51,6 +52,44 @@ WHERE ($1::uuid IS NULL OR s.thread_id = $1)
 ORDER BY s.created_at DESC, s.run_id
 LIMIT $6 OFFSET $7
 """
+
+
+def _runs_page_sql(by_thread: bool, cursor: bool) -> str:
+    """Runs across threads, newest first, one keyset page (see :meth:`Projections.runs_page`).
+
+    $1 thread, $2 status, $3 assistant (any of), [$4, $5) the creation window, $6 and
+    $7 the cursor (the last run of the previous page: created_at, run_id),
+    $8 and $9 the caller's visibility filter on the run's thread, $10 the
+    page size plus one. Without a thread the page walks the
+    ``run_status_created_idx`` index backward from the cursor, so a page
+    costs the same at any depth; a thread's runs are found by the key.
+    Each shape is a statement of its own: a generic plan of one statement
+    with optional conditions would filter rather than seek.
+    """
+    thread = "s.thread_id = $1" if by_thread else "$1::uuid IS NULL"
+    after = "(s.created_at, s.run_id) < ($6::timestamptz, $7::uuid)" if cursor else "$6::timestamptz IS NULL AND $7::uuid IS NULL"
+    return f"""
+SELECT {_STATUS_COLUMNS}, u.calls, u.input_tokens, u.output_tokens, u.total_tokens
+FROM run_status s
+JOIN threads t ON t.thread_id = s.thread_id
+LEFT JOIN LATERAL (
+    SELECT count(*) AS calls, coalesce(sum(l.input_tokens), 0)::bigint AS input_tokens,
+           coalesce(sum(l.output_tokens), 0)::bigint AS output_tokens, coalesce(sum(l.total_tokens), 0)::bigint AS total_tokens
+    FROM llm_calls l WHERE l.thread_id = s.thread_id AND l.run_id = s.run_id
+) u ON true
+WHERE {thread}
+  AND ($2::text IS NULL OR s.status = $2)
+  AND ($3::text[] IS NULL OR s.assistant_id = ANY($3::text[]))
+  AND s.created_at >= $4 AND s.created_at < $5
+  AND {after}
+  AND {visible_sql(8, 9, "t.")}
+ORDER BY s.created_at DESC, s.run_id DESC
+LIMIT $10
+"""
+
+
+RUNS_PAGE_SQL = {(by_thread, cursor): _runs_page_sql(by_thread, cursor) for by_thread in (False, True) for cursor in (False, True)}
+"""A page of runs across threads, keyed by (of one thread, after a cursor)."""
 
 # A thread's status and last change, in SQL, from the run status projection:
 # the same rule as run_status.thread_status (busy while a run is pending or
@@ -190,6 +229,34 @@ class RunSummary:
     status: RunStatus
     calls: int
     total_tokens: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunsPage:
+    """A page of runs, newest first; ``next`` is the cursor of the page after it (None: this is the last)."""
+
+    runs: list[RunSummary]
+    next: str | None
+
+
+def encode_run_cursor(created_at: datetime, run_id: UUID) -> str:
+    """An opaque cursor for the place of a run in the runs list."""
+    return base64.urlsafe_b64encode(f"{created_at.astimezone(timezone.utc).isoformat()}|{run_id}".encode()).decode().rstrip("=")
+
+
+def decode_run_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The place a runs-list cursor names; :class:`InvalidCursor` for anything this ledger did not issue."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        when, run = text.split("|")
+        found = datetime.fromisoformat(when), UUID(run)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor(f"invalid cursor {cursor[:100]!r}") from None
+    if found[0].tzinfo is None or encode_run_cursor(*found) != cursor:
+        raise InvalidCursor(f"invalid cursor {cursor[:100]!r}")
+    return found
 
 
 def _call(row: asyncpg.Record) -> LlmCall:
@@ -321,6 +388,43 @@ class Projections:
         async with self.ledger.session() as session:
             rows = await session.connection.fetch(RUNS_SQL, thread_id, status, assistant_id, since, until, limit, offset)
         return [RunSummary(_status(row), row["calls"], row["total_tokens"]) for row in rows]
+
+    async def runs_page(
+        self,
+        *,
+        thread_id: UUID | None = None,
+        status: str | None = None,
+        assistant_ids: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+        visible: Visibility | None = None,
+    ) -> RunsPage:
+        """Runs of every thread the caller may see, newest first, one keyset page, with their calls and tokens.
+
+        ``assistant_ids``: runs that recorded any of these as their assistant.
+
+        ``cursor`` is a page's ``next``: the page after it holds exactly the
+        runs that follow, whatever was created since (new runs come first in
+        the list, before any cursor).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidArgument(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if since is not None and until is not None and since > until:
+            raise InvalidArgument("since is after until")
+        after = decode_run_cursor(cursor) if cursor is not None else (None, None)
+        sql = RUNS_PAGE_SQL[(thread_id is not None, cursor is not None)]
+        window = (since or _EVER[0], until or _EVER[1])
+        async with self.ledger.session() as session:
+            rows = await session.connection.fetch(
+                sql, thread_id, status, list(assistant_ids) if assistant_ids is not None else None, *window, *after, *visibility_args(visible), limit + 1
+            )
+        found = [
+            RunSummary(_status(row), row["calls"], row["total_tokens"], row["input_tokens"], row["output_tokens"]) for row in rows[:limit]
+        ]
+        last = found[-1].status if found and len(rows) > limit else None
+        return RunsPage(found, encode_run_cursor(last.created_at, last.run_id) if last is not None and last.created_at else None)
 
     async def llm_calls(self, thread_id: UUID, run_id: UUID | None = None) -> list[LlmCall]:
         """The recorded calls of a thread (or of one of its runs), in order, with their run's assistant and status."""

@@ -27,6 +27,8 @@ run_status = sa.Table(
     sa.Column("error_type", sa.Text, nullable=True),
     sa.Column("error_message", sa.Text, nullable=True),
     sa.PrimaryKeyConstraint("thread_id", "run_id", name="run_status_pkey"),
+    # The runs list across threads (GET /runs): newest first, keyset pages walk it backward.
+    sa.Index("run_status_created_idx", "created_at", "run_id"),
 )
 
 llm_calls = sa.Table(
