@@ -54,42 +54,51 @@ LIMIT $6 OFFSET $7
 """
 
 
-def _runs_page_sql(by_thread: bool, cursor: bool) -> str:
+def _runs_page_sql(by_thread: bool) -> str:
     """Runs across threads, newest first, one keyset page (see :meth:`Projections.runs_page`).
 
-    $1 thread, $2 status, $3 assistant (any of), [$4, $5) the creation window, $6 and
-    $7 the cursor (the last run of the previous page: created_at, run_id),
-    $8 and $9 the caller's visibility filter on the run's thread, $10 the
-    page size plus one. Without a thread the page walks the
-    ``run_status_created_idx`` index backward from the cursor, so a page
-    costs the same at any depth; a thread's runs are found by the key.
-    Each shape is a statement of its own: a generic plan of one statement
-    with optional conditions would filter rather than seek.
+    $1 thread, $2 status, $3 assistant (any of), $4 the earliest creation
+    time, $5 and $6 the exclusive upper bound (created_at, run_id): the last
+    run of the previous page, or the end of the window; $7 and $8 the
+    caller's visibility filter on the run's thread; $9 the page size plus one.
+
+    The page is chosen first and its calls are summed after, for its rows
+    only. The one range condition is the row comparison, which the
+    ``run_status_created_idx`` index walks backward from the bound, so a page
+    costs the same at any depth. This holds for the generic plan too, which a
+    prepared statement ends up with: a second range on ``created_at`` with
+    parameters would be estimated at a fraction of a percent of the rows,
+    and the planner would then sort every run after the cursor instead of
+    seeking. A thread's runs are found by the projection's key.
     """
     thread = "s.thread_id = $1" if by_thread else "$1::uuid IS NULL"
-    after = "(s.created_at, s.run_id) < ($6::timestamptz, $7::uuid)" if cursor else "$6::timestamptz IS NULL AND $7::uuid IS NULL"
     return f"""
-SELECT {_STATUS_COLUMNS}, u.calls, u.input_tokens, u.output_tokens, u.total_tokens
-FROM run_status s
-JOIN threads t ON t.thread_id = s.thread_id
+SELECT p.*, u.calls, u.input_tokens, u.output_tokens, u.total_tokens
+FROM (
+    SELECT {_STATUS_COLUMNS}
+    FROM run_status s
+    JOIN threads t ON t.thread_id = s.thread_id
+    WHERE {thread}
+      AND ($2::text IS NULL OR s.status = $2)
+      AND ($3::text[] IS NULL OR s.assistant_id = ANY($3::text[]))
+      AND s.created_at >= $4
+      AND (s.created_at, s.run_id) < ($5::timestamptz, $6::uuid)
+      AND {visible_sql(7, 8, "t.")}
+    ORDER BY s.created_at DESC, s.run_id DESC
+    LIMIT $9
+) p
 LEFT JOIN LATERAL (
     SELECT count(*) AS calls, coalesce(sum(l.input_tokens), 0)::bigint AS input_tokens,
            coalesce(sum(l.output_tokens), 0)::bigint AS output_tokens, coalesce(sum(l.total_tokens), 0)::bigint AS total_tokens
-    FROM llm_calls l WHERE l.thread_id = s.thread_id AND l.run_id = s.run_id
+    FROM llm_calls l WHERE l.thread_id = p.thread_id AND l.run_id = p.run_id
 ) u ON true
-WHERE {thread}
-  AND ($2::text IS NULL OR s.status = $2)
-  AND ($3::text[] IS NULL OR s.assistant_id = ANY($3::text[]))
-  AND s.created_at >= $4 AND s.created_at < $5
-  AND {after}
-  AND {visible_sql(8, 9, "t.")}
-ORDER BY s.created_at DESC, s.run_id DESC
-LIMIT $10
+ORDER BY p.created_at DESC, p.run_id DESC
 """
 
 
-RUNS_PAGE_SQL = {(by_thread, cursor): _runs_page_sql(by_thread, cursor) for by_thread in (False, True) for cursor in (False, True)}
-"""A page of runs across threads, keyed by (of one thread, after a cursor)."""
+RUNS_PAGE_SQL = {by_thread: _runs_page_sql(by_thread) for by_thread in (False, True)}
+"""A page of runs across threads, keyed by whether it is of one thread."""
+_NIL = UUID(int=0)
 
 # A thread's status and last change, in SQL, from the run status projection:
 # the same rule as run_status.thread_status (busy while a run is pending or
@@ -413,12 +422,13 @@ class Projections:
             raise InvalidArgument(f"limit must be an integer from 1 to {MAX_PAGE}")
         if since is not None and until is not None and since > until:
             raise InvalidArgument("since is after until")
-        after = decode_run_cursor(cursor) if cursor is not None else (None, None)
-        sql = RUNS_PAGE_SQL[(thread_id is not None, cursor is not None)]
-        window = (since or _EVER[0], until or _EVER[1])
+        bound = (until or _EVER[1], _NIL)  # before ``until``: the smallest run id excludes every run created then
+        if cursor is not None:
+            bound = min(bound, decode_run_cursor(cursor))
         async with self.ledger.session() as session:
             rows = await session.connection.fetch(
-                sql, thread_id, status, list(assistant_ids) if assistant_ids is not None else None, *window, *after, *visibility_args(visible), limit + 1
+                RUNS_PAGE_SQL[thread_id is not None], thread_id, status, list(assistant_ids) if assistant_ids is not None else None,
+                since or _EVER[0], *bound, *visibility_args(visible), limit + 1,
             )
         found = [
             RunSummary(_status(row), row["calls"], row["total_tokens"], row["input_tokens"], row["output_tokens"]) for row in rows[:limit]

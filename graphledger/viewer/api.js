@@ -20,11 +20,18 @@ async function detail(response) {
   return `${response.status} ${response.statusText}`;
 }
 
-// GET path; the parsed JSON (or a Blob with {blob: true}). Unauthorized on 401, Error(detail) on any other failure.
-export async function api(path, { blob = false, header = authorization() } = {}) {
+// GET (or POST a JSON body to) path; the parsed JSON (or a Blob with {blob: true}).
+// Unauthorized on 401, Error(detail) on any other failure.
+export async function api(path, { blob = false, header = authorization(), body = undefined } = {}) {
   const headers = { Accept: blob ? "*/*" : "application/json" };
   if (header) headers.Authorization = header;
-  const response = await fetch(path, { headers, cache: "no-store" });
+  const init = { headers, cache: "no-store" };
+  if (body !== undefined) {
+    init.method = "POST";
+    init.body = JSON.stringify(body);
+    headers["Content-Type"] = "application/json";
+  }
+  const response = await fetch(path, init);
   if (response.status === 401) throw new Unauthorized(await detail(response));
   if (!response.ok) {
     const message = await detail(response);
@@ -41,4 +48,15 @@ export async function signIn(header) {
     throw new Error(error instanceof Unauthorized ? `Not accepted: ${error.message}` : error.message);
   }
   sessionStorage.setItem(KEY, header);
+}
+
+// Assistants' names by id, for display; empty when the user may not search assistants.
+export async function assistantNames() {
+  try {
+    const found = await api("/assistants/search", { body: { limit: 1000, select: ["assistant_id", "name"] } });
+    return new Map(found.map((a) => [a.assistant_id, a.name]));
+  } catch (error) {
+    if (error instanceof Unauthorized) throw error;
+    return new Map();
+  }
 }

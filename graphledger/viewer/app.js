@@ -2,7 +2,7 @@
 // Every figure comes from the guarded API routes of this server, fetched with the Authorization
 // header kept in sessionStorage (set by the login form). Data is put into the page as text, never as HTML.
 
-import { api, signIn, signOut, authorization, Unauthorized } from "/ui/api.js";
+import { api, assistantNames, signIn, signOut, authorization, Unauthorized } from "/ui/api.js";
 import { spendView } from "/ui/spend.js";
 import { h, clear, badge, fmtInt, fmtTime, fmtDuration, fmtCost, errorBox } from "/ui/dom.js";
 
@@ -108,7 +108,7 @@ async function runsView(params) {
     if (params.get(name)) query.set(name, params.get(name));
   }
   query.set("limit", "50");
-  const first = await api(`/runs?${query}`);
+  const [first, names] = await Promise.all([api(`/runs?${query}`), assistantNames()]);
 
   const status = h("select", { name: "status" }, h("option", { value: "" }, "any"), ...STATUSES.map((s) => h("option", { value: s }, s)));
   status.value = params.get("status") || "";
@@ -149,7 +149,7 @@ async function runsView(params) {
         h("td", {}, badge(run.status)),
         h("td", {}, h("a", { href: `#/run/${run.thread_id}/${run.run_id}`, class: "mono" }, run.run_id.slice(0, 8))),
         h("td", {}, h("a", { href: `#/runs?thread_id=${run.thread_id}`, class: "mono" }, run.thread_id.slice(0, 8))),
-        h("td", {}, run.assistant_id || "—"),
+        h("td", { title: run.assistant_id || "" }, names.get(run.assistant_id) || run.assistant_id || "—"),
         h("td", {}, fmtTime(run.created_at)),
         h("td", { class: "num" }, fmtDuration(run.duration_ms)),
         h("td", { class: "num" }, fmtInt(run.llm_calls)),
@@ -224,8 +224,8 @@ async function runView(threadId, runId) {
   if (!UUID.test(threadId) || !UUID.test(runId)) throw new Error(`Not a run: thread ${threadId}, run ${runId} (ids are UUIDs)`);
   const base = `/threads/${threadId}/runs/${runId}`;
   const run = await api(base);
-  const [events, messages, usage, chain] = await Promise.all([
-    allEvents(base), api(`${base}/messages?limit=1000`), api(`${base}/usage`), api(`${base}/verify`),
+  const [events, messages, usage, chain, names] = await Promise.all([
+    allEvents(base), api(`${base}/messages?limit=1000`), api(`${base}/usage`), api(`${base}/verify`), assistantNames(),
   ]);
   const created = events.length ? Date.parse(events[0].ts) : 0;
   const ended = events.length ? Date.parse(events[events.length - 1].ts) : 0;
@@ -235,7 +235,7 @@ async function runView(threadId, runId) {
 
   const cards = h("div", { class: "cards", id: "summary" },
     card("Status", badge(run.status)),
-    card("Assistant", run.assistant_id || "—"),
+    card("Assistant", names.get(run.assistant_id) || run.assistant_id || "—"),
     card("Created", fmtTime(run.created_at)),
     card("Duration", fmtDuration(ended - created)),
     card("LLM calls", fmtInt(totals.calls)),
