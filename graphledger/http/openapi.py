@@ -739,6 +739,7 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/runs": {
+            "post": op("Create a background run on a new thread", create, request="RunCreate"),
             "get": op(
                 "The runs of every thread the caller may see, newest first (keyset pages)",
                 answers({200: ref("RunsPage")}, 422),
@@ -768,7 +769,6 @@ def _paths() -> dict[str, Any]:
         }},
         "/threads/{thread_id}/runs/stream": {"post": op("Create a run and stream it", stream, THREAD, request="RunCreate")},
         "/threads/{thread_id}/runs/wait": {"post": op("Create a run and wait for its result", wait, THREAD, request="RunCreate")},
-        "/runs": {"post": op("Create a background run on a new thread", create, request="RunCreate")},
         "/runs/batch": {
             "post": op(
                 "Create background runs on new threads, all or none",
