@@ -53,7 +53,10 @@ def parse_time(text: str, name: str, now: datetime) -> datetime:
     """
     relative = _RELATIVE.fullmatch(text)
     if relative is not None:
-        return now - int(relative[1]) * _UNITS[relative[2]]
+        try:
+            return now - int(relative[1]) * _UNITS[relative[2]]
+        except OverflowError:
+            raise HTTPError(422, f"{name} reaches back before year 1: {text}") from None
     try:
         value = datetime.fromisoformat(text)
     except ValueError:

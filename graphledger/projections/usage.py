@@ -84,7 +84,7 @@ class UsageQuery:
             raise InvalidArgument(f"bucket must be one of {', '.join(BUCKETS)}, not {self.bucket[:50]!r}")
         try:
             zone = ZoneInfo(self.tz)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidArgument(f"unknown time zone {self.tz[:100]!r}: use an IANA name such as Europe/Berlin") from None
         if self.since.tzinfo is None or self.until.tzinfo is None:
             raise InvalidArgument("since and until must name their offset")
@@ -203,7 +203,8 @@ WHERE l.ts >= $3 AND l.ts < $4 AND {visible_sql(6, 7, 't.')}{where}
         return f"""
 SELECT date_trunc($1, l.ts, $2) AS bucket{dims},
        percentile_cont({_PERCENTILES}) WITHIN GROUP (ORDER BY l.latency_ms) AS latency,
-       percentile_cont({_PERCENTILES}) WITHIN GROUP (ORDER BY l.ttft_ms) AS ttft
+       percentile_cont({_PERCENTILES}) WITHIN GROUP (ORDER BY l.ttft_ms) AS ttft,
+       cardinality($5::timestamptz[]) AS changes  -- takes the parameters of the sums' statement
 {source}
 GROUP BY {keys}
 """
