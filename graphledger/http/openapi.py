@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from graphledger import __version__
-from graphledger.http import usage as usage_fields
 from graphledger.http.assistants import MAX_TEXT
 from graphledger.http.assistants import SELECT as ASSISTANT_SELECT
 from graphledger.http.common import MAX_JSON_DEPTH
@@ -27,7 +26,7 @@ from graphledger.ledger.events import RUN_STATUSES
 from graphledger.ledger.threads import SORT_BY
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.projections.token_usage import TOKEN_FIELDS
-from graphledger.projections.usage import BUCKETS, DIMENSIONS, PERCENTILES, SUMS
+from graphledger.projections.usage import BUCKETS, DIMENSIONS, PERCENTILES, SUMS, field_name
 from graphledger.runs.request import (
     CANCEL_ACTIONS,
     IF_NOT_EXISTS,
@@ -466,13 +465,13 @@ ERRORS = {
 }
 
 
-_USAGE_SUMS = [usage_fields.field_name(name) for name in SUMS]
-_UNPRICED = ["calls", *(usage_fields.field_name(name) for name in TOKEN_FIELDS)]
+_USAGE_SUMS = [field_name(name) for name in SUMS]
+_UNPRICED = ["calls", *(field_name(name) for name in TOKEN_FIELDS)]
 _SPREAD = nullable(obj({f"p{round(q * 100)}": nullable({"type": "number"}) for q in PERCENTILES}))
 SCHEMAS["UsageRow"] = obj(
     {
         "start": {"type": "string", "description": "The bucket's start, ISO 8601 with the time zone's offset."},
-        **{usage_fields.field_name(name): nullable({"type": "string"}) for name in DIMENSIONS},
+        **{field_name(name): nullable({"type": "string"}) for name in DIMENSIONS},
         **dict.fromkeys(_USAGE_SUMS, {"type": "integer"}),
         "cost": nullable({"type": "number", "description": "USD, of the priced calls; null when none was priced."}),
         "cost_sources": {"type": "array", "items": {"type": "string"}},

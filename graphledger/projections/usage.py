@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -54,6 +54,29 @@ PERCENTILES = (0.5, 0.95, 0.99)
 _KEY = re.compile(r"[^\x00]{1,200}")
 
 SUMS = ("calls", "unknown_usage_calls", "runs", *TOKEN_FIELDS)
+
+
+_RELATIVE = re.compile(r"([1-9][0-9]{0,5})([hdw])")
+_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+def parse_time(text: str, name: str, end: datetime) -> datetime:
+    """An ISO 8601 time (UTC when it names no offset), or a span back from ``end`` (``30d``, ``12h``, ``2w``)."""
+    relative = _RELATIVE.fullmatch(text)
+    try:
+        if relative is not None:
+            return end - int(relative[1]) * _UNITS[relative[2]]
+        value = datetime.fromisoformat(text)
+        return value.astimezone(timezone.utc) if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an ISO 8601 time or a span such as 30d, 12h or 2w, not {text[:50]!r}") from None
+    except OverflowError:
+        raise InvalidArgument(f"{name} must be a time from year 1 to year 9999 in UTC, not {text[:50]!r}") from None
+
+
+def next_hour(now: datetime) -> datetime:
+    """The end of the UTC hour ``now`` is in: spans count back from it, so that they fall on whole hours (the rollup's)."""
+    return now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
 def _is_dimension(name: str) -> bool:
@@ -293,3 +316,62 @@ async def usage_series(
     return UsageSeries(ordered, chosen)
 
 
+
+
+# -- the JSON form (GET /usage, graphledger usage --json) --------------------------------------
+
+FIELDS = {
+    # dimensions
+    "model": "gen_ai.request.model",
+    "provider": "gen_ai.provider.name",
+    "assistant": "gen_ai.agent.id",
+    "thread": "gen_ai.conversation.id",
+    "identity": "user.id",
+    # sums
+    "input_tokens": "gen_ai.usage.input_tokens",
+    "output_tokens": "gen_ai.usage.output_tokens",
+    "cache_read": "gen_ai.usage.cache_read.input_tokens",
+    "cache_creation": "gen_ai.usage.cache_creation.input_tokens",
+    "reasoning": "reasoning_tokens",
+}
+"""Our names -> the names in answers (OpenTelemetry's where it has one; the rest as they are)."""
+
+
+def _money(value: Decimal) -> float:
+    return float(round(value, 10))
+
+
+def _spread(values: tuple[float | None, ...] | None) -> dict[str, float | None] | None:
+    if values is None:
+        return None
+    return {f"p{round(q * 100)}": None if v is None else v / 1000 for q, v in zip(PERCENTILES, values, strict=True)}
+
+
+def field_name(name: str) -> str:
+    return FIELDS.get(name, name)
+
+
+def row_json(row: UsageRow, percentiles: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"start": row.bucket.isoformat()}
+    body.update({field_name(name): value for name, value in row.group.items()})
+    body.update({field_name(name): value for name, value in row.sums.items()})
+    body["cost"] = _money(row.cost) if row.priced else None
+    body["cost_sources"] = sorted(row.cost_sources)
+    body["unpriced"] = {field_name(name): value for name, value in row.unpriced.items()}
+    if percentiles:
+        body["gen_ai.client.operation.duration"] = _spread(row.latency_ms)
+        body["time_to_first_token"] = _spread(row.ttft_ms)
+    return body
+
+
+def series_json(query: UsageQuery, series: UsageSeries) -> dict[str, Any]:
+    return {
+        "bucket": query.bucket,
+        "tz": query.tz,
+        "since": query.since.isoformat(),
+        "until": query.until.isoformat(),
+        "group_by": [field_name(name) for name in query.group_by],
+        "currency": "USD",
+        "plan": series.plan,
+        "rows": [row_json(row, query.percentiles) for row in series.rows],
+    }
