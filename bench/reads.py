@@ -22,7 +22,9 @@ Then, in this order:
    threads (median of 5);
 6. series: usage and cost per day and model over the last 30 days (UTC
    days), priced by genai-prices, as ``GET /usage?bucket=day&group_by=model``
-   answers it from the hourly rollup (median of 20, after one warm-up).
+   answers it from the hourly rollup (median of 20, after one warm-up); then
+   the same from the calls, as it is answered to a caller whose authorization
+   filters threads (median of 5).
 
 Ends with one summary line:
 ``reads: events=.. page_p99_ms=.. usage_p99_ms=.. by_model_ms=.. series_ms=.. rebuild_eps=..``
@@ -196,6 +198,8 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         await usage_series(reader, query, prices)  # warm-up: genai-prices loads its data once per process
         series_times = await timed(20, lambda i: usage_series(reader, query, prices))
         daily = await usage_series(reader, query, prices)
+        # The same from the calls, as a caller whose authorization filters threads is answered.
+        from_calls = await timed(5, lambda i: usage_series(reader, query, prices, plan="calls"))
     finally:
         await reader.close()
     show("message page", pages)
@@ -208,6 +212,7 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
     unpriced = sum(row.unpriced["calls"] for row in daily.rows)
     sources = sorted({s for row in daily.rows for s in row.cost_sources})
     print(f"  {len(daily.rows)} rows, ${cost:,.2f} priced by {', '.join(sources) or 'nothing'}, {unpriced:,} calls unpriced")
+    show("the same from the calls (calls)", from_calls)
     print(
         f"reads: events={events} page_p99_ms={pct(pages, 0.99):.2f} usage_p99_ms={pct(usage, 0.99):.2f} "
         f"by_model_ms={statistics.median(by_model):.1f} series_ms={statistics.median(series_times):.1f} "
