@@ -316,8 +316,6 @@ async def usage_series(
     return UsageSeries(ordered, chosen)
 
 
-
-
 # -- the JSON form (GET /usage, graphledger usage --json) --------------------------------------
 
 FIELDS = {
