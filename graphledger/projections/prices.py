@@ -1,7 +1,7 @@
 """What LLM calls cost: prices of a model at a time, from a price file or the ``genai-prices`` package.
 
-A :class:`PriceBook` answers :meth:`PriceBook.price` for one model, provider,
-time and token counts with a :class:`Priced` (the cost in USD and the source
+A :class:`PriceBook` answers :meth:`PriceBook.price` (or :func:`price`) for
+one model, provider, time and token counts with a :class:`Priced` (the cost in USD and the source
 that priced it) or None: a call nothing prices is unpriced, never free.
 
 Sources, the first that knows the model wins:
@@ -28,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from decimal import Decimal, InvalidOperation
@@ -281,6 +281,11 @@ def _instant(value: Any, name: str, where: str) -> datetime | None:
     return found.astimezone(timezone.utc) if found.tzinfo is not None else found.replace(tzinfo=timezone.utc)
 
 
-def sources(priced: Iterable[Priced]) -> list[str]:
-    """The distinct sources of some costs, in a stable order."""
-    return sorted({p.source for p in priced})
+@lru_cache(maxsize=1)
+def _genai_only() -> PriceBook:
+    return PriceBook()
+
+
+def price(model: str | None, provider: str | None, at: datetime, tokens: Tokens, book: PriceBook | None = None) -> Priced | None:
+    """What ``tokens`` of ``model`` cost at ``at`` per ``book`` (default: ``genai-prices`` alone); None: unpriced."""
+    return (book or _genai_only()).price(model, provider, at, tokens)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from graphledger.projections.prices import GENAI_PRICES, PriceBook, PriceFileError, Tokens, load_price_file
+from graphledger.projections.prices import GENAI_PRICES, PriceBook, Priced, PriceFileError, Tokens, load_price_file, price
 
 UTC = timezone.utc
 AT = datetime(2026, 6, 1, tzinfo=UTC)
@@ -78,6 +78,13 @@ def test_unknown_models_are_unpriced() -> None:
     assert book.price("surely-no-such-model-exists", None, AT, Tokens(input=10)) is None
     assert book.price(None, None, AT, Tokens(input=10)) is None
     assert PriceBook(genai=False).price("gpt-4o", None, AT, Tokens(input=10)) is None
+
+
+def test_the_module_function_prices_with_genai_prices_unless_given_a_book(book: PriceBook) -> None:
+    tokens = Tokens(input=1_000_000)
+    assert price("gpt-4o", None, AT, tokens) == Priced(Decimal("2.5"), GENAI_PRICES)
+    assert price("gpt-4o", None, AT, tokens, book) == Priced(Decimal("0.1"), "price file negotiated.toml")
+    assert price("team-small", None, AT, tokens) is None
 
 
 def test_genai_prices_are_historic() -> None:
