@@ -173,10 +173,11 @@ def _on_hour(t: datetime) -> bool:
 # the calls' plan adds $6, $7 (the authorization filter); metadata keys and filter values follow.
 _ROLLUP_SUMS = ", ".join(f"sum(r.{name})::bigint AS {name}" for name in SUMS)
 _CALL_SUMS = (
-    "count(*) AS calls, count(*) FILTER (WHERE NOT l.usage_known) AS unknown_usage_calls, "
-    "count(*) FILTER (WHERE l.seq = (SELECT min(f.seq) FROM llm_calls f WHERE f.thread_id = l.thread_id AND f.run_id = l.run_id)) AS runs, "
-    + ", ".join(f"coalesce(sum(l.{name}), 0)::bigint AS {name}" for name in TOKEN_FIELDS)
+    "count(*) AS calls, count(*) FILTER (WHERE NOT w.usage_known) AS unknown_usage_calls, "
+    "count(*) FILTER (WHERE w.seq = f.seq) AS runs, "
+    + ", ".join(f"coalesce(sum(w.{name}), 0)::bigint AS {name}" for name in TOKEN_FIELDS)
 )
+_CALL_COLUMNS = ", ".join(f"l.{name}" for name in ("thread_id", "run_id", "seq", "usage_known", *TOKEN_FIELDS))
 _PERCENTILES = f"ARRAY[{', '.join(map(str, PERCENTILES))}]::float8[]"
 
 
@@ -231,10 +232,21 @@ SELECT date_trunc($1, l.ts, $2) AS bucket{dims},
 {source}
 GROUP BY {keys}
 """
+    # A run counts where its first call (lowest seq) is, which may lie outside the window: the first calls
+    # are looked up once per run of the window, not once per call.
+    names = "".join(f", g{i}" for i in range(len(expressions)))
     return f"""
-SELECT date_trunc($1, l.ts, $2) AS bucket{dims}, l.model AS price_model, l.provider AS price_provider,
-       width_bucket(l.ts, $5::timestamptz[]) AS period, {_CALL_SUMS}
-{source}
+WITH w AS MATERIALIZED (
+    SELECT date_trunc($1, l.ts, $2) AS bucket{dims}, l.model AS price_model, l.provider AS price_provider,
+           width_bucket(l.ts, $5::timestamptz[]) AS period, {_CALL_COLUMNS}
+    {source}
+), f AS (
+    SELECT f.thread_id, f.run_id, min(f.seq) AS seq FROM llm_calls f
+    WHERE (f.thread_id, f.run_id) IN (SELECT thread_id, run_id FROM w)
+    GROUP BY 1, 2
+)
+SELECT bucket{names}, price_model, price_provider, period, {_CALL_SUMS}
+FROM w JOIN f ON f.thread_id = w.thread_id AND f.run_id = w.run_id
 GROUP BY {keys}, price_model, price_provider, period
 """
 
