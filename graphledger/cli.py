@@ -718,7 +718,8 @@ def parser() -> Parser:
         "rebuild",
         help="rebuild the projections from the event log",
         description=(
-            "Rebuild run status, token usage and messages (or only some) from the event log alone. "
+            "Rebuild run status, token usage and messages (or only some) from the event log alone; the hourly usage rollup "
+            "is recomputed with run status or token usage. "
             "Safe while servers append: the new tables are built aside and swapped in under a short lock."
         ),
         epilog="examples:\n  graphledger rebuild\n  graphledger rebuild --only messages --only token_usage",
