@@ -77,7 +77,7 @@ async def test_migration_0015_rolls_up_the_calls_already_projected(server_dsn: s
     await _admin(server_dsn, f"CREATE DATABASE {name}")
     dsn = with_database(server_dsn, name)
     try:
-        upgrade(dsn, "0010")
+        upgrade(dsn, "0014")
         conn = await asyncpg.connect(dsn)
         try:
             thread, run = uuid4(), uuid4()

@@ -1,7 +1,7 @@
 """Usage over time: the hourly rollup of LLM calls, a call's provider and time to first token, a run's identity and metadata.
 
 Revision ID: 0015
-Revises: 0010
+Revises: 0014
 Create Date: 2026-11-29
 
 The rollup is filled from the calls already projected, labelled with their
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0015"
-down_revision = "0010"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
