@@ -19,10 +19,15 @@ Then, in this order:
 3. thread usage: token totals of random threads (p50, p99);
 4. run status: status of random runs (p50, p99);
 5. usage by model: token usage by model over the last 30 days across all
-   threads (median of 5).
+   threads (median of 5);
+6. series: usage and cost per day and model over the last 30 days (UTC
+   days), priced by genai-prices, as ``GET /usage?bucket=day&group_by=model``
+   answers it from the hourly rollup (median of 20, after one warm-up); then
+   the same from the calls, as it is answered to a caller whose authorization
+   filters threads (median of 5).
 
 Ends with one summary line:
-``reads: events=.. page_p99_ms=.. usage_p99_ms=.. by_model_ms=.. rebuild_eps=..``
+``reads: events=.. page_p99_ms=.. usage_p99_ms=.. by_model_ms=.. series_ms=.. rebuild_eps=..``
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from _database import run_on_database  # noqa: E402
 from graphledger.ledger import Ledger, RunRef, chain  # noqa: E402
 from graphledger.ledger.events import canonical_json  # noqa: E402
 from graphledger.projections import Projections, rebuild  # noqa: E402
+from graphledger.projections.prices import PriceBook  # noqa: E402
+from graphledger.projections.usage import UsageQuery, next_hour, usage_series  # noqa: E402
 
 EVENTS_PER_RUN = 200
 RUNS_PER_THREAD = 5
@@ -150,15 +157,17 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         report = await rebuild(conn)
-        await conn.execute("VACUUM ANALYZE run_status, llm_calls, messages")
+        await conn.execute("VACUUM ANALYZE run_status, llm_calls, messages, usage_hourly")
         counts = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM messages) AS messages, (SELECT count(*) FROM llm_calls) AS calls, (SELECT count(*) FROM run_status) AS runs"
+            "SELECT (SELECT count(*) FROM messages) AS messages, (SELECT count(*) FROM llm_calls) AS calls, (SELECT count(*) FROM run_status) AS runs,"
+            " (SELECT count(*) FROM usage_hourly) AS hours"
         )
     finally:
         await conn.close()
     print(
         f"rebuild: {report.events:,} events ({report.folded:,} folded) in {report.seconds:.1f} s: "
-        f"{report.events_per_second:,.0f} events/s -> {counts['messages']:,} messages, {counts['calls']:,} calls, {counts['runs']:,} runs"
+        f"{report.events_per_second:,.0f} events/s -> {counts['messages']:,} messages, {counts['calls']:,} calls, {counts['runs']:,} runs, "
+        f"{counts['hours']:,} rollup rows"
     )
 
     reader = await Ledger.connect(dsn, pool_size=2, tail=False)
@@ -183,6 +192,14 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         since = datetime.now(timezone.utc) - timedelta(days=30)
         by_model = await timed(5, lambda i: views.usage_by("model", since=since))
         grouped = await views.usage_by("model", since=since)
+        end = next_hour(datetime.now(timezone.utc))
+        query = UsageQuery(since=end - timedelta(days=30), until=end, bucket="day", group_by=("model",))
+        prices = PriceBook()
+        await usage_series(reader, query, prices)  # warm-up: genai-prices loads its data once per process
+        series_times = await timed(20, lambda i: usage_series(reader, query, prices))
+        daily = await usage_series(reader, query, prices)
+        # The same from the calls, as a caller whose authorization filters threads is answered.
+        from_calls = await timed(5, lambda i: usage_series(reader, query, prices, plan="calls"))
     finally:
         await reader.close()
     show("message page", pages)
@@ -190,9 +207,16 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
     show("run status", status)
     show("usage by model, 30 days", by_model)
     print("  " + ", ".join(f"{model}: {t.calls:,} calls {t.tokens['total_tokens']:,} tokens" for model, t in grouped.items()))
+    show(f"usage and cost by day and model, 30 days ({daily.plan})", series_times)
+    cost = sum(row.cost for row in daily.rows)
+    unpriced = sum(row.unpriced["calls"] for row in daily.rows)
+    sources = sorted({s for row in daily.rows for s in row.cost_sources})
+    print(f"  {len(daily.rows)} rows, ${cost:,.2f} priced by {', '.join(sources) or 'nothing'}, {unpriced:,} calls unpriced")
+    show("the same from the calls (calls)", from_calls)
     print(
         f"reads: events={events} page_p99_ms={pct(pages, 0.99):.2f} usage_p99_ms={pct(usage, 0.99):.2f} "
-        f"by_model_ms={statistics.median(by_model):.1f} rebuild_eps={report.events_per_second:.0f}"
+        f"by_model_ms={statistics.median(by_model):.1f} series_ms={statistics.median(series_times):.1f} "
+        f"rebuild_eps={report.events_per_second:.0f}"
     )
 
 

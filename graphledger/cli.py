@@ -158,6 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from graphledger.http.auth import load as load_auth
     from graphledger.http.server import Server
     from graphledger.ledger.migrate import upgrade
+    from graphledger.projections.prices import price_book
     from graphledger.runs import GraphRegistry, RunSettings
 
     graphs = GraphRegistry.configure(args.config, args.graph or ())
@@ -173,6 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.checkpoint_dir and signer is None:
         raise CommandError("--checkpoint-dir needs --signing-key: only signed checkpoints are written there")
     checkpoint_dir = _checkpoint_dir(args.checkpoint_dir) if args.checkpoint_dir else None
+    prices = price_book(args.prices)  # a bad price file is refused before anything starts
     settings = RunSettings(
         workers=args.workers,
         lease_seconds=args.lease,
@@ -192,7 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _migrate(upgrade, dsn)
         app = create_app(
             dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes, auth=authorizer, signer=signer,
-            checkpoint_interval=args.checkpoint_interval, checkpoint_dir=checkpoint_dir,
+            checkpoint_interval=args.checkpoint_interval, checkpoint_dir=checkpoint_dir, prices=prices,
         )
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
         server = Server(config, app, drain_seconds=args.drain)
@@ -559,6 +561,12 @@ def cmd_show(args: argparse.Namespace) -> None:
         audit.print_run(run)
 
 
+def cmd_usage(args: argparse.Namespace) -> None:
+    from graphledger import usage_report
+
+    usage_report.run(args, _ledger)
+
+
 def cmd_db_url(args: argparse.Namespace) -> None:
     server = EmbeddedPostgres(args.data_dir)
     if not server.exists():
@@ -682,6 +690,7 @@ def parser() -> Parser:
         "--checkpoint-interval", type=_seconds, default=60.0, metavar="S", help="seconds between signed checkpoints (default 60)"
     )
     serve.add_argument("--checkpoint-dir", metavar="DIR", help="also write each signed checkpoint to this directory")
+    serve.add_argument("--prices", type=Path, default=None, metavar="FILE", help="a price file (TOML or JSON) that wins over genai-prices for GET /usage")
 
     db_url = command(
         "db-url",
@@ -709,7 +718,8 @@ def parser() -> Parser:
         "rebuild",
         help="rebuild the projections from the event log",
         description=(
-            "Rebuild run status, token usage and messages (or only some) from the event log alone. "
+            "Rebuild run status, token usage and messages (or only some) from the event log alone; the hourly usage rollup "
+            "is recomputed with run status or token usage. "
             "Safe while servers append: the new tables are built aside and swapped in under a short lock."
         ),
         epilog="examples:\n  graphledger rebuild\n  graphledger rebuild --only messages --only token_usage",
@@ -841,6 +851,19 @@ def parser() -> Parser:
     )
     show.add_argument("run_id", type=_uuid, metavar="RUN_ID", help="the run to show (UUID)")
     show.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    from graphledger import usage_report
+
+    usage = command(
+        "usage",
+        help="token usage and cost over time, per bucket and group, with a bar per row",
+        description=(
+            "Sum the LLM calls' tokens per time bucket (in a time zone) and group, and price them with genai-prices and "
+            "an optional price file. Calls no source prices are counted as unpriced, never as free."
+        ),
+        epilog=usage_report.EXAMPLES,
+    )
+    usage_report.add_arguments(usage)
     return top
 
 

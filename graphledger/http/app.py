@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import assistants, log, openapi, reads, runs, sse, state, store, threads, viewer
+from graphledger.http import assistants, log, openapi, reads, runs, sse, state, store, threads, usage, viewer
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -28,6 +28,7 @@ from graphledger.ledger import Ledger
 from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.note import Signer
+from graphledger.projections.prices import PriceBook
 from graphledger.runs import GraphRegistry, RunSettings, Runtime
 from graphledger.runs.assistants import register
 
@@ -161,6 +162,7 @@ def create_app(
     signer: Signer | None = None,
     checkpoint_interval: float = 60.0,
     checkpoint_dir: Path | None = None,
+    prices: PriceBook | None = None,
 ) -> Any:
     """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``.
 
@@ -170,6 +172,7 @@ def create_app(
     with a ``signer``, a checkpoint is signed every ``checkpoint_interval``
     seconds (and written to ``checkpoint_dir`` too), and an export download
     signs one first when the latest does not cover every event it carries.
+    ``prices`` prices usage (``genai-prices`` alone by default).
     """
     graphs = graphs or GraphRegistry.configure()
 
@@ -197,12 +200,14 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/ok", ok), Route("/openapi.json", openapi.openapi),
-            *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *store.routes, *log.routes, *viewer.routes,
+            *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *store.routes, *usage.routes,
+            *log.routes, *viewer.routes,
         ],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},
     )
     app.state.authorizer = auth
+    app.state.prices = prices if prices is not None else PriceBook()
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     if auth is not None:
         app.add_middleware(Authenticate, authorizer=auth)  # before any route, and before a body is read

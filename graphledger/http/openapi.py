@@ -26,6 +26,7 @@ from graphledger.ledger.events import RUN_STATUSES
 from graphledger.ledger.threads import SORT_BY
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.projections.token_usage import TOKEN_FIELDS
+from graphledger.projections.usage import BUCKETS, DIMENSIONS, PERCENTILES, SUMS, field_name
 from graphledger.runs.request import (
     CANCEL_ACTIONS,
     IF_NOT_EXISTS,
@@ -493,6 +494,38 @@ ERRORS = {
 }
 
 
+_USAGE_SUMS = [field_name(name) for name in SUMS]
+_UNPRICED = ["calls", *(field_name(name) for name in TOKEN_FIELDS)]
+_SPREAD = nullable(obj({f"p{round(q * 100)}": nullable({"type": "number"}) for q in PERCENTILES}))
+SCHEMAS["UsageRow"] = obj(
+    {
+        "start": {"type": "string", "description": "The bucket's start, ISO 8601 with the time zone's offset."},
+        **{field_name(name): nullable({"type": "string"}) for name in DIMENSIONS},
+        **dict.fromkeys(_USAGE_SUMS, {"type": "integer"}),
+        "cost": nullable({"type": "number", "description": "USD, of the priced calls; null when none was priced."}),
+        "cost_sources": {"type": "array", "items": {"type": "string"}},
+        "unpriced": obj(dict.fromkeys(_UNPRICED, {"type": "integer"}), _UNPRICED),
+        "gen_ai.client.operation.duration": _SPREAD,
+        "time_to_first_token": _SPREAD,
+    },
+    ["start", *_USAGE_SUMS, "cost", "cost_sources", "unpriced"],
+    extra=True,  # metadata.<key> groups
+)
+SCHEMAS["UsageSeries"] = obj(
+    {
+        "bucket": {"type": "string", "enum": list(BUCKETS)},
+        "tz": {"type": "string"},
+        "since": TIME,
+        "until": TIME,
+        "group_by": {"type": "array", "items": {"type": "string"}},
+        "currency": {"type": "string", "enum": ["USD"]},
+        "plan": {"type": "string", "enum": ["rollup", "calls"]},
+        "rows": {"type": "array", "items": ref("UsageRow")},
+    },
+    ["bucket", "tz", "since", "until", "group_by", "currency", "plan", "rows"],
+)
+
+
 def answers(ok: dict[int, Any], *errors: int) -> dict[str, Any]:
     """Responses: ``ok`` maps a status to a schema (None: no body; "sse": an event stream); then the errors."""
     responses: dict[str, Any] = {}
@@ -557,6 +590,16 @@ MESSAGE_QUERY = [
     query("last", {"type": "boolean"}, "The last page."),
 ]
 TIME_QUERY = "ISO 8601, UTC when it names no offset; within years 1 to 9999 in UTC."
+_SPAN = "An ISO 8601 time (UTC without an offset) or a span back from the end of this hour: 30d, 12h, 2w."
+SERIES_QUERY = [
+    query("bucket", {"type": "string", "enum": list(BUCKETS)}, "The buckets' size (default day)."),
+    query("tz", {"type": "string"}, "The IANA time zone whose days, weeks and months the buckets follow (default UTC)."),
+    query("since", {"type": "string"}, _SPAN + " Default: 30 days before until."),
+    query("until", {"type": "string"}, _SPAN + " Default: the end of the current hour."),
+    query("group_by", {"type": "string"}, f"Comma-separated dimensions: {', '.join(DIMENSIONS)}, metadata.<key>."),
+    query("percentiles", {"type": "boolean"}, "Add p50, p95, p99 of latency and time to first token (read from the calls)."),
+    *(query(name, {"type": "string"}, "Keep only calls whose value is one of these (comma-separated or repeated).") for name in DIMENSIONS),
+]
 USAGE_QUERY = [query("since", TIME, TIME_QUERY), query("until", TIME, TIME_QUERY)]
 
 
@@ -829,6 +872,13 @@ def _paths() -> dict[str, Any]:
         },
         "/threads/{thread_id}/runs/{run_id}/export": {
             "get": op("Download the NDJSON export of one run (docs/export.md)", answers({200: "ndjson"}, 404, 422), THREAD, RUN)
+        },
+        "/usage": {
+            "get": op(
+                "Token usage and cost per time bucket and group, over the threads the caller may see",
+                answers({200: ref("UsageSeries")}, 422),
+                *SERIES_QUERY,
+            )
         },
         "/threads/{thread_id}/runs/{run_id}/verify": {
             "get": op("Recompute a run's hash chain", answers({200: ref("Verification")}, 404, 422), THREAD, RUN)

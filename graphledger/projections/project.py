@@ -48,11 +48,11 @@ KINDS = {
 COLUMNS = {
     RUN_STATUS: (
         "thread_id", "run_id", "status", "status_seq", "assistant_id", "created_at",
-        "started_at", "finished_at", "attempt", "worker", "error_type", "error_message",
+        "started_at", "finished_at", "attempt", "worker", "error_type", "error_message", "identity", "metadata",
     ),
     TOKEN_USAGE: (
         "thread_id", "run_id", "call_id", "seq", "ts", "model", "caller", "usage_known", "input_tokens",
-        "output_tokens", "total_tokens", "cache_read", "cache_creation", "reasoning", "latency_ms",
+        "output_tokens", "total_tokens", "cache_read", "cache_creation", "reasoning", "latency_ms", "provider", "ttft_ms",
     ),
     MESSAGES: ("thread_id", "run_id", "seq", "pos", "part", "message_id", "type", "data", "echo"),
 }
@@ -88,16 +88,19 @@ def _ctes(placeholders: Mapping[str, str], schema: str, inline: bool, names: Col
     parts = []
     if RUN_STATUS in params:
         s = params[RUN_STATUS]
+        status_rows = f"""unnest({s[0]}::uuid[], {s[1]}::uuid[], {s[2]}::text[], {s[3]}::int[], {s[4]}::text[], {s[5]}::timestamptz[],
+                {s[6]}::timestamptz[], {s[7]}::timestamptz[], {s[8]}::int[], {s[9]}::text[], {s[10]}::text[], {s[11]}::text[],
+                {s[12]}::text[], {s[13]}::text[])
+        AS p(thread_id, run_id, status, status_seq, assistant_id, created_at,
+             started_at, finished_at, attempt, worker, error_type, error_message, identity, metadata)"""
         parts.append(f"""
 status_merged AS (
     -- One patch per run (the fold of its lifecycle events in this batch).
     INSERT INTO {t}run_status AS s (thread_id, run_id, status, status_seq, assistant_id, created_at,
-                                    started_at, finished_at, attempt, worker, error_type, error_message)
-    SELECT p.*
-    FROM unnest({s[0]}::uuid[], {s[1]}::uuid[], {s[2]}::text[], {s[3]}::int[], {s[4]}::text[], {s[5]}::timestamptz[],
-                {s[6]}::timestamptz[], {s[7]}::timestamptz[], {s[8]}::int[], {s[9]}::text[], {s[10]}::text[], {s[11]}::text[])
-        AS p(thread_id, run_id, status, status_seq, assistant_id, created_at,
-             started_at, finished_at, attempt, worker, error_type, error_message)
+                                    started_at, finished_at, attempt, worker, error_type, error_message, identity, metadata)
+    SELECT p.thread_id, p.run_id, p.status, p.status_seq, p.assistant_id, p.created_at,
+           p.started_at, p.finished_at, p.attempt, p.worker, p.error_type, p.error_message, p.identity, p.metadata::json
+    FROM {status_rows}
     {only_inserted("p", "status_seq")}
     ON CONFLICT (thread_id, run_id) DO UPDATE SET
         status = excluded.status,
@@ -109,22 +112,26 @@ status_merged AS (
         attempt = s.attempt + excluded.attempt,
         worker = coalesce(excluded.worker, s.worker),
         error_type = coalesce(excluded.error_type, s.error_type),
-        error_message = coalesce(excluded.error_message, s.error_message)
+        error_message = coalesce(excluded.error_message, s.error_message),
+        identity = coalesce(excluded.identity, s.identity),
+        metadata = coalesce(excluded.metadata, s.metadata)
     WHERE s.status_seq < excluded.status_seq  -- a patch already folded in changes nothing
 )""")
     if TOKEN_USAGE in params:
         c = params[TOKEN_USAGE]
+        call_rows = f"""unnest({c[0]}::uuid[], {c[1]}::uuid[], {c[2]}::text[], {c[3]}::int[], {c[4]}::timestamptz[], {c[5]}::text[],
+                {c[6]}::text[], {c[7]}::bool[], {c[8]}::bigint[], {c[9]}::bigint[], {c[10]}::bigint[], {c[11]}::bigint[],
+                {c[12]}::bigint[], {c[13]}::bigint[], {c[14]}::float8[], {c[15]}::text[], {c[16]}::float8[])
+        AS c(thread_id, run_id, call_id, seq, ts, model, caller, usage_known, input_tokens,
+             output_tokens, total_tokens, cache_read, cache_creation, reasoning, latency_ms, provider, ttft_ms)"""
         parts.append(f"""
 calls_merged AS (
     -- A call reported twice is counted once: its first report (lowest seq) stays.
     INSERT INTO {t}llm_calls AS l (thread_id, run_id, call_id, seq, ts, model, caller, usage_known, input_tokens,
-                                   output_tokens, total_tokens, cache_read, cache_creation, reasoning, latency_ms)
+                                   output_tokens, total_tokens, cache_read, cache_creation, reasoning, latency_ms,
+                                   provider, ttft_ms)
     SELECT DISTINCT ON (c.thread_id, c.run_id, c.call_id) c.*
-    FROM unnest({c[0]}::uuid[], {c[1]}::uuid[], {c[2]}::text[], {c[3]}::int[], {c[4]}::timestamptz[], {c[5]}::text[],
-                {c[6]}::text[], {c[7]}::bool[], {c[8]}::bigint[], {c[9]}::bigint[], {c[10]}::bigint[], {c[11]}::bigint[],
-                {c[12]}::bigint[], {c[13]}::bigint[], {c[14]}::float8[])
-        AS c(thread_id, run_id, call_id, seq, ts, model, caller, usage_known, input_tokens,
-             output_tokens, total_tokens, cache_read, cache_creation, reasoning, latency_ms)
+    FROM {call_rows}
     {only_inserted("c", "seq")}
     ORDER BY c.thread_id, c.run_id, c.call_id, c.seq
     ON CONFLICT (thread_id, run_id, call_id) DO UPDATE SET
@@ -132,7 +139,8 @@ calls_merged AS (
         usage_known = excluded.usage_known, input_tokens = excluded.input_tokens,
         output_tokens = excluded.output_tokens, total_tokens = excluded.total_tokens,
         cache_read = excluded.cache_read, cache_creation = excluded.cache_creation,
-        reasoning = excluded.reasoning, latency_ms = excluded.latency_ms
+        reasoning = excluded.reasoning, latency_ms = excluded.latency_ms,
+        provider = excluded.provider, ttft_ms = excluded.ttft_ms
     WHERE excluded.seq < l.seq
 )""")
     if MESSAGES in params:
@@ -182,7 +190,95 @@ messages_written AS (
         writer_part = CASE WHEN {writes} THEN excluded.writer_part ELSE m.writer_part END
     WHERE {earlier} OR {later} OR {writes}
 )""")
+    if inline and RUN_STATUS in params and TOKEN_USAGE in params:
+        parts.append(_usage_ctes(status_rows, call_rows, only_inserted("p", "status_seq"), only_inserted("c", "seq")))
     return ",".join(parts)
+
+
+_USAGE_TOKENS = ("input_tokens", "output_tokens", "total_tokens", "cache_read", "cache_creation", "reasoning")
+USAGE_KEY = "hour, model, provider, caller, assistant_id, status, identity"
+
+
+def _usage_ctes(status_rows: str, call_rows: str, status_inserted: str, calls_inserted: str) -> str:
+    """The hourly rollup's merge (inline only; a rebuild recomputes the rollup from the tables it rebuilt).
+
+    It keeps one invariant: every call of ``llm_calls`` is counted once in
+    ``usage_hourly``, under its run's current label (status, assistant,
+    identity; NULL while the run has no status). Calls new in this statement
+    are added under the label their run has after it; the calls already
+    recorded of a run whose label this statement changes move from the old
+    label to the new. Both read ``llm_calls`` and ``run_status`` as they were
+    before the statement (the snapshot of every CTE), so nothing is counted
+    twice. Rows are merged in key order, so concurrent flushes lock shared
+    rows in one order and cannot deadlock on them; this CTE is the last one,
+    so those row locks are the last locks a flush takes.
+    """
+    tokens = ", ".join(f"n.{name}" for name in _USAGE_TOKENS)
+    moved = ", ".join(f"l.{name}" for name in _USAGE_TOKENS)
+    sums = ", ".join(f"coalesce(sum(sign * {name}), 0)" for name in _USAGE_TOKENS)
+    updates = ", ".join(f"{name} = h.{name} + excluded.{name}" for name in ("calls", "unknown_usage_calls", "runs", *_USAGE_TOKENS))
+    return f"""
+usage_relabelled AS (
+    -- Runs whose status this statement moves: their label before and after.
+    SELECT p.thread_id, p.run_id, o.status AS old_status, o.assistant_id AS old_assistant_id, o.identity AS old_identity,
+           p.status, coalesce(p.assistant_id, o.assistant_id) AS assistant_id, coalesce(p.identity, o.identity) AS identity
+    FROM {status_rows}
+    {status_inserted}
+    LEFT JOIN run_status o ON o.thread_id = p.thread_id AND o.run_id = p.run_id
+    WHERE o.status_seq IS NULL OR o.status_seq < p.status_seq
+), usage_new AS (
+    -- Calls recorded for the first time (a call reported again is counted once, as in llm_calls).
+    SELECT DISTINCT ON (c.thread_id, c.run_id, c.call_id) c.*
+    FROM {call_rows}
+    {calls_inserted}
+    WHERE NOT EXISTS (SELECT 1 FROM llm_calls l WHERE l.thread_id = c.thread_id AND l.run_id = c.run_id AND l.call_id = c.call_id)
+    ORDER BY c.thread_id, c.run_id, c.call_id, c.seq
+), usage_changes AS (
+    -- New calls under their run's label after this statement; a run's first call counts the run.
+    SELECT n.ts, n.model, n.provider, n.caller,
+           CASE WHEN u.run_id IS NULL THEN o.assistant_id ELSE u.assistant_id END AS assistant_id,
+           CASE WHEN u.run_id IS NULL THEN o.status ELSE u.status END AS status,
+           CASE WHEN u.run_id IS NULL THEN o.identity ELSE u.identity END AS identity,
+           1 AS sign, n.usage_known,
+           n.seq = min(n.seq) OVER (PARTITION BY n.thread_id, n.run_id)
+               AND NOT EXISTS (SELECT 1 FROM llm_calls f WHERE f.thread_id = n.thread_id AND f.run_id = n.run_id) AS first,
+           {tokens}
+    FROM usage_new n
+    LEFT JOIN usage_relabelled u ON u.thread_id = n.thread_id AND u.run_id = n.run_id
+    LEFT JOIN run_status o ON o.thread_id = n.thread_id AND o.run_id = n.run_id
+    UNION ALL
+    -- Calls already recorded of relabelled runs: out of the old label, into the new.
+    SELECT l.ts, l.model, l.provider, l.caller, m.assistant_id, m.status, m.identity, m.sign, l.usage_known,
+           l.seq = min(l.seq) OVER (PARTITION BY l.thread_id, l.run_id) AS first,
+           {moved}
+    FROM usage_relabelled u
+    CROSS JOIN LATERAL (VALUES (-1, u.old_status, u.old_assistant_id, u.old_identity),
+                               (1, u.status, u.assistant_id, u.identity)) AS m(sign, status, assistant_id, identity)
+    JOIN llm_calls l ON l.thread_id = u.thread_id AND l.run_id = u.run_id
+    WHERE (u.old_status, u.old_assistant_id, u.old_identity) IS DISTINCT FROM (u.status, u.assistant_id, u.identity)
+), usage_merged AS (
+    INSERT INTO usage_hourly AS h ({USAGE_KEY}, calls, unknown_usage_calls, runs, {", ".join(_USAGE_TOKENS)})
+    SELECT date_trunc('hour', ts, 'UTC'), model, provider, caller, assistant_id, status, identity,
+           sum(sign), coalesce(sum(sign) FILTER (WHERE NOT usage_known), 0), coalesce(sum(sign) FILTER (WHERE first), 0),
+           {sums}
+    FROM usage_changes
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ORDER BY 1, 2, 3, 4, 5, 6, 7
+    ON CONFLICT ON CONSTRAINT usage_hourly_key DO UPDATE SET {updates}
+)"""
+
+
+ROLLUP_SQL = f"""
+INSERT INTO {{schema}}usage_hourly ({USAGE_KEY}, calls, unknown_usage_calls, runs, {", ".join(_USAGE_TOKENS)})
+SELECT date_trunc('hour', l.ts, 'UTC'), l.model, l.provider, l.caller, s.assistant_id, s.status, s.identity,
+       count(*), count(*) FILTER (WHERE NOT l.usage_known), count(*) FILTER (WHERE l.seq = f.seq),
+       {", ".join(f"coalesce(sum(l.{name}), 0)" for name in _USAGE_TOKENS)}
+FROM {{schema}}llm_calls l
+LEFT JOIN {{schema}}run_status s ON s.thread_id = l.thread_id AND s.run_id = l.run_id
+JOIN (SELECT thread_id, run_id, min(seq) AS seq FROM {{schema}}llm_calls GROUP BY 1, 2) f ON f.thread_id = l.thread_id AND f.run_id = l.run_id
+GROUP BY 1, 2, 3, 4, 5, 6, 7
+"""
+"""The rollup from scratch: what the inline merges keep (less the rows whose calls all moved away)."""
 
 
 def rebuild_sql(schema: str, names: Collection[str] = ALL) -> str:
@@ -231,7 +327,7 @@ class Rows:
         tokens = call.tokens or {}
         row = (
             call.thread_id, call.run_id, call.call_id, call.seq, call.ts, call.model, call.caller, call.usage_known,
-            *(tokens.get(name) for name in usage_fold.TOKEN_FIELDS), call.latency_ms,
+            *(tokens.get(name) for name in usage_fold.TOKEN_FIELDS), call.latency_ms, call.provider, call.ttft_ms,
         )
         for column, value in zip(self.calls, row, strict=True):
             column.append(value)
@@ -253,7 +349,8 @@ class Rows:
         for p in self.patches.values():
             row = (
                 p.thread_id, p.run_id, p.status, p.status_seq, p.assistant_id, p.created_at,
-                p.started_at, p.finished_at, p.starts, p.worker, p.error_type, p.error_message,
+                p.started_at, p.finished_at, p.starts, p.worker, p.error_type, p.error_message, p.identity,
+                None if p.metadata is None else canonical_json(p.metadata),
             )
             for column, value in zip(status, row, strict=True):
                 column.append(value)

@@ -11,6 +11,8 @@
    one that started has committed), folds in the events *S* did not see (the
    appends of step 2, found by ``pg_visible_in_snapshot``), and swaps the new
    tables in. Appends waiting on the lock then write into the new tables.
+4. Under the same lock, the hourly usage rollup is recomputed from the
+   rebuilt ``llm_calls`` and ``run_status`` (when either was rebuilt).
 
 Nothing is lost (every event is folded either in step 2 or 3) and nothing is
 counted twice (an event is visible to *S* or it is not). Appends that project
@@ -31,8 +33,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from graphledger.ledger.events import Event, RunRef
 from graphledger.projections import run_status as status_fold
 from graphledger.projections.errors import InvalidArgument, RebuildRunning
-from graphledger.projections.project import ALL, KINDS, Rows, rebuild_sql
-from graphledger.projections.schema import llm_calls, messages, run_status
+from graphledger.projections.project import ALL, KINDS, ROLLUP_SQL, RUN_STATUS, TOKEN_USAGE, Rows, rebuild_sql
+from graphledger.projections.schema import llm_calls, messages, run_status, usage_hourly
 
 SHADOW = "graphledger_rebuild"
 REBUILD_LOCK = 7_426_017_314  # one rebuild per database at a time
@@ -144,7 +146,8 @@ async def rebuild(conn: asyncpg.Connection, only: Collection[str] = ALL, *, prog
             await folder.finish()
         async with conn.transaction():
             live = await conn.fetchval("SELECT current_schema()")
-            tables = ", ".join(f"{live}.{TABLES[name].name}" for name in names)
+            rollup = RUN_STATUS in names or TOKEN_USAGE in names  # the rollup sums llm_calls by run_status labels
+            tables = ", ".join([f"{live}.{TABLES[name].name}" for name in names] + ([f"{live}.{usage_hourly.name}"] if rollup else []))
             await conn.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
             delta = [_event(row) for row in await conn.fetch(DELTA_SQL, folder.kinds, snapshot)]
             await folder.add(delta)
@@ -154,6 +157,11 @@ async def rebuild(conn: asyncpg.Connection, only: Collection[str] = ALL, *, prog
                 await conn.execute(f"DROP TABLE {live}.{table}")
                 await conn.execute(f"ALTER TABLE {SHADOW}.{table} SET SCHEMA {live}")
             await conn.execute(f"DROP SCHEMA {SHADOW}")
+            if rollup:
+                # Recomputed from the tables just swapped in, under the same lock: inline merges
+                # waiting on it then continue from exactly this rollup.
+                await conn.execute(f"TRUNCATE {live}.{usage_hourly.name}")
+                await conn.execute(ROLLUP_SQL.format(schema=f"{live}."))
         if progress is not None:
             progress(folded + len(delta), projected + len(delta))
         return RebuildReport(tuple(names), total, folded + len(delta), len(delta), time.perf_counter() - started)

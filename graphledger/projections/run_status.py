@@ -49,6 +49,8 @@ class RunStatus:
     worker: str | None = None
     error_type: str | None = None
     error_message: str | None = None
+    identity: str | None = None  # who asked for the run
+    metadata: Any = None  # the run's metadata, as its run.created recorded it
 
     @property
     def finished(self) -> bool:
@@ -71,6 +73,8 @@ class StatusPatch:
     worker: str | None = None
     error_type: str | None = None
     error_message: str | None = None
+    identity: str | None = None
+    metadata: Any = None
 
     def then(self, later: StatusPatch) -> StatusPatch:
         """This patch followed by ``later`` (of the same run)."""
@@ -87,6 +91,8 @@ class StatusPatch:
             _last(self.worker, later.worker),
             _last(self.error_type, later.error_type),
             _last(self.error_message, later.error_message),
+            _last(self.identity, later.identity),
+            _last(self.metadata, later.metadata),
         )
 
 
@@ -104,6 +110,9 @@ def patch_of(event: Event) -> StatusPatch | None:
     if event.kind == RUN_CREATED:
         fields["created_at"] = event.ts
         fields["assistant_id"] = _text(payload.get("assistant_id"))
+        actor = payload.get("actor")
+        fields["identity"] = _text(actor.get("identity")) if isinstance(actor, dict) else None
+        fields["metadata"] = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else None
     elif event.kind == RUN_STARTED:
         fields["started_at"] = event.ts
         fields["starts"] = 1
@@ -139,6 +148,8 @@ def apply(state: RunStatus | None, patch: StatusPatch) -> RunStatus:
         worker=_last(state.worker, patch.worker),
         error_type=_last(state.error_type, patch.error_type),
         error_message=_last(state.error_message, patch.error_message),
+        identity=_last(state.identity, patch.identity),
+        metadata=_last(state.metadata, patch.metadata),
     )
 
 

@@ -26,6 +26,8 @@ run_status = sa.Table(
     sa.Column("worker", sa.Text, nullable=True),
     sa.Column("error_type", sa.Text, nullable=True),
     sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("identity", sa.Text, nullable=True),  # who asked for the run (the actor's identity in run.created)
+    sa.Column("metadata", postgresql.JSON, nullable=True),  # the run's metadata (json like the log: jsonb refuses \u0000)
     sa.PrimaryKeyConstraint("thread_id", "run_id", name="run_status_pkey"),
     # The runs list across threads (GET /runs): newest first, keyset pages walk it backward.
     sa.Index("run_status_created_idx", "created_at", "run_id"),
@@ -49,6 +51,8 @@ llm_calls = sa.Table(
     sa.Column("cache_creation", sa.BigInteger, nullable=True),
     sa.Column("reasoning", sa.BigInteger, nullable=True),
     sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("provider", sa.Text, nullable=True),
+    sa.Column("ttft_ms", sa.Float, nullable=True),  # time to the first streamed token of the call
     sa.PrimaryKeyConstraint("thread_id", "run_id", "call_id", name="llm_calls_pkey"),
     sa.Index("llm_calls_ts_idx", "ts"),
 )
@@ -83,4 +87,37 @@ messages = sa.Table(
     sa.Index("messages_run_position_idx", "thread_id", "run_id", "position", "part"),
 )
 
-PROJECTION_TABLES = (run_status, llm_calls, messages)
+# Usage over time: the calls of llm_calls summed per UTC hour and the dimensions
+# people group by, labelled with their run's current status, assistant and
+# identity (a run's calls move to their new label when its status changes).
+# Threads are not a dimension: with them the rollup has as many rows as calls
+# (see docs/architecture.md, "Usage over time"). Dimensions are NULL when not
+# recorded, and NULLs are one group (NULLS NOT DISTINCT).
+USAGE_DIMENSIONS = ("hour", "model", "provider", "caller", "assistant_id", "status", "identity")
+USAGE_SUMS = (
+    "calls", "unknown_usage_calls", "runs", "input_tokens", "output_tokens", "total_tokens",
+    "cache_read", "cache_creation", "reasoning",
+)
+usage_hourly = sa.Table(
+    "usage_hourly",
+    metadata,
+    sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.Text, nullable=True),
+    sa.Column("provider", sa.Text, nullable=True),
+    sa.Column("caller", sa.Text, nullable=True),
+    sa.Column("assistant_id", sa.Text, nullable=True),
+    sa.Column("status", sa.Text, nullable=True),  # NULL: the run has no status yet (its calls came first)
+    sa.Column("identity", sa.Text, nullable=True),
+    sa.Column("calls", sa.BigInteger, nullable=False),
+    sa.Column("unknown_usage_calls", sa.BigInteger, nullable=False),
+    sa.Column("runs", sa.BigInteger, nullable=False),  # runs whose first call is in this row
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("total_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cache_read", sa.BigInteger, nullable=False),
+    sa.Column("cache_creation", sa.BigInteger, nullable=False),
+    sa.Column("reasoning", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint(*USAGE_DIMENSIONS, name="usage_hourly_key", postgresql_nulls_not_distinct=True),
+)
+
+PROJECTION_TABLES = (run_status, llm_calls, messages, usage_hourly)

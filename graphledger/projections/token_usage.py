@@ -4,7 +4,12 @@ An ``llm.usage`` event records one LLM call::
 
     {"call_id": "<id, unique per call>", "model": "gpt-4o" | null,
      "caller": "<graph node, subgraph namespace or tag>" | null,
-     "usage": <LangChain UsageMetadata> | null, "latency_ms": 412.5 | null}
+     "usage": <LangChain UsageMetadata> | null, "latency_ms": 412.5 | null,
+     "provider": "openai" | null, "ttft_ms": 120.0 | null}
+
+``provider`` is LangChain's ``ls_provider`` of the model; ``ttft_ms`` the
+time from the call's start to its first streamed token (absent when the
+call did not stream).
 
 ``usage`` follows ``langchain_core.messages.ai.UsageMetadata``:
 ``input_tokens``, ``output_tokens``, ``total_tokens``,
@@ -17,6 +22,7 @@ report kept.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,6 +74,8 @@ class LlmCall:
     # Of the run, filled in by reads (the llm.usage event does not carry them).
     assistant_id: str | None = None
     run_status: str | None = None
+    provider: str | None = None
+    ttft_ms: float | None = None
 
     @property
     def usage_known(self) -> bool:
@@ -82,14 +90,19 @@ def call_of(event: Event) -> LlmCall | None:
     call_id = text(payload.get("call_id"))
     if not call_id:
         return None
-    latency = payload.get("latency_ms")
     return LlmCall(
         event.thread_id, event.run_id, call_id, event.seq, event.ts,
         text(payload.get("model")),
         text(payload.get("caller")),
         tokens_from_usage(payload.get("usage")),
-        float(latency) if isinstance(latency, (int, float)) and not isinstance(latency, bool) else None,
+        _millis(payload.get("latency_ms")),
+        provider=text(payload.get("provider")),
+        ttft_ms=_millis(payload.get("ttft_ms")),
     )
+
+
+def _millis(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def fold(calls: dict[tuple[UUID, str], LlmCall], event: Event) -> dict[tuple[UUID, str], LlmCall]:

@@ -82,6 +82,8 @@ class _Call:
     started: float
     model: str | None
     caller: str | None
+    provider: str | None = None  # LangChain's ls_provider
+    first_token: float | None = None  # when the first streamed token came
     usage: Any = None  # summed from streamed chunks that carried usage
 
 
@@ -109,7 +111,10 @@ class UsageHandler(AsyncCallbackHandler):
         model = params.get("model") or params.get("model_name") or (metadata or {}).get("ls_model_name")
         if model is None and serialized:
             model = (serialized.get("kwargs") or {}).get("model") or (serialized.get("kwargs") or {}).get("model_name")
-        self.calls[run_id] = _Call(time.monotonic(), str(model) if model else None, caller_of(metadata))
+        provider = (metadata or {}).get("ls_provider")
+        self.calls[run_id] = _Call(
+            time.monotonic(), str(model) if model else None, caller_of(metadata), str(provider) if provider else None
+        )
 
     async def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, *, run_id: UUID, metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._open(run_id, serialized, metadata, kwargs)
@@ -119,6 +124,8 @@ class UsageHandler(AsyncCallbackHandler):
 
     async def on_llm_new_token(self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
         call = self.calls.get(run_id)
+        if call is not None and call.first_token is None:
+            call.first_token = time.monotonic()
         usage = getattr(getattr(chunk, "message", None), "usage_metadata", None)
         if call is not None and usage:
             call.usage = add_usage(call.usage, usage)
@@ -149,6 +156,10 @@ class UsageHandler(AsyncCallbackHandler):
             "usage": to_jsonable(usage) if usage else None,
             "latency_ms": round((time.monotonic() - call.started) * 1000, 3),
         }
+        if call.provider is not None:
+            payload["provider"] = call.provider
+        if call.first_token is not None:
+            payload["ttft_ms"] = round((call.first_token - call.started) * 1000, 3)
         if error is not None:
             payload["error"] = type(error).__name__
         if error is not None or incomplete:

@@ -66,3 +66,40 @@ async def test_run_needs_an_existing_thread(ledger: Ledger) -> None:
 
     with pytest.raises(ThreadNotFound):
         await ledger.create_run(uuid4())
+
+
+async def test_migration_0015_rolls_up_the_calls_already_projected(server_dsn: str) -> None:
+    from datetime import datetime, timezone
+
+    from tests.conftest import _admin, drop_database, with_database
+
+    name = f"graphledger_m15_{uuid4().hex[:8]}"
+    await _admin(server_dsn, f"CREATE DATABASE {name}")
+    dsn = with_database(server_dsn, name)
+    try:
+        upgrade(dsn, "0014")
+        conn = await asyncpg.connect(dsn)
+        try:
+            thread, run = uuid4(), uuid4()
+            at = datetime(2026, 3, 1, 10, 20, tzinfo=timezone.utc)
+            await conn.execute(
+                "INSERT INTO run_status (thread_id, run_id, status, status_seq, assistant_id, attempt) VALUES ($1, $2, 'success', 9, 'agent', 1)",
+                thread, run,
+            )
+            for call, seq, tokens in (("a", 3, 10), ("b", 5, None)):
+                await conn.execute(
+                    "INSERT INTO llm_calls (thread_id, run_id, call_id, seq, ts, model, caller, usage_known, input_tokens) "
+                    "VALUES ($1, $2, $3, $4, $5, 'm', 'agent', $6, $7)",
+                    thread, run, call, seq, at, tokens is not None, tokens,
+                )
+            upgrade(dsn)
+            rows = [dict(r) for r in await conn.fetch("SELECT * FROM usage_hourly")]
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(server_dsn, name)
+    assert rows == [{
+        "hour": datetime(2026, 3, 1, 10, tzinfo=timezone.utc), "model": "m", "provider": None, "caller": "agent", "assistant_id": "agent",
+        "status": "success", "identity": None, "calls": 2, "unknown_usage_calls": 1, "runs": 1, "input_tokens": 10, "output_tokens": 0,
+        "total_tokens": 0, "cache_read": 0, "cache_creation": 0, "reasoning": 0,
+    }]

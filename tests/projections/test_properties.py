@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from graphledger import projections
 from graphledger.ledger import Ledger, RunRef
-from graphledger.ledger.events import Event
+from graphledger.ledger.events import Event, canonical_json
 from graphledger.projections import Projections, rebuild
 from graphledger.projections import messages as message_fold
 from graphledger.projections import run_status as status_fold
@@ -52,7 +52,7 @@ step = st.one_of(
     st.tuples(st.just("llm.usage"), st.fixed_dictionaries({
         "call_id": st.sampled_from(["c1", "c2", "c3"]), "model": st.sampled_from(["a", "b", None]),
         "caller": st.sampled_from(["agent", "tools", None]), "usage": usage, "latency_ms": st.one_of(st.none(), st.floats(0, 1e4)),
-    })),
+    }, optional={"provider": st.sampled_from(["openai", "anthropic"]), "ttft_ms": st.floats(0, 1e3)})),
     st.tuples(st.just("run.started"), st.fixed_dictionaries({"worker": st.sampled_from(["w1", "w2"])})),
     st.tuples(st.just("run.released"), st.fixed_dictionaries({"worker": st.sampled_from(["w1", "w2"]), "reason": st.just("shutdown")})),
     st.tuples(st.just("run.cancel_requested"), st.just({"action": "interrupt"})),
@@ -75,7 +75,9 @@ async def append_all(ledger: Ledger, threads: list[list[Any]]) -> list[UUID]:
         thread = await ledger.create_thread()
         thread_ids.append(thread)
         for inputs, steps, end in runs:
-            created = await ledger.create_run(thread, payload={"assistant_id": "agent", "input": {"messages": inputs}})
+            actor = {"identity": f"user-{len(drivers) % 2}"}
+            payload = {"assistant_id": "agent", "input": {"messages": inputs}, "metadata": {"team": f"t{len(drivers) % 3}"}, "actor": actor}
+            created = await ledger.create_run(thread, payload=payload)
             drivers.append(drive(ledger, RunRef(thread, created.run_id), steps, end))
     await asyncio.gather(*drivers)
     return thread_ids
@@ -107,12 +109,13 @@ def expected(events: list[Event]) -> dict[str, list[tuple[Any, ...]]]:
     return {
         "run_status": sorted(
             (s.thread_id, s.run_id, s.status, s.status_seq, s.assistant_id, s.created_at, s.started_at, s.finished_at,
-             s.attempt, s.worker, s.error_type, s.error_message)
+             s.attempt, s.worker, s.error_type, s.error_message, s.identity,
+             None if s.metadata is None else canonical_json(s.metadata))
             for s in statuses.values() if s is not None
         ),
         "llm_calls": sorted(
             (c.thread_id, c.run_id, c.call_id, c.seq, c.ts, c.model, c.caller, c.usage_known,
-             *((c.tokens or {}).get(name) for name in usage_fold.TOKEN_FIELDS), c.latency_ms)
+             *((c.tokens or {}).get(name) for name in usage_fold.TOKEN_FIELDS), c.latency_ms, c.provider, c.ttft_ms)
             for c in calls.values()
         ),
         "messages": sorted(
@@ -121,6 +124,37 @@ def expected(events: list[Event]) -> dict[str, list[tuple[Any, ...]]]:
             for m in messages.values()
         ),
     }
+
+
+def expected_rollup(events: list[Event]) -> list[tuple[Any, ...]]:
+    """The hourly usage rollup summed from ``events`` by the pure folds (every call under its run's current label)."""
+    statuses: dict[tuple[UUID, UUID], status_fold.RunStatus | None] = defaultdict(lambda: None)
+    calls: dict[tuple[UUID, str], usage_fold.LlmCall] = {}
+    for event in sorted(events, key=lambda e: e.global_position):
+        statuses[(event.thread_id, event.run_id)] = status_fold.fold(statuses[(event.thread_id, event.run_id)], event)
+        usage_fold.fold(calls, event)
+    first = {}
+    for call in calls.values():
+        if (call.thread_id, call.run_id) not in first or call.seq < first[(call.thread_id, call.run_id)]:
+            first[(call.thread_id, call.run_id)] = call.seq
+    rows: dict[tuple[Any, ...], list[int]] = {}
+    for call in calls.values():
+        status = statuses[(call.thread_id, call.run_id)]
+        key = (
+            call.ts.replace(minute=0, second=0, microsecond=0), call.model, call.provider, call.caller,
+            status and status.assistant_id, status and status.status, status and status.identity,
+        )
+        sums = rows.setdefault(key, [0] * 9)
+        sums[0] += 1
+        sums[1] += call.tokens is None
+        sums[2] += call.seq == first[(call.thread_id, call.run_id)]
+        for i, name in enumerate(usage_fold.TOKEN_FIELDS):
+            sums[3 + i] += (call.tokens or {}).get(name) or 0
+    return sorted(((*key, *sums) for key, sums in rows.items()), key=rollup_order)
+
+
+def rollup_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((value is not None, value) for value in row[:7])
 
 
 def as_stored(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
@@ -154,7 +188,9 @@ async def check(dsn: str, threads: list[list[Any]], limit: int) -> None:
         thread_ids = await append_all(ledger, threads)
         events = [e for thread in thread_ids for e in await ledger.read_thread(thread)]
         inline = as_stored(await table_rows(conn, thread_ids))
-        assert inline == expected(events)
+        assert inline == {**expected(events), "usage_hourly": inline["usage_hourly"]}
+        every_event = [e for thread in await conn.fetchval("SELECT array_agg(thread_id) FROM threads") for e in await ledger.read_thread(thread)]
+        assert sorted(inline["usage_hourly"], key=rollup_order) == expected_rollup(every_event)
 
         views = Projections(ledger)
         for thread in thread_ids:

@@ -146,3 +146,19 @@ async def test_a_model_field_holding_nan_is_recorded_as_null(ledger: Ledger) -> 
     assert len(parts) == 1 and math.isnan(parts[0]["verdict"].score)  # the caller gets what the graph wrote
     events = await ledger.read_run(await latest_run(ledger, thread))
     assert [e.value for e in events if e.kind == "stream:custom"] == [{"verdict": {"name": "judge", "score": None}}]
+
+
+async def test_a_call_records_its_provider_and_time_to_first_token(ledger: Ledger) -> None:
+    thread = uuid4()
+    config = {"configurable": {"thread_id": str(thread), "tokens": 3}}
+    await Recorder(ledger).ainvoke(demo.graph, INPUT, config)  # the model is invoked: it streams nothing
+    _ = [p async for p in Recorder(ledger).astream(demo.graph, INPUT, config, stream_mode="messages")]  # it streams
+    calls = []
+    for run in sorted(await Projections(ledger).thread_runs(thread), key=lambda r: r.created_at):  # type: ignore[arg-type, return-value]
+        calls.append([e.value for e in await ledger.read_run(RunRef(thread, run.run_id)) if e.kind == "llm.usage"])
+    invoked, streamed = calls
+    assert invoked and streamed
+    for call in invoked + streamed:
+        assert isinstance(call["provider"], str) and call["provider"]  # LangChain's ls_provider of the model
+    assert all("ttft_ms" not in call for call in invoked)
+    assert all(0 <= call["ttft_ms"] <= call["latency_ms"] for call in streamed)
