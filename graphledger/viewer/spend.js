@@ -1,6 +1,165 @@
-// Spend: token usage and cost over time by model, assistant and user; latency percentiles per model.
-import { h, clear } from "/ui/dom.js";
+// Spend: token usage and cost over time by model, assistant or user (GET /usage), and latency percentiles per model.
+// Charts are uPlot (vendor/uPlot.iife.min.js, loaded by index.html as window.uPlot).
 
-export async function spendView(main) {
-  clear(main).append(h("h1", {}, "Spend"), h("p", { class: "muted" }, "Not available yet."));
+import { api, assistantNames } from "/ui/api.js";
+import { h, clear, fmtInt, fmtCost } from "/ui/dom.js";
+
+const GROUPS = [["model", "Model"], ["assistant", "Assistant"], ["identity", "User"], ["provider", "Provider"], ["caller", "Caller"], ["status", "Run status"]];
+const RANGES = [["1d", "Last 24 hours", "hour"], ["7d", "Last 7 days", "day"], ["30d", "Last 30 days", "day"], ["90d", "Last 90 days", "week"]];
+const BUCKETS = ["hour", "day", "week", "month"];
+const COLORS = ["#2d6cdf", "#e8590c", "#2f9e44", "#ae3ec9", "#f08c00", "#0c8599", "#c2255c", "#5c940d", "#1864ab", "#862e9c"];
+const INPUT = "gen_ai.usage.input_tokens";
+const OUTPUT = "gen_ai.usage.output_tokens";
+const LATENCY = "gen_ai.client.operation.duration";
+const charts = [];
+
+function zone() {
+  try {
+    return Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  } catch (_) {
+    return "UTC";
+  }
+}
+
+// The rows of one /usage answer as aligned series: x (bucket starts, seconds) and one y array per group value.
+function series(answer, value, label) {
+  const key = answer.group_by[0];
+  const xs = [...new Set(answer.rows.map((r) => Date.parse(r.start) / 1000))].sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  const groups = new Map();
+  for (const row of answer.rows) {
+    const name = key === undefined ? "all" : row[key] === null || row[key] === undefined ? "(none)" : String(row[key]);
+    if (!groups.has(name)) groups.set(name, new Array(xs.length).fill(null));
+    const v = value(row);
+    if (v !== null && v !== undefined) groups.get(name)[index.get(Date.parse(row.start) / 1000)] = v;
+  }
+  const names = [...groups.keys()].sort();
+  return { xs, names, labels: names.map(label), ys: names.map((n) => groups.get(n)) };
+}
+
+function chart(id, title, data, unit, width) {
+  const holder = h("div", { class: "chart", id });
+  if (!window.uPlot) {
+    holder.append(h("p", { class: "error" }, "The chart library did not load."));
+    return holder;
+  }
+  if (data.xs.length === 0) {
+    holder.append(h("h2", {}, title), h("p", { class: "muted" }, "No LLM calls in this range."));
+    return holder;
+  }
+  const opts = {
+    title,
+    width,
+    height: 280,
+    scales: { x: { time: true } },
+    axes: [{}, { label: unit, size: 70 }],
+    series: [
+      {},
+      ...data.labels.map((label, i) => ({
+        label,
+        stroke: COLORS[i % COLORS.length],
+        fill: `${COLORS[i % COLORS.length]}22`,
+        width: 2,
+        points: { show: true, size: 8 },
+        spanGaps: false,
+      })),
+    ],
+  };
+  holder.dataset.series = JSON.stringify(data.labels);
+  // Drawn once the holder is in the page, so it knows its width.
+  requestAnimationFrame(() => new window.uPlot(opts, [data.xs, ...data.ys], holder));
+  return holder;
+}
+
+function totalsTable(answer, label) {
+  const key = answer.group_by[0];
+  const totals = new Map();
+  for (const row of answer.rows) {
+    const name = key === undefined ? "all" : row[key] === null || row[key] === undefined ? "(none)" : String(row[key]);
+    const t = totals.get(name) || { calls: 0, runs: 0, input: 0, output: 0, total: 0, cost: 0, priced: false, unpriced: 0 };
+    t.calls += row.calls || 0;
+    t.runs += row.runs || 0;
+    t.input += row[INPUT] || 0;
+    t.output += row[OUTPUT] || 0;
+    t.total += row.total_tokens || 0;
+    if (row.cost !== null && row.cost !== undefined) { t.cost += row.cost; t.priced = true; }
+    t.unpriced += (row.unpriced && row.unpriced.calls) || 0;
+    totals.set(name, t);
+  }
+  return h("table", { id: "spend-totals" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Group"), h("th", { class: "num" }, "Runs"), h("th", { class: "num" }, "LLM calls"),
+      h("th", { class: "num" }, "Input"), h("th", { class: "num" }, "Output"), h("th", { class: "num" }, "Tokens"),
+      h("th", { class: "num" }, "Cost"), h("th", { class: "num" }, "Unpriced calls"))),
+    h("tbody", {}, ...[...totals.entries()].sort((a, b) => b[1].total - a[1].total).map(([name, t]) =>
+      h("tr", {}, h("td", {}, label(name)), h("td", { class: "num" }, fmtInt(t.runs)), h("td", { class: "num" }, fmtInt(t.calls)),
+        h("td", { class: "num" }, fmtInt(t.input)), h("td", { class: "num" }, fmtInt(t.output)), h("td", { class: "num" }, fmtInt(t.total)),
+        h("td", { class: "num" }, t.priced ? fmtCost(t.cost) : "—"), h("td", { class: "num" }, fmtInt(t.unpriced))))));
+}
+
+function seconds(v) {
+  return v === null || v === undefined ? "—" : v < 1 ? `${Math.round(v * 1000)} ms` : `${v.toFixed(2)} s`;
+}
+
+function latencyTable(answer) {
+  const key = answer.group_by[0];
+  const rows = [...answer.rows].sort((a, b) => (b.start < a.start ? -1 : b.start > a.start ? 1 : String(a[key]).localeCompare(String(b[key]))));
+  return h("table", { id: "spend-latency" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Bucket"), h("th", {}, "Model"), h("th", { class: "num" }, "Calls"),
+      h("th", { class: "num" }, "p50"), h("th", { class: "num" }, "p95"), h("th", { class: "num" }, "p99"),
+      h("th", { class: "num" }, "First token p50"))),
+    h("tbody", {}, ...rows.map((row) => {
+      const d = row[LATENCY] || {};
+      const ttft = row.time_to_first_token || {};
+      return h("tr", {}, h("td", {}, new Date(row.start).toLocaleString()), h("td", {}, row[key] ?? "(none)"),
+        h("td", { class: "num" }, fmtInt(row.calls)), h("td", { class: "num" }, seconds(d.p50)), h("td", { class: "num" }, seconds(d.p95)),
+        h("td", { class: "num" }, seconds(d.p99)), h("td", { class: "num" }, seconds(ttft.p50)));
+    })));
+}
+
+export async function spendView(main, params) {
+  const range = params.get("range") || "7d";
+  const group = params.get("group_by") || "model";
+  const preset = RANGES.find(([value]) => value === range);
+  const bucket = params.get("bucket") || (preset ? preset[2] : "day");
+  const tz = zone();
+  const query = new URLSearchParams({ bucket, group_by: group, since: range, tz });
+  const latencyQuery = new URLSearchParams({ bucket, group_by: "model", since: range, tz, percentiles: "true" });
+  const [usage, latency, names] = await Promise.all([api(`/usage?${query}`), api(`/usage?${latencyQuery}`), assistantNames()]);
+  const label = group === "assistant" ? (id) => names.get(id) || id : (value) => value;
+
+  const rangeSelect = h("select", { name: "range" }, ...RANGES.map(([value, text]) => h("option", { value }, text)));
+  rangeSelect.value = preset ? range : "7d";
+  const groupSelect = h("select", { name: "group_by" }, ...GROUPS.map(([value, text]) => h("option", { value }, text)));
+  groupSelect.value = group;
+  const bucketSelect = h("select", { name: "bucket" }, ...BUCKETS.map((b) => h("option", { value: b }, b)));
+  bucketSelect.value = bucket;
+  const form = h("form", { class: "filters", id: "spend-filters" },
+    h("label", {}, "Range", rangeSelect), h("label", {}, "Per", bucketSelect), h("label", {}, "By", groupSelect),
+    h("button", { type: "submit", class: "primary" }, "Show"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    location.hash = `#/spend?${new URLSearchParams({ range: rangeSelect.value, bucket: bucketSelect.value, group_by: groupSelect.value })}`;
+  });
+  rangeSelect.addEventListener("change", () => {
+    const chosen = RANGES.find(([value]) => value === rangeSelect.value);
+    if (chosen) bucketSelect.value = chosen[2];
+  });
+
+  const width = Math.max(Math.min(main.clientWidth - 20, 1300), 320);
+  const groupName = GROUPS.find(([value]) => value === group)[1].toLowerCase();
+  const tokens = series(usage, (r) => r.total_tokens, label);
+  const cost = series(usage, (r) => r.cost, label);
+  const p95 = series(latency, (r) => (r[LATENCY] ? r[LATENCY].p95 : null), (v) => v);
+  const anyCost = cost.ys.some((ys) => ys.some((v) => v !== null));
+  clear(main).append(
+    h("h1", {}, "Spend"),
+    form,
+    h("p", { class: "muted" }, `Per ${bucket} in ${tz}, from ${new Date(usage.since).toLocaleString()} to ${new Date(usage.until).toLocaleString()}. Cost in ${usage.currency}, where the model's price is known.`),
+    chart("spend-tokens", `Tokens per ${bucket} by ${groupName}`, tokens, "tokens", width),
+    anyCost ? chart("spend-cost", `Cost per ${bucket} by ${groupName} (${usage.currency})`, cost, usage.currency, width)
+      : h("p", { class: "muted", id: "spend-cost" }, "No cost: no model in this range has a known price."),
+    totalsTable(usage, label),
+    h("h2", {}, "Latency by model"),
+    chart("spend-latency-chart", `p95 latency per ${bucket} by model (seconds)`, p95, "seconds", width),
+    latencyTable(latency));
 }
