@@ -21,15 +21,34 @@ function zone() {
   }
 }
 
-// The rows of one /usage answer as aligned series: x (bucket starts, seconds) and one y array per group value.
-function series(answer, value, label) {
+// The starts of the buckets of [since, until) in the browser's time zone (the one the query names), in seconds.
+function buckets(since, until, bucket) {
+  const start = new Date(since);
+  start.setMinutes(0, 0, 0);
+  if (bucket !== "hour") start.setHours(0);
+  if (bucket === "week") start.setDate(start.getDate() - ((start.getDay() + 6) % 7)); // weeks start on Monday
+  if (bucket === "month") start.setDate(1);
+  const found = [];
+  for (const d = start; d < new Date(until) && found.length < 5000; ) {
+    found.push(d.getTime() / 1000);
+    if (bucket === "hour") d.setHours(d.getHours() + 1);
+    else if (bucket === "day") d.setDate(d.getDate() + 1);
+    else if (bucket === "week") d.setDate(d.getDate() + 7);
+    else d.setMonth(d.getMonth() + 1);
+  }
+  return found;
+}
+
+// The rows of one /usage answer as aligned series: x (every bucket's start, in seconds) and one y array per group value.
+function series(answer, value, label, empty) {
   const key = answer.group_by[0];
-  const xs = [...new Set(answer.rows.map((r) => Date.parse(r.start) / 1000))].sort((a, b) => a - b);
+  const starts = answer.rows.map((r) => Date.parse(r.start) / 1000);
+  const xs = [...new Set([...buckets(answer.since, answer.until, answer.bucket), ...starts])].sort((a, b) => a - b);
   const index = new Map(xs.map((x, i) => [x, i]));
   const groups = new Map();
   for (const row of answer.rows) {
     const name = key === undefined ? "all" : row[key] === null || row[key] === undefined ? "(none)" : String(row[key]);
-    if (!groups.has(name)) groups.set(name, new Array(xs.length).fill(null));
+    if (!groups.has(name)) groups.set(name, new Array(xs.length).fill(empty));
     const v = value(row);
     if (v !== null && v !== undefined) groups.get(name)[index.get(Date.parse(row.start) / 1000)] = v;
   }
@@ -37,37 +56,49 @@ function series(answer, value, label) {
   return { xs, names, labels: names.map(label), ys: names.map((n) => groups.get(n)) };
 }
 
-function chart(id, title, data, unit, width) {
+// Stacked bars (sums: tokens, cost) or lines with points (percentiles, which do not add up).
+function chart(id, title, data, unit, width, { stacked = true } = {}) {
   const holder = h("div", { class: "chart", id });
   if (!window.uPlot) {
     holder.append(h("p", { class: "error" }, "The chart library did not load."));
     return holder;
   }
-  if (data.xs.length === 0) {
+  if (data.names.length === 0) {
     holder.append(h("h2", {}, title), h("p", { class: "muted" }, "No LLM calls in this range."));
     return holder;
   }
+  holder.dataset.series = JSON.stringify(data.labels);
+  let ys = data.ys;
+  let order = data.ys.map((_, i) => i);
+  if (stacked) {
+    // Each series is drawn as the sum of itself and those before it, the tallest first, so each shows as its own band.
+    ys = data.ys.map((_, i) => data.xs.map((__, j) => data.ys.slice(0, i + 1).reduce((sum, y) => sum + (y[j] || 0), 0)));
+    order = order.reverse();
+  }
+  const step = data.xs.length > 1 ? data.xs[1] - data.xs[0] : 3600;
+  const bars = window.uPlot.paths.bars({ size: [0.7, 60] });
   const opts = {
     title,
     width,
     height: 280,
-    scales: { x: { time: true } },
+    scales: { x: { time: true, range: () => [data.xs[0] - step / 2, data.xs[data.xs.length - 1] + step / 2] } },
     axes: [{}, { label: unit, size: 70 }],
+    legend: { live: true },
     series: [
       {},
-      ...data.labels.map((label, i) => ({
-        label,
+      ...order.map((i) => ({
+        label: data.labels[i],
         stroke: COLORS[i % COLORS.length],
-        fill: `${COLORS[i % COLORS.length]}22`,
-        width: 2,
-        points: { show: true, size: 8 },
-        spanGaps: false,
+        fill: stacked ? COLORS[i % COLORS.length] : undefined,
+        width: stacked ? 0 : 2,
+        paths: stacked ? bars : undefined,
+        points: { show: !stacked, size: 7 },
+        value: (u, v, si, idx) => (idx === null || idx === undefined ? "--" : String(data.ys[i][idx] ?? "--")),
       })),
     ],
   };
-  holder.dataset.series = JSON.stringify(data.labels);
-  // Drawn once the holder is in the page, so it knows its width.
-  requestAnimationFrame(() => new window.uPlot(opts, [data.xs, ...data.ys], holder));
+  // Drawn once the holder is in the page.
+  requestAnimationFrame(() => new window.uPlot(opts, [data.xs, ...order.map((i) => ys[i])], holder));
   return holder;
 }
 
@@ -147,9 +178,9 @@ export async function spendView(main, params) {
 
   const width = Math.max(Math.min(main.clientWidth - 20, 1300), 320);
   const groupName = GROUPS.find(([value]) => value === group)[1].toLowerCase();
-  const tokens = series(usage, (r) => r.total_tokens, label);
-  const cost = series(usage, (r) => r.cost, label);
-  const p95 = series(latency, (r) => (r[LATENCY] ? r[LATENCY].p95 : null), (v) => v);
+  const tokens = series(usage, (r) => r.total_tokens, label, 0);
+  const cost = series(usage, (r) => r.cost, label, null);
+  const p95 = series(latency, (r) => (r[LATENCY] ? r[LATENCY].p95 : null), (v) => v, null);
   const anyCost = cost.ys.some((ys) => ys.some((v) => v !== null));
   clear(main).append(
     h("h1", {}, "Spend"),
@@ -160,6 +191,6 @@ export async function spendView(main, params) {
       : h("p", { class: "muted", id: "spend-cost" }, "No cost: no model in this range has a known price."),
     totalsTable(usage, label),
     h("h2", {}, "Latency by model"),
-    chart("spend-latency-chart", `p95 latency per ${bucket} by model (seconds)`, p95, "seconds", width),
+    chart("spend-latency-chart", `p95 latency per ${bucket} by model (seconds)`, p95, "seconds", width, { stacked: false }),
     latencyTable(latency));
 }
