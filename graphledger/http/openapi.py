@@ -71,6 +71,11 @@ SSE_EVENT = obj(
 )
 STREAM_MODE = {"type": "string", "enum": list(STREAM_MODES)}
 TOTAL_FIELDS = ["calls", "unknown_usage_calls", *TOKEN_FIELDS]
+RUN_COST = {
+    "cost": {**nullable({"type": "number", "minimum": 0}), "description": "USD of the priced calls (a run's only); null when none is priced."},
+    "unpriced_calls": {"type": "integer", "minimum": 0, "description": "Calls with usage that no price source knows."},
+    "cost_sources": {"type": "array", "items": {"type": "string"}},
+}
 TOTALS = obj(dict.fromkeys(TOTAL_FIELDS, {"type": "integer", "minimum": 0}), TOTAL_FIELDS)
 
 
@@ -445,10 +450,11 @@ SCHEMAS: dict[str, Any] = {
             "input_tokens": {"type": "integer", "minimum": 0},
             "output_tokens": {"type": "integer", "minimum": 0},
             "total_tokens": {"type": "integer", "minimum": 0},
+            **RUN_COST,
         },
         [
             "run_id", "thread_id", "assistant_id", "status", "created_at", "started_at", "finished_at", "duration_ms", "attempt",
-            "error", "llm_calls", "input_tokens", "output_tokens", "total_tokens",
+            "error", "llm_calls", "input_tokens", "output_tokens", "total_tokens", *RUN_COST,
         ],
     ),
     "RunsPage": obj(
@@ -465,6 +471,7 @@ SCHEMAS: dict[str, Any] = {
             "run_id": UUID,
             "totals": ref("Totals"),
             **{f"by_{group}": {"type": "array", "items": _group(group)} for group in ("model", "caller", "status")},
+            **RUN_COST,
         },
         ["thread_id", "totals", "by_model", "by_caller", "by_status"],
     ),

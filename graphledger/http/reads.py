@@ -20,7 +20,7 @@ from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.events import RUN_STATUSES
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
-from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE, Group, RunSummary
+from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE, Group, RunCost, RunSummary
 from graphledger.projections.token_usage import Totals
 from graphledger.runs.assistants import graph_assistant_id, parse_id
 
@@ -42,7 +42,15 @@ def _run_id(request: Request) -> UUID | None:
 # -- runs across threads ----------------------------------------------------------------
 
 
-def summary_json(summary: RunSummary) -> dict[str, Any]:
+def cost_json(cost: RunCost) -> dict[str, Any]:
+    return {
+        "cost": float(round(cost.cost, 10)) if cost.cost is not None else None,
+        "unpriced_calls": cost.unpriced_calls,
+        "cost_sources": sorted(cost.sources),
+    }
+
+
+def summary_json(summary: RunSummary, cost: RunCost) -> dict[str, Any]:
     status = summary.status
     started, finished = status.started_at, status.finished_at
     return {
@@ -60,6 +68,7 @@ def summary_json(summary: RunSummary) -> dict[str, Any]:
         "input_tokens": summary.input_tokens,
         "output_tokens": summary.output_tokens,
         "total_tokens": summary.total_tokens,
+        **cost_json(cost),
     }
 
 
@@ -79,10 +88,12 @@ async def all_runs(request: Request) -> JSONResponse:
     cursor = request.query_params.get("cursor") or None
     value: dict[str, Any] = {"thread_id": thread_id, "status": status, "assistant_id": assistant_id, "limit": limit, "metadata": {}}
     visible = await authorize(request, value)
-    page = await Projections(request.app.state.ledger).runs_page(
+    reads = Projections(request.app.state.ledger)
+    page = await reads.runs_page(
         thread_id=thread_id, status=status, assistant_ids=assistant_ids, since=since, until=until, limit=limit, cursor=cursor, visible=visible
     )
-    return JSONResponse({"runs": [summary_json(r) for r in page.runs], "next": page.next})
+    costs = await reads.run_costs([RunRef(r.status.thread_id, r.status.run_id) for r in page.runs], request.app.state.prices)
+    return JSONResponse({"runs": [summary_json(r, costs[RunRef(r.status.thread_id, r.status.run_id)]) for r in page.runs], "next": page.next})
 
 
 # -- messages -------------------------------------------------------------------------
@@ -170,6 +181,8 @@ async def usage(request: Request) -> JSONResponse:
     body: dict[str, Any] = {"thread_id": str(thread_id), "totals": totals_json(totals)}
     if run_id is not None:
         body["run_id"] = str(run_id)
+        ref = RunRef(thread_id, run_id)
+        body.update(cost_json((await reads.run_costs([ref], request.app.state.prices))[ref]))
     for group in USAGE_GROUPS:
         by = await reads.usage_by(group, thread_id=thread_id, run_id=run_id, since=since, until=until)
         body[f"by_{group}"] = [{group: key, **totals_json(totals)} for key, totals in by.items()]

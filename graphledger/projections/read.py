@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Literal
 from uuid import UUID
 
@@ -24,6 +25,7 @@ from graphledger.ledger.events import RunRef, jsonb_text
 from graphledger.ledger.threads import SORT_BY, Thread, Visibility, count_sql, search_sql, thread_of, view_sql, visibility_args, visible_sql
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
 from graphledger.projections.messages import Message
+from graphledger.projections.prices import PriceBook, Tokens
 from graphledger.projections.run_status import ACTIVE, RunStatus, thread_status
 from graphledger.projections.token_usage import TOKEN_FIELDS, LlmCall, Totals
 
@@ -154,6 +156,13 @@ WHERE {args}{_SCOPES[scope]}
 USAGE_SQL = {(scope, group): _usage_sql(scope, group) for scope in _SCOPES for group in (None, *GROUPS)}
 """Token usage per scope (thread, run, all) and grouping (none, model, caller, status, assistant)."""
 
+RUN_CALLS_SQL = """
+SELECT l.thread_id, l.run_id, l.model, l.provider, l.ts, l.input_tokens, l.output_tokens, l.cache_read, l.cache_creation, l.reasoning
+FROM llm_calls l JOIN unnest($1::uuid[], $2::uuid[]) AS r(thread_id, run_id) ON l.thread_id = r.thread_id AND l.run_id = r.run_id
+WHERE l.usage_known
+"""
+"""The calls with known usage of a set of runs, each found by the calls' key: what their cost is computed from."""
+
 _CALLS = """
 SELECT l.*, s.assistant_id, s.status AS run_status
 FROM llm_calls l LEFT JOIN run_status s ON s.thread_id = l.thread_id AND s.run_id = l.run_id
@@ -240,6 +249,15 @@ class RunSummary:
     total_tokens: int
     input_tokens: int = 0
     output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunCost:
+    """What a run's LLM calls cost: the sum over the priced ones (None when none is), and how many no source prices."""
+
+    cost: Decimal | None
+    unpriced_calls: int
+    sources: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +453,26 @@ class Projections:
         ]
         last = found[-1].status if found and len(rows) > limit else None
         return RunsPage(found, encode_run_cursor(last.created_at, last.run_id) if last is not None and last.created_at else None)
+
+    async def run_costs(self, runs: Sequence[RunRef], prices: PriceBook) -> dict[RunRef, RunCost]:
+        """The cost of each run's calls, each call priced at its own time (a call with unknown usage is not priced)."""
+        async with self.ledger.session() as session:
+            rows = await session.connection.fetch(RUN_CALLS_SQL, [r.thread_id for r in runs], [r.run_id for r in runs])
+        sums: dict[RunRef, list[Decimal]] = {ref: [] for ref in runs}
+        unpriced = dict.fromkeys(runs, 0)
+        sources: dict[RunRef, set[str]] = {ref: set() for ref in runs}
+        for row in rows:
+            ref = RunRef(row["thread_id"], row["run_id"])
+            tokens = Tokens(
+                row["input_tokens"] or 0, row["output_tokens"] or 0, row["cache_read"] or 0, row["cache_creation"] or 0, row["reasoning"] or 0
+            )
+            priced = prices.price(row["model"], row["provider"], row["ts"], tokens)
+            if priced is None:
+                unpriced[ref] += 1
+            else:
+                sums[ref].append(priced.cost)
+                sources[ref].add(priced.source)
+        return {ref: RunCost(sum(sums[ref], Decimal(0)) if sums[ref] else None, unpriced[ref], frozenset(sources[ref])) for ref in runs}
 
     async def llm_calls(self, thread_id: UUID, run_id: UUID | None = None) -> list[LlmCall]:
         """The recorded calls of a thread (or of one of its runs), in order, with their run's assistant and status."""

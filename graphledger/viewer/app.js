@@ -156,7 +156,7 @@ async function runsView(params) {
         h("td", { class: "num" }, fmtInt(run.input_tokens)),
         h("td", { class: "num" }, fmtInt(run.output_tokens)),
         h("td", { class: "num" }, fmtInt(run.total_tokens)),
-        ...(withCost ? [h("td", { class: "num" }, fmtCost(run.cost))] : [])));
+        ...(withCost ? [h("td", { class: "num cost", title: (run.cost_sources || []).join(", ") }, fmtCost(run.cost))] : [])));
     }
     more.hidden = !page.next;
     more.dataset.cursor = page.next || "";
@@ -231,7 +231,7 @@ async function runView(threadId, runId) {
   const ended = events.length ? Date.parse(events[events.length - 1].ts) : 0;
   const span = Math.max(ended - created, 1);
   const totals = usage.totals || {};
-  const cost = usage.totals && usage.totals.cost !== undefined ? usage.totals.cost : usage.cost;
+  const cost = usage.cost;
 
   const cards = h("div", { class: "cards", id: "summary" },
     card("Status", badge(run.status)),
@@ -242,7 +242,8 @@ async function runView(threadId, runId) {
     card("Input tokens", fmtInt(totals.input_tokens)),
     card("Output tokens", fmtInt(totals.output_tokens)),
     card("Total tokens", fmtInt(totals.total_tokens)),
-    ...(cost !== undefined && cost !== null ? [card("Cost", fmtCost(cost))] : []),
+    ...(cost !== undefined && cost !== null ? [card("Cost", h("span", { id: "cost" }, fmtCost(cost)))] : []),
+    ...(usage.unpriced_calls ? [card("Unpriced calls", fmtInt(usage.unpriced_calls))] : []),
     card("Chain", chain.ok
       ? h("span", { class: "ok", id: "chain" }, `verified (${chain.events} events)`)
       : h("span", { class: "bad", id: "chain" }, `broken at seq ${chain.first_bad_seq}: ${chain.reason}`)));

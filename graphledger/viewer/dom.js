@@ -35,7 +35,9 @@ export function fmtInt(n) {
 
 export function fmtCost(n) {
   if (n === null || n === undefined) return "—";
-  return `$${Number(n).toFixed(n < 1 ? 4 : 2)}`;
+  const v = Number(n);
+  if (v === 0) return "$0";
+  return v >= 1 ? `$${v.toFixed(2)}` : v >= 0.01 ? `$${v.toFixed(4)}` : `$${v.toPrecision(2)}`;
 }
 
 export function fmtTime(iso) {

@@ -56,6 +56,12 @@ function series(answer, value, label, empty) {
   return { xs, names, labels: names.map(label), ys: names.map((n) => groups.get(n)) };
 }
 
+// An axis label: whole numbers grouped, small ones (a cost under a cent, a latency) with three significant digits.
+function tick(v) {
+  if (v === 0 || Math.abs(v) >= 1000) return fmtInt(v);
+  return String(Number(v.toPrecision(3)));
+}
+
 // Stacked bars (sums: tokens, cost) or lines with points (percentiles, which do not add up).
 function chart(id, title, data, unit, width, { stacked = true } = {}) {
   const holder = h("div", { class: "chart", id });
@@ -82,7 +88,7 @@ function chart(id, title, data, unit, width, { stacked = true } = {}) {
     width,
     height: 280,
     scales: { x: { time: true, range: () => [data.xs[0] - step / 2, data.xs[data.xs.length - 1] + step / 2] } },
-    axes: [{}, { label: unit, size: 70 }],
+    axes: [{}, { label: unit, size: 80, values: (u, ticks) => ticks.map(tick) }],
     legend: { live: true },
     series: [
       {},

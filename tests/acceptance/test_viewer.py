@@ -39,7 +39,9 @@ MODES = ["messages-tuple", "values", "updates"]
 def server(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     workdir: Path = tmp_path_factory.mktemp("viewer")
     workdir.chmod(0o755)
-    server = Server(dsn, workdir, "--workers", "2", "--auth", f"{PROJECT / 'auth.py'}:auth")
+    prices = workdir / "prices.toml"  # the demo model priced, so that costs show
+    prices.write_text('[[price]]\nmodel = "graphledger-demo-*"\ninput = 2\noutput = 10\n')
+    server = Server(dsn, workdir, "--workers", "2", "--auth", f"{PROJECT / 'auth.py'}:auth", "--prices", str(prices))
     yield server
     server.stop()
 
@@ -68,8 +70,13 @@ def recorded(server: Server) -> dict[str, Any]:
         base = f"/threads/{thread}/runs/{first}"
         events = alice.get(f"{base}/events", params={"limit": 1000}).json()["events"]
         messages = alice.get(f"{base}/messages").json()["messages"]
+        cost = alice.get(f"{base}/usage").json()["cost"]
     answer = [m for m in messages if m["type"] == "ai"][-1]["data"]["content"]
-    return {"thread": thread, "first": first, "second": second, "failed": failed, "bob": bobs, "events": events, "answer": answer}
+    assert cost > 0
+    return {
+        "thread": thread, "first": first, "second": second, "failed": failed, "bob": bobs, "events": events, "answer": answer,
+        "cost": cost,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +168,9 @@ async def test_sign_in_list_runs_open_one_replay_and_export(
     await expect(page.locator(f"tr[data-run='{recorded['failed']}']")).to_contain_text("error")
     # Alice may not search the server's assistants (her filter is on their owner): the id it is.
     await expect(page.locator(f"tr[data-run='{recorded['first']}'] td:nth-child(4)")).to_have_text(DEMO_ASSISTANT)
+    cost = f"${recorded['cost']:.2g}"  # as the viewer writes a cost under a cent
+    await expect(page.locator(f"tr[data-run='{recorded['first']}'] td.cost")).to_have_text(cost)
+    await expect(page.locator(f"tr[data-run='{recorded['failed']}'] td.cost")).to_have_text("—")  # no call, no cost
     await page.screenshot(path=screenshots / "viewer-runs.png", full_page=True)
 
     # Filters go through the API: by status, then by thread.
@@ -178,6 +188,7 @@ async def test_sign_in_list_runs_open_one_replay_and_export(
     await page.click(f"tr[data-run='{recorded['first']}'] td:nth-child(2) a")
     await expect(page.locator("#chain")).to_have_text(f"verified ({len(recorded['events'])} events)")
     await expect(page.locator("#summary")).to_contain_text("success")
+    await expect(page.locator("#cost")).to_have_text(cost)
     await expect(page.locator("#timeline tbody tr")).to_have_count(len(recorded["events"]))
     await expect(page.locator("#timeline tbody tr").first).to_contain_text("run.created")
     await expect(page.locator("#timeline")).to_contain_text("llm.usage")
@@ -240,6 +251,9 @@ async def test_the_spend_page_charts_usage_by_model_assistant_and_user(
     await expect(row).to_have_count(1)
     await expect(row).to_contain_text("graphledger-demo-1")
     await expect(row.locator("td:nth-child(6)")).to_have_text(f"{total:,}")
+    await expect(page.locator("#spend-cost .u-legend")).to_contain_text("graphledger-demo-1")
+    assert json.loads(await page.locator("#spend-cost").get_attribute("data-series") or "") == ["graphledger-demo-1"]
+    await expect(row.locator("td:nth-child(7)")).not_to_have_text("—")
     await expect(page.locator("#spend-latency tbody tr").first).to_contain_text("graphledger-demo-1")
     await expect(page.locator("#spend-latency-chart .u-legend")).to_contain_text("graphledger-demo-1")
     await page.screenshot(path=screenshots / "viewer-spend.png", full_page=True)

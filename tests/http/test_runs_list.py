@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from decimal import Decimal
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from graphledger.projections.prices import PriceBook, PriceEntry, Rates
 from graphledger.runs.assistants import graph_assistant_id
 from tests.http.conftest import serve
 from tests.http.test_auth import ALICE, BOB, REVIEWER, client, make_app
@@ -17,9 +19,15 @@ from tests.http.test_auth import ALICE, BOB, REVIEWER, client, make_app
 QUESTION = {"messages": [{"role": "user", "content": "count these four words"}]}
 
 
+# The demo model at USD 2 per million input tokens and 10 per million output tokens; other models unpriced.
+PRICES = PriceBook([PriceEntry("graphledger-demo-*", Rates(Decimal(2), Decimal(10), None, None, "price file test"))], genai=False)
+
+
 @pytest.fixture(scope="module")
 async def url(dsn: str) -> AsyncIterator[str]:
-    async with serve(make_app(dsn)) as base:
+    app = make_app(dsn)
+    app.state.prices = PRICES
+    async with serve(app) as base:
         yield base
 
 
@@ -78,6 +86,26 @@ async def test_a_run_shows_its_status_duration_and_tokens(url: str, recorded: di
     assert first["duration_ms"] > 0 and first["error"] is None
     failed = runs[recorded["failed"]]
     assert failed["status"] == "error" and failed["error"]["message"] == "the model is down"
+    assert failed["cost"] is None and failed["unpriced_calls"] == 0 and failed["llm_calls"] == 0
+
+
+async def test_a_run_s_cost_is_its_priced_calls(url: str, recorded: dict[str, Any]) -> None:
+    async with client(url, ALICE) as alice:
+        first = next(r for r in (await alice.get("/runs")).json()["runs"] if r["run_id"] == recorded["alice"][-1])
+        usage = (await alice.get(f"/threads/{recorded['thread']}/runs/{first['run_id']}/usage")).json()
+    expected = float((Decimal(first["input_tokens"]) * 2 + Decimal(first["output_tokens"]) * 10) / 1_000_000)
+    assert first["cost"] == pytest.approx(expected) and first["cost"] > 0
+    assert (first["unpriced_calls"], first["cost_sources"]) == (0, ["price file test"])
+    assert (usage["cost"], usage["unpriced_calls"], usage["cost_sources"]) == (first["cost"], 0, ["price file test"])
+
+
+async def test_calls_no_source_prices_are_counted_not_free(dsn: str, recorded: dict[str, Any]) -> None:
+    app = make_app(dsn)
+    app.state.prices = PriceBook(genai=False)  # knows no model
+    async with serve(app) as base, client(base, ALICE) as alice:
+        runs = (await alice.get("/runs")).json()["runs"]
+    first = next(r for r in runs if r["run_id"] == recorded["alice"][-1])
+    assert (first["cost"], first["unpriced_calls"], first["cost_sources"]) == (None, 2, [])
 
 
 async def test_pages_cover_every_run_once_while_new_runs_arrive(url: str, recorded: dict[str, Any]) -> None:
