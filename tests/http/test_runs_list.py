@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-from decimal import Decimal
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import httpx
