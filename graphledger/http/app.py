@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import assistants, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads, usage
+from graphledger.http import assistants, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads, usage, viewer
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -202,7 +202,7 @@ def create_app(
             Route("/ok", ok), Route("/openapi.json", openapi.openapi),
             *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *store.routes, *thread_stream.routes,
             *feedback.routes, *usage.routes,
-            *log.routes,
+            *log.routes, *viewer.routes,
         ],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, LedgerError: _ledger_error, HTTPException: _starlette_error},

@@ -48,10 +48,11 @@ from graphledger.runs.graphs import CONFIG_FILE, load_spec
 
 _log = logging.getLogger("graphledger.http")
 
-OPEN_PATHS = frozenset({"/ok", "/openapi.json"})
-"""Paths answered without authentication: readiness and the API's description."""
-OPEN_PREFIXES = ("/log/",)
-"""Routes under these are public too: the Merkle log's checkpoint and tiles, hashes only, for monitors (see http/log.py)."""
+OPEN_PATHS = frozenset({"/ok", "/openapi.json", "/ui"})
+"""Paths answered without authentication: readiness, the API's description and the web viewer's page."""
+OPEN_PREFIXES = ("/log/", "/ui/")
+"""Routes under these are public too: the Merkle log's checkpoint and tiles, hashes only, for monitors (see http/log.py),
+and the web viewer's page and scripts, which hold no data: it reads through the guarded routes (see http/viewer.py)."""
 RESOURCE = "threads"
 ACTIONS = ("create", "read", "update", "delete", "search", "create_run")
 STORE = "store"

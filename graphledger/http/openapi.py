@@ -72,6 +72,11 @@ SSE_EVENT = obj(
 )
 STREAM_MODE = {"type": "string", "enum": list(STREAM_MODES)}
 TOTAL_FIELDS = ["calls", "unknown_usage_calls", *TOKEN_FIELDS]
+RUN_COST = {
+    "cost": {**nullable({"type": "number", "minimum": 0}), "description": "USD of the priced calls (a run's only); null when none is priced."},
+    "unpriced_calls": {"type": "integer", "minimum": 0, "description": "Calls with usage that no price source knows."},
+    "cost_sources": {"type": "array", "items": {"type": "string"}},
+}
 TOTALS = obj(dict.fromkeys(TOTAL_FIELDS, {"type": "integer", "minimum": 0}), TOTAL_FIELDS)
 
 
@@ -463,6 +468,36 @@ SCHEMAS: dict[str, Any] = {
         },
         ["events", "has_more", "next_after"],
     ),
+    "RunSummary": obj(
+        {
+            "run_id": UUID,
+            "thread_id": UUID,
+            "assistant_id": nullable({"type": "string"}),
+            "status": {"type": "string", "enum": list(RUN_STATUSES)},
+            "created_at": nullable(TIME),
+            "started_at": nullable(TIME),
+            "finished_at": nullable(TIME),
+            "duration_ms": nullable({"type": "number", "minimum": 0}),
+            "attempt": {"type": "integer"},
+            "error": nullable(obj({"type": nullable({"type": "string"}), "message": nullable({"type": "string"})}, ["type", "message"])),
+            "llm_calls": {"type": "integer", "minimum": 0},
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "total_tokens": {"type": "integer", "minimum": 0},
+            **RUN_COST,
+        },
+        [
+            "run_id", "thread_id", "assistant_id", "status", "created_at", "started_at", "finished_at", "duration_ms", "attempt",
+            "error", "llm_calls", "input_tokens", "output_tokens", "total_tokens", *RUN_COST,
+        ],
+    ),
+    "RunsPage": obj(
+        {
+            "runs": {"type": "array", "items": ref("RunSummary")},
+            "next": nullable({"type": "string", "description": "The cursor of the next page; null on the last page."}),
+        },
+        ["runs", "next"],
+    ),
     "Totals": TOTALS,
     "Usage": obj(
         {
@@ -470,6 +505,7 @@ SCHEMAS: dict[str, Any] = {
             "run_id": UUID,
             "totals": ref("Totals"),
             **{f"by_{group}": {"type": "array", "items": _group(group)} for group in ("model", "caller", "status")},
+            **RUN_COST,
         },
         ["thread_id", "totals", "by_model", "by_caller", "by_status"],
     ),
@@ -814,9 +850,37 @@ def _paths() -> dict[str, Any]:
                 query("status", {"type": "string", "enum": list(RUN_STATUSES)}),
             ),
         },
+        "/runs": {
+            "post": op("Create a background run on a new thread", create, request="RunCreate"),
+            "get": op(
+                "The runs of every thread the caller may see, newest first (keyset pages)",
+                answers({200: ref("RunsPage")}, 422),
+                query("status", {"type": "string", "enum": list(RUN_STATUSES)}),
+                query("thread_id", UUID),
+                query("assistant_id", {"type": "string"}, "An assistant's id, or a served graph's name for its assistant."),
+                *USAGE_QUERY,
+                query("limit", LIMIT_1000),
+                query("cursor", {"type": "string"}, "The next of the page before."),
+            )
+        },
+        "/ui": {"get": {
+            "summary": "The web viewer (docs/viewer.md); public: it holds no data and reads through the routes here",
+            "parameters": [],
+            "responses": {"200": {"description": "The viewer's page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+        "/ui/{path}": {"get": {
+            "summary": "A script, style sheet or licence of the web viewer; public",
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {
+                    "description": "The file.",
+                    "content": {t: {"schema": {"type": "string"}} for t in ("text/javascript", "text/css", "text/plain", "image/png", "image/svg+xml")},
+                },
+                **{k: v for k, v in answers({}, 404).items()},
+            },
+        }},
         "/threads/{thread_id}/runs/stream": {"post": op("Create a run and stream it", stream, THREAD, request="RunCreate")},
         "/threads/{thread_id}/runs/wait": {"post": op("Create a run and wait for its result", wait, THREAD, request="RunCreate")},
-        "/runs": {"post": op("Create a background run on a new thread", create, request="RunCreate")},
         "/runs/batch": {
             "post": op(
                 "Create background runs on new threads, all or none",

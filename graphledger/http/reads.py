@@ -14,15 +14,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from graphledger.http.auth import authorize, guarded
-from graphledger.http.common import HTTPError, iso, path_uuid, query_bool, query_int, query_time, record_access, require
+from graphledger.http.common import HTTPError, iso, parse_uuid, path_uuid, query_bool, query_int, query_time, record_access, require
 from graphledger.http.feedback import feedback_json
 from graphledger.ledger import Event, Ledger, RunRef
 from graphledger.ledger.checkpointer import Checkpointer
+from graphledger.ledger.events import RUN_STATUSES
 from graphledger.ledger.export import Selection, export
 from graphledger.projections import MessagePage, Projections
 from graphledger.projections.feedback import Feedback, on_last_ai_messages
-from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE, Group
+from graphledger.projections.read import DEFAULT_PAGE, MAX_PAGE, Group, RunCost, RunSummary
 from graphledger.projections.token_usage import Totals
+from graphledger.runs.assistants import graph_assistant_id, parse_id
 
 MAX_EVENTS = 1000
 USAGE_GROUPS: tuple[Group, ...] = ("model", "caller", "status")
@@ -37,6 +39,63 @@ async def _check(request: Request, thread_id: UUID, run_id: UUID | None = None) 
 
 def _run_id(request: Request) -> UUID | None:
     return path_uuid(request, "run_id") if "run_id" in request.path_params else None
+
+
+# -- runs across threads ----------------------------------------------------------------
+
+
+def cost_json(cost: RunCost) -> dict[str, Any]:
+    return {
+        "cost": float(round(cost.cost, 10)) if cost.cost is not None else None,
+        "unpriced_calls": cost.unpriced_calls,
+        "cost_sources": sorted(cost.sources),
+    }
+
+
+def summary_json(summary: RunSummary, cost: RunCost) -> dict[str, Any]:
+    status = summary.status
+    started, finished = status.started_at, status.finished_at
+    return {
+        "run_id": str(status.run_id),
+        "thread_id": str(status.thread_id),
+        "assistant_id": status.assistant_id,
+        "status": status.status,
+        "created_at": iso(status.created_at),
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "duration_ms": round((finished - started).total_seconds() * 1000, 3) if started and finished else None,
+        "attempt": status.attempt,
+        "error": {"type": status.error_type, "message": status.error_message} if status.error_type else None,
+        "llm_calls": summary.calls,
+        "input_tokens": summary.input_tokens,
+        "output_tokens": summary.output_tokens,
+        "total_tokens": summary.total_tokens,
+        **cost_json(cost),
+    }
+
+
+async def all_runs(request: Request) -> JSONResponse:
+    """Runs of every visible thread, newest first, one keyset page: ``status``, ``thread_id``, ``assistant_id``, ``since``, ``until``, ``limit``, ``cursor``."""
+    thread_text = request.query_params.get("thread_id")
+    thread_id = parse_uuid("thread_id", thread_text) if thread_text else None
+    status = request.query_params.get("status") or None
+    if status is not None and status not in RUN_STATUSES:
+        raise HTTPError(422, f"status must be one of {', '.join(RUN_STATUSES)}")
+    assistant_id = request.query_params.get("assistant_id") or None
+    # A graph's name stands for its assistant, as in a run's request; runs recorded
+    # before assistants had ids named the graph itself.
+    assistant_ids = None if assistant_id is None else [assistant_id] if parse_id(assistant_id) else [assistant_id, str(graph_assistant_id(assistant_id))]
+    since, until = query_time(request, "since"), query_time(request, "until")
+    limit = query_int(request, "limit", DEFAULT_PAGE, low=1, high=MAX_PAGE)
+    cursor = request.query_params.get("cursor") or None
+    value: dict[str, Any] = {"thread_id": thread_id, "status": status, "assistant_id": assistant_id, "limit": limit, "metadata": {}}
+    visible = await authorize(request, value)
+    reads = Projections(request.app.state.ledger)
+    page = await reads.runs_page(
+        thread_id=thread_id, status=status, assistant_ids=assistant_ids, since=since, until=until, limit=limit, cursor=cursor, visible=visible
+    )
+    costs = await reads.run_costs([RunRef(r.status.thread_id, r.status.run_id) for r in page.runs], request.app.state.prices)
+    return JSONResponse({"runs": [summary_json(r, costs[RunRef(r.status.thread_id, r.status.run_id)]) for r in page.runs], "next": page.next})
 
 
 # -- messages -------------------------------------------------------------------------
@@ -155,6 +214,8 @@ async def usage(request: Request) -> JSONResponse:
     body: dict[str, Any] = {"thread_id": str(thread_id), "totals": totals_json(totals)}
     if run_id is not None:
         body["run_id"] = str(run_id)
+        ref = RunRef(thread_id, run_id)
+        body.update(cost_json((await reads.run_costs([ref], request.app.state.prices))[ref]))
     for group in USAGE_GROUPS:
         by = await reads.usage_by(group, thread_id=thread_id, run_id=run_id, since=since, until=until)
         body[f"by_{group}"] = [{group: key, **totals_json(totals)} for key, totals in by.items()]
@@ -222,6 +283,7 @@ async def export_download(request: Request) -> StreamingResponse:
 
 
 routes = [
+    guarded("/runs", all_runs, methods=["GET"], action="search"),
     guarded("/threads/{thread_id}/messages", messages, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}/usage", usage, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}/runs/{run_id}/messages", messages, methods=["GET"], action="read"),

@@ -10,8 +10,10 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Literal
 from uuid import UUID
 
@@ -23,6 +25,7 @@ from graphledger.ledger.events import RunRef, jsonb_text
 from graphledger.ledger.threads import SORT_BY, Thread, Visibility, count_sql, search_sql, thread_of, view_sql, visibility_args, visible_sql
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
 from graphledger.projections.messages import Message
+from graphledger.projections.prices import PriceBook, Tokens
 from graphledger.projections.run_status import ACTIVE, RunStatus, thread_status
 from graphledger.projections.token_usage import TOKEN_FIELDS, LlmCall, Totals
 
@@ -51,6 +54,53 @@ WHERE ($1::uuid IS NULL OR s.thread_id = $1)
 ORDER BY s.created_at DESC, s.run_id
 LIMIT $6 OFFSET $7
 """
+
+
+def _runs_page_sql(by_thread: bool) -> str:
+    """Runs across threads, newest first, one keyset page (see :meth:`Projections.runs_page`).
+
+    $1 thread, $2 status, $3 assistant (any of), $4 the earliest creation
+    time, $5 and $6 the exclusive upper bound (created_at, run_id): the last
+    run of the previous page, or the end of the window; $7 and $8 the
+    caller's visibility filter on the run's thread; $9 the page size plus one.
+
+    The page is chosen first and its calls are summed after, for its rows
+    only. The one range condition is the row comparison, which the
+    ``run_status_created_idx`` index walks backward from the bound, so a page
+    costs the same at any depth. This holds for the generic plan too, which a
+    prepared statement ends up with: a second range on ``created_at`` with
+    parameters would be estimated at a fraction of a percent of the rows,
+    and the planner would then sort every run after the cursor instead of
+    seeking. A thread's runs are found by the projection's key.
+    """
+    thread = "s.thread_id = $1" if by_thread else "$1::uuid IS NULL"
+    return f"""
+SELECT p.*, u.calls, u.input_tokens, u.output_tokens, u.total_tokens
+FROM (
+    SELECT {_STATUS_COLUMNS}
+    FROM run_status s
+    JOIN threads t ON t.thread_id = s.thread_id
+    WHERE {thread}
+      AND ($2::text IS NULL OR s.status = $2)
+      AND ($3::text[] IS NULL OR s.assistant_id = ANY($3::text[]))
+      AND s.created_at >= $4
+      AND (s.created_at, s.run_id) < ($5::timestamptz, $6::uuid)
+      AND {visible_sql(7, 8, "t.")}
+    ORDER BY s.created_at DESC, s.run_id DESC
+    LIMIT $9
+) p
+LEFT JOIN LATERAL (
+    SELECT count(*) AS calls, coalesce(sum(l.input_tokens), 0)::bigint AS input_tokens,
+           coalesce(sum(l.output_tokens), 0)::bigint AS output_tokens, coalesce(sum(l.total_tokens), 0)::bigint AS total_tokens
+    FROM llm_calls l WHERE l.thread_id = p.thread_id AND l.run_id = p.run_id
+) u ON true
+ORDER BY p.created_at DESC, p.run_id DESC
+"""
+
+
+RUNS_PAGE_SQL = {by_thread: _runs_page_sql(by_thread) for by_thread in (False, True)}
+"""A page of runs across threads, keyed by whether it is of one thread."""
+_NIL = UUID(int=0)
 
 # A thread's status and last change, in SQL, from the run status projection:
 # the same rule as run_status.thread_status (busy while a run is pending or
@@ -105,6 +155,13 @@ WHERE {args}{_SCOPES[scope]}
 
 USAGE_SQL = {(scope, group): _usage_sql(scope, group) for scope in _SCOPES for group in (None, *GROUPS)}
 """Token usage per scope (thread, run, all) and grouping (none, model, caller, status, assistant)."""
+
+RUN_CALLS_SQL = """
+SELECT l.thread_id, l.run_id, l.model, l.provider, l.ts, l.input_tokens, l.output_tokens, l.cache_read, l.cache_creation, l.reasoning
+FROM llm_calls l JOIN unnest($1::uuid[], $2::uuid[]) AS r(thread_id, run_id) ON l.thread_id = r.thread_id AND l.run_id = r.run_id
+WHERE l.usage_known
+"""
+"""The calls with known usage of a set of runs, each found by the calls' key: what their cost is computed from."""
 
 _CALLS = """
 SELECT l.*, s.assistant_id, s.status AS run_status
@@ -190,6 +247,43 @@ class RunSummary:
     status: RunStatus
     calls: int
     total_tokens: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunCost:
+    """What a run's LLM calls cost: the sum over the priced ones (None when none is), and how many no source prices."""
+
+    cost: Decimal | None
+    unpriced_calls: int
+    sources: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RunsPage:
+    """A page of runs, newest first; ``next`` is the cursor of the page after it (None: this is the last)."""
+
+    runs: list[RunSummary]
+    next: str | None
+
+
+def encode_run_cursor(created_at: datetime, run_id: UUID) -> str:
+    """An opaque cursor for the place of a run in the runs list."""
+    return base64.urlsafe_b64encode(f"{created_at.astimezone(timezone.utc).isoformat()}|{run_id}".encode()).decode().rstrip("=")
+
+
+def decode_run_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The place a runs-list cursor names; :class:`InvalidCursor` for anything this ledger did not issue."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        when, run = text.split("|")
+        found = datetime.fromisoformat(when), UUID(run)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor(f"invalid cursor {cursor[:100]!r}") from None
+    if found[0].tzinfo is None or encode_run_cursor(*found) != cursor:
+        raise InvalidCursor(f"invalid cursor {cursor[:100]!r}")
+    return found
 
 
 def _call(row: asyncpg.Record) -> LlmCall:
@@ -321,6 +415,64 @@ class Projections:
         async with self.ledger.session() as session:
             rows = await session.connection.fetch(RUNS_SQL, thread_id, status, assistant_id, since, until, limit, offset)
         return [RunSummary(_status(row), row["calls"], row["total_tokens"]) for row in rows]
+
+    async def runs_page(
+        self,
+        *,
+        thread_id: UUID | None = None,
+        status: str | None = None,
+        assistant_ids: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+        visible: Visibility | None = None,
+    ) -> RunsPage:
+        """Runs of every thread the caller may see, newest first, one keyset page, with their calls and tokens.
+
+        ``assistant_ids``: runs that recorded any of these as their assistant.
+
+        ``cursor`` is a page's ``next``: the page after it holds exactly the
+        runs that follow, whatever was created since (new runs come first in
+        the list, before any cursor).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidArgument(f"limit must be an integer from 1 to {MAX_PAGE}")
+        if since is not None and until is not None and since > until:
+            raise InvalidArgument("since is after until")
+        bound = (until or _EVER[1], _NIL)  # before ``until``: the smallest run id excludes every run created then
+        if cursor is not None:
+            bound = min(bound, decode_run_cursor(cursor))
+        async with self.ledger.session() as session:
+            rows = await session.connection.fetch(
+                RUNS_PAGE_SQL[thread_id is not None], thread_id, status, list(assistant_ids) if assistant_ids is not None else None,
+                since or _EVER[0], *bound, *visibility_args(visible), limit + 1,
+            )
+        found = [
+            RunSummary(_status(row), row["calls"], row["total_tokens"], row["input_tokens"], row["output_tokens"]) for row in rows[:limit]
+        ]
+        last = found[-1].status if found and len(rows) > limit else None
+        return RunsPage(found, encode_run_cursor(last.created_at, last.run_id) if last is not None and last.created_at else None)
+
+    async def run_costs(self, runs: Sequence[RunRef], prices: PriceBook) -> dict[RunRef, RunCost]:
+        """The cost of each run's calls, each call priced at its own time (a call with unknown usage is not priced)."""
+        async with self.ledger.session() as session:
+            rows = await session.connection.fetch(RUN_CALLS_SQL, [r.thread_id for r in runs], [r.run_id for r in runs])
+        sums: dict[RunRef, list[Decimal]] = {ref: [] for ref in runs}
+        unpriced = dict.fromkeys(runs, 0)
+        sources: dict[RunRef, set[str]] = {ref: set() for ref in runs}
+        for row in rows:
+            ref = RunRef(row["thread_id"], row["run_id"])
+            tokens = Tokens(
+                row["input_tokens"] or 0, row["output_tokens"] or 0, row["cache_read"] or 0, row["cache_creation"] or 0, row["reasoning"] or 0
+            )
+            priced = prices.price(row["model"], row["provider"], row["ts"], tokens)
+            if priced is None:
+                unpriced[ref] += 1
+            else:
+                sums[ref].append(priced.cost)
+                sources[ref].add(priced.source)
+        return {ref: RunCost(sum(sums[ref], Decimal(0)) if sums[ref] else None, unpriced[ref], frozenset(sources[ref])) for ref in runs}
 
     async def llm_calls(self, thread_id: UUID, run_id: UUID | None = None) -> list[LlmCall]:
         """The recorded calls of a thread (or of one of its runs), in order, with their run's assistant and status."""

@@ -29,6 +29,8 @@ run_status = sa.Table(
     sa.Column("identity", sa.Text, nullable=True),  # who asked for the run (the actor's identity in run.created)
     sa.Column("metadata", postgresql.JSON, nullable=True),  # the run's metadata (json like the log: jsonb refuses \u0000)
     sa.PrimaryKeyConstraint("thread_id", "run_id", name="run_status_pkey"),
+    # The runs list across threads (GET /runs): newest first, keyset pages walk it backward.
+    sa.Index("run_status_created_idx", "created_at", "run_id"),
 )
 
 llm_calls = sa.Table(

@@ -66,7 +66,8 @@ async def test_rebuild_equals_inline(projected: Ledger, conn: asyncpg.Connection
     indexes = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename IN ('run_status', 'llm_calls', 'messages') ORDER BY 1")
     assert [r[0] for r in constraints] == ["llm_calls_pkey", "messages_pkey", "messages_thread_position_key", "run_status_pkey"]
     assert [r[0] for r in indexes] == [
-        "llm_calls_pkey", "llm_calls_ts_idx", "messages_pkey", "messages_run_position_idx", "messages_thread_position_key", "run_status_pkey",
+        "llm_calls_pkey", "llm_calls_ts_idx", "messages_pkey", "messages_run_position_idx", "messages_thread_position_key",
+        "run_status_created_idx", "run_status_pkey",
     ]
     assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'graphledger_rebuild'") == 0
 
