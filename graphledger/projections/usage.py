@@ -141,6 +141,7 @@ class UsageRow:
     unpriced: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("calls", *TOKEN_FIELDS), 0))
     latency_ms: tuple[float | None, ...] | None = None  # p50, p95, p99 of the calls' latency (percentiles asked)
     ttft_ms: tuple[float | None, ...] | None = None  # of their time to first token
+    run_ttft_ms: tuple[float | None, ...] | None = None  # of the runs' time from their start to their first token
 
     @property
     def priced(self) -> bool:
@@ -223,18 +224,35 @@ JOIN threads t ON t.thread_id = l.thread_id
 LEFT JOIN run_status s ON s.thread_id = l.thread_id AND s.run_id = l.run_id
 WHERE l.ts >= $3 AND l.ts < $4 AND {visible_sql(6, 7, 't.')}{where}
 """
+    names = "".join(f", g{i}" for i in range(len(expressions)))
     if percentiles:
+        # A run's time to first token: from its start to the first token of its first streamed call in the
+        # group (a call's first token came ttft_ms after it started, latency_ms before it was recorded).
+        same = "".join(f" AND rp.g{i} IS NOT DISTINCT FROM cp.g{i}" for i in range(len(expressions)))
         return f"""
-SELECT date_trunc($1, l.ts, $2) AS bucket{dims},
-       percentile_cont({_PERCENTILES}) WITHIN GROUP (ORDER BY l.latency_ms) AS latency,
-       percentile_cont({_PERCENTILES}) WITHIN GROUP (ORDER BY l.ttft_ms) AS ttft,
-       cardinality($5::timestamptz[]) AS changes  -- takes the parameters of the sums' statement
-{source}
-GROUP BY {keys}
+WITH c AS MATERIALIZED (
+    SELECT date_trunc($1, l.ts, $2) AS bucket{dims}, l.thread_id, l.run_id, l.latency_ms, l.ttft_ms,
+           l.ts - make_interval(secs => coalesce(l.latency_ms, 0) / 1000) + make_interval(secs => l.ttft_ms / 1000) AS first_token,
+           s.started_at
+    {source}
+), cp AS (
+    SELECT bucket{names},
+           percentile_cont({_PERCENTILES}) WITHIN GROUP (ORDER BY latency_ms) AS latency,
+           percentile_cont({_PERCENTILES}) WITHIN GROUP (ORDER BY ttft_ms) AS ttft,
+           cardinality($5::timestamptz[]) AS changes  -- takes the parameters of the sums' statement
+    FROM c GROUP BY {keys}
+), r AS (
+    SELECT bucket{names}, extract(epoch FROM min(first_token) - min(started_at)) * 1000 AS run_ttft
+    FROM c WHERE first_token IS NOT NULL AND started_at IS NOT NULL
+    GROUP BY {keys}, thread_id, run_id
+), rp AS (
+    SELECT bucket{names}, percentile_cont({_PERCENTILES}) WITHIN GROUP (ORDER BY greatest(run_ttft, 0)) AS run_ttft
+    FROM r GROUP BY {keys}
+)
+SELECT cp.*, rp.run_ttft FROM cp LEFT JOIN rp ON rp.bucket = cp.bucket{same}
 """
     # A run counts where its first call (lowest seq) is, which may lie outside the window: the first calls
     # are looked up once per run of the window, not once per call.
-    names = "".join(f", g{i}" for i in range(len(expressions)))
     return f"""
 WITH w AS MATERIALIZED (
     SELECT date_trunc($1, l.ts, $2) AS bucket{dims}, l.model AS price_model, l.provider AS price_provider,
@@ -324,6 +342,7 @@ async def usage_series(
         if found is not None:
             found.latency_ms = tuple(record["latency"]) if record["latency"] is not None else None
             found.ttft_ms = tuple(record["ttft"]) if record["ttft"] is not None else None
+            found.run_ttft_ms = tuple(record["run_ttft"]) if record["run_ttft"] is not None else None
     ordered = sorted(rows.values(), key=lambda r: (r.bucket, tuple((v is None, v or "") for v in r.group.values())))
     return UsageSeries(ordered, chosen)
 
@@ -371,6 +390,7 @@ def row_json(row: UsageRow, percentiles: bool) -> dict[str, Any]:
     if percentiles:
         body["gen_ai.client.operation.duration"] = _spread(row.latency_ms)
         body["time_to_first_token"] = _spread(row.ttft_ms)
+        body["run.time_to_first_token"] = _spread(row.run_ttft_ms)
     return body
 
 

@@ -57,6 +57,8 @@ async def test_percentiles_and_metadata_groups(sdk: LangGraphClient, http: httpx
     duration = row["gen_ai.client.operation.duration"]
     assert set(duration) == {"p50", "p95", "p99"} and 0 <= duration["p50"] <= duration["p95"] <= duration["p99"]
     assert row["time_to_first_token"]["p50"] is not None  # the demo model streams
+    per_run = row["run.time_to_first_token"]
+    assert set(per_run) == {"p50", "p95", "p99"} and 0 < per_run["p50"] <= per_run["p95"] <= per_run["p99"]
 
 
 @pytest.mark.parametrize(

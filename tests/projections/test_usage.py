@@ -37,9 +37,9 @@ TOKEN_KEYS = ("input_tokens", "output_tokens", "total_tokens", "cache_read", "ca
 
 
 def call(at: datetime, model: str | None, *, caller: str = "agent", provider: str | None = None, tokens: int = 1000,
-         latency: float = 100.0, usage: bool = True) -> dict[str, Any]:
+         latency: float = 100.0, usage: bool = True, ttft: float | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "at": at, "model": model, "caller": caller, "provider": provider, "latency_ms": latency,
+        "at": at, "model": model, "caller": caller, "provider": provider, "latency_ms": latency, "ttft_ms": ttft,
         "usage": {"input_tokens": tokens, "output_tokens": tokens // 2, "total_tokens": tokens + tokens // 2,
                   "input_token_details": {"cache_read": tokens // 4}, "output_token_details": {"reasoning": tokens // 8}} if usage else None,
     }
@@ -64,6 +64,8 @@ async def write_runs(conn: asyncpg.Connection, runs: list[dict[str, Any]]) -> No
             payload = {"call_id": f"c{i}", "model": c["model"], "caller": c["caller"], "usage": c["usage"], "latency_ms": c["latency_ms"]}
             if c["provider"]:
                 payload["provider"] = c["provider"]
+            if c.get("ttft_ms") is not None:
+                payload["ttft_ms"] = c["ttft_ms"]
             events.append(("llm.usage", canonical_json(payload), c["at"]))
         end = spec.get("end", "run.succeeded")
         if end:
@@ -122,6 +124,24 @@ async def test_day_buckets_across_daylight_saving_changes(dsn: str, reader: Any,
             starts = [row.bucket.astimezone(UTC) for row in found.rows]  # (aware times of one zone subtract as wall clocks)
             lengths = {(b - a).total_seconds() / 3600 for a, b in itertools.pairwise(starts)}
             assert lengths == ({24.0, 23.0} if since[1] == 3 else {25.0})
+
+
+async def test_a_run_s_time_to_first_token_is_from_its_start_to_its_first_call_s_first_token(reader: Any, conn: asyncpg.Connection) -> None:
+    at = datetime(2026, 6, 1, 12, 0, 10, tzinfo=UTC)  # each run starts a second before its first call is recorded
+    await write_runs(conn, [
+        # first token at 10.000 - 0.100 + 0.040 = 9.940 s, the run started at 9.000 s: 0.94 s; the later call changes nothing
+        {"calls": [call(at, "ttft-model", latency=100.0, ttft=40.0), call(at + timedelta(seconds=5), "ttft-model", ttft=10.0)]},
+        # 10.000 - 0.500 + 0.200 = 9.700 s: 0.70 s
+        {"calls": [call(at, "ttft-model", latency=500.0, ttft=200.0)]},
+        {"calls": [call(at, "ttft-model")]},  # not streamed: no first token, no run time to it
+    ])
+    found = await series(reader, since=datetime(2026, 6, 1, tzinfo=UTC), until=datetime(2026, 6, 2, tzinfo=UTC), bucket="day",
+                         tz="UTC", group_by=("model",), filters={"model": ("ttft-model",)}, percentiles=True)
+    (row,) = found.rows
+    assert row.run_ttft_ms is not None and row.ttft_ms is not None
+    p50, p95, p99 = row.run_ttft_ms
+    assert p50 == pytest.approx(820.0) and p95 == pytest.approx(700 + 0.95 * 240) and p99 == pytest.approx(700 + 0.99 * 240)
+    assert row.ttft_ms[0] == pytest.approx(40.0)  # the calls' own: 10, 40, 200
 
 
 async def test_a_half_hour_time_zone_is_answered_from_the_calls(reader: Any, conn: asyncpg.Connection) -> None:
