@@ -160,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from graphledger.ledger.migrate import upgrade
     from graphledger.projections.prices import price_book
     from graphledger.runs import GraphRegistry, RunSettings
+    from graphledger.runs.webhooks import WebhookSettings
 
     graphs = GraphRegistry.configure(args.config, args.graph or ())
     authorizer = load_auth(args.auth, args.config)
@@ -182,6 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         run_timeout=args.run_timeout,
         drain_seconds=args.drain,
         **({"outage_seconds": args.outage} if args.outage is not None else {}),
+        webhooks=WebhookSettings(allowed_hosts=tuple(args.webhook_host or ())),
     )
 
     # uvicorn handles SIGINT/SIGTERM while it serves (a graceful shutdown, in
@@ -684,6 +686,10 @@ def parser() -> Parser:
     serve.add_argument(
         "--outage", type=_seconds, default=None,
         help="seconds runs wait out a database outage before it fails them (default 600); their events wait as long as it takes",
+    )
+    serve.add_argument(
+        "--webhook-host", action="append", metavar="HOST",
+        help="a host webhooks may name (repeatable); a run naming another is refused with 422 (default: any host)",
     )
     serve.add_argument("--signing-key", metavar="FILE", help="sign a checkpoint of the log with this key (ledger.key) at an interval")
     serve.add_argument(

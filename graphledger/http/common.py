@@ -37,6 +37,7 @@ from graphledger.runs.errors import (
     NoGraph,
     NotCancellable,
     NotPending,
+    RunBusy,
     ThreadBusy,
     UnknownAssistant,
 )
@@ -53,6 +54,7 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
     (NoGraph, 409),
     (ThreadBusy, 409),
     (NotCancellable, 409),
+    (RunBusy, 409),
     (NotPending, 409),
     (Conflict, 409),
     (RunFinished, 409),

@@ -27,10 +27,12 @@ from graphledger.ledger.threads import SORT_BY
 from graphledger.projections.run_status import THREAD_STATUSES
 from graphledger.projections.token_usage import TOKEN_FIELDS
 from graphledger.projections.usage import BUCKETS, DIMENSIONS, PERCENTILES, SUMS, field_name
+from graphledger.runs.lifecycle import BULK_CANCEL_STATUSES
 from graphledger.runs.request import (
     CANCEL_ACTIONS,
     IF_NOT_EXISTS,
     MAX_AFTER_SECONDS,
+    MAX_WEBHOOK_LENGTH,
     MULTITASK_STRATEGIES,
     ON_COMPLETION,
     ON_DISCONNECT,
@@ -392,6 +394,13 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string", "enum": list(ON_COMPLETION),
                 "description": "A stateless run's new thread, once the run ends: deleted (the default) or kept. Ignored for a thread's run.",
             }),
+            "webhook": nullable({
+                "type": "string", "minLength": 1, "maxLength": MAX_WEBHOOK_LENGTH,
+                "description": (
+                    "An http(s) URL the run is POSTed to once it ends (retried on no answer, 5xx and 429). "
+                    "A server started with --webhook-host refuses other hosts with 422."
+                ),
+            }),
         },
         ["assistant_id"],
         extra=True,
@@ -420,6 +429,12 @@ SCHEMAS: dict[str, Any] = {
         ["key"],
         extra=False,
     ),
+    "BulkCancel": {
+        "oneOf": [
+            obj({"thread_id": UUID, "run_ids": {"type": "array", "items": UUID, "maxItems": 1000}}, ["thread_id", "run_ids"], extra=True),
+            obj({"status": {"type": "string", "enum": list(BULK_CANCEL_STATUSES)}}, ["status"], extra=True),
+        ]
+    },
     "MessagePage": obj(
         {
             "messages": {
@@ -890,7 +905,23 @@ def _paths() -> dict[str, Any]:
         },
         "/runs/stream": {"post": op("Create a run on a new thread and stream it", stream, request="RunCreate")},
         "/runs/wait": {"post": op("Create a run on a new thread and wait for its result", wait, request="RunCreate")},
-        "/threads/{thread_id}/runs/{run_id}": {"get": op("Get a run", answers({200: ref("Run")}, 404, 422), THREAD, RUN)},
+        "/runs/cancel": {
+            "post": op(
+                "Cancel runs: thread_id and run_ids, or every run in a status (204; 404 when none was cancelled)",
+                answers({204: None}, 404, 413, 422),
+                query("action", {"type": "string", "enum": list(CANCEL_ACTIONS)}),
+                request="BulkCancel",
+            )
+        },
+        "/threads/{thread_id}/runs/{run_id}": {
+            "get": op("Get a run", answers({200: ref("Run")}, 404, 422), THREAD, RUN),
+            "delete": op(
+                "Delete a finished run: recorded, hidden from the API; its events stay readable and verifiable",
+                answers({204: None}, 404, 409, 422),
+                THREAD,
+                RUN,
+            ),
+        },
         "/threads/{thread_id}/runs/{run_id}/cancel": {
             "post": op(
                 "Cancel a run (202 unless wait)",

@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from graphledger.http.auth import authorize, guarded
 from graphledger.http.common import (
+    MAX_SEARCH,
     HTTPError,
-    iso,
     json_body,
     parse_json,
+    parse_uuid,
     path_uuid,
     query_bool,
     query_int,
@@ -41,32 +42,14 @@ from graphledger.ledger.events import FAILURE_KINDS, RUN_STATUSES
 from graphledger.ledger.threads import Visibility
 from graphledger.projections import Projections
 from graphledger.projections.run_status import RunStatus
-from graphledger.runs import RunRequest, admit, assistants, cancel, checkpoint, join
+from graphledger.runs import RunRequest, admit, assistants, cancel, checkpoint, join, lifecycle, webhooks
 from graphledger.runs.actor import AUTH_KEYS
-from graphledger.runs.lifecycle import Admission, admit_batch
+from graphledger.runs.lifecycle import BULK_CANCEL_STATUSES, Admission, admit_batch, cancel_many
 from graphledger.runs.recorder import stream_kind
 from graphledger.runs.request import CANCEL_ACTIONS, stream_modes
 from graphledger.runs.serialize import to_jsonable
+from graphledger.runs.shape import NOT_KWARGS, run_json
 from graphledger.runs.sse import sse_modes
-
-NOT_KWARGS = ("assistant_id", "graph_id", "assistant_version", "metadata", "multitask_strategy", "executor", "actor")
-"""Fields of ``run.created`` that a run's JSON shows on their own, not under ``kwargs``."""
-
-
-def run_json(status: RunStatus, created: Event) -> dict[str, Any]:
-    """A run as the LangGraph API shows it: its status from the run status projection, its request from ``run.created``."""
-    request = created.value
-    return {
-        "run_id": str(status.run_id),
-        "thread_id": str(status.thread_id),
-        "assistant_id": status.assistant_id,
-        "created_at": iso(status.created_at),
-        "updated_at": iso(status.finished_at or status.started_at or status.created_at),
-        "status": status.status,
-        "metadata": request.get("metadata") or {},
-        "multitask_strategy": request.get("multitask_strategy"),
-        "kwargs": {k: v for k, v in request.items() if k not in NOT_KWARGS},
-    }
 
 
 async def _runs_json(ledger: Ledger, statuses: list[RunStatus]) -> list[dict[str, Any]]:
@@ -99,6 +82,8 @@ async def _prepare(request: Request, body: Any, *, thread_id: UUID | None, wait:
         assistant = await assistants.find(ledger, request.app.state.graphs, named)  # an id or a graph's name
         body = assistants.with_defaults(body, assistant)  # before parse(): its secrets are found like the run's
     run_request = RunRequest.parse(body)
+    if run_request.webhook is not None:
+        webhooks.check_host(run_request.webhook, request.app.state.runtime.settings.webhooks)
     if assistant is not None:
         run_request.graph_id, run_request.assistant_version = assistant.graph_id, assistant.version
     if wait and "values" not in run_request.stream_mode:
@@ -254,16 +239,23 @@ async def list_runs(request: Request) -> JSONResponse:
     visible = await authorize(request, {"thread_id": thread_id, "status": status, "limit": limit, "offset": offset})
     ledger: Ledger = request.app.state.ledger
     await require(ledger, thread_id, visible=visible)
-    found = await Projections(ledger).runs(thread_id=thread_id, status=status, limit=limit, offset=offset)
+    found = await Projections(ledger).runs(thread_id=thread_id, status=status, limit=limit, offset=offset, listed=True)
     return JSONResponse(await _runs_json(ledger, [r.status for r in found]))
 
 
+async def _require_listed(ledger: Ledger, ref: RunRef, visible: Visibility | None) -> None:
+    """404 unless the run exists, its thread is ``visible``, and the API shows it (not deleted, not a record run)."""
+    await require(ledger, ref.thread_id, ref.run_id, visible)
+    async with ledger.session() as session:
+        if await session.heads.hidden(ref):
+            raise HTTPError(404, f"run {ref.run_id} not found in thread {ref.thread_id}")
+
+
 async def _visible_ref(request: Request, **value: Any) -> RunRef:
-    """The run the path names: 404 unless it exists and its thread is visible to the caller."""
+    """The run the path names: 404 unless it exists, is shown by the API and its thread is visible to the caller."""
     ref = _ref(request)
     visible = await authorize(request, {"thread_id": ref.thread_id, "run_id": ref.run_id, **value})
-    if visible is not None:
-        await require(request.app.state.ledger, ref.thread_id, ref.run_id, visible)
+    await _require_listed(request.app.state.ledger, ref, visible)
     return ref
 
 
@@ -288,11 +280,51 @@ async def cancel_run(request: Request) -> Response:
     wait = query_bool(request, "wait")
     action = _action(request)
     visible = await authorize(request, {"thread_id": ref.thread_id, "run_id": ref.run_id, "action": action})
+    await _require_listed(ledger, ref, visible)  # a record run (a webhook's delivery) is not the caller's to cancel
     await _cancel(request, ref, action, visible)
     if wait:
         await join(ledger, ref)
         return JSONResponse(await fetch_run(ledger, ref))
     return JSONResponse(await fetch_run(ledger, ref), status_code=202)
+
+
+async def cancel_runs(request: Request) -> Response:
+    """``POST /runs/cancel``: ``thread_id`` and ``run_ids``, or a ``status`` (pending, running, all); 204, or 404 when none was cancelled."""
+    action = _action(request)
+    body = await json_body(request)
+    status, thread_id, run_ids = body.get("status"), body.get("thread_id"), body.get("run_ids")
+    refs: list[RunRef] | None = None
+    if status is not None:
+        if thread_id is not None or run_ids is not None:
+            raise HTTPError(422, "give either a status, or thread_id and run_ids, not both: a status cancels the runs of every thread")
+        if status not in BULK_CANCEL_STATUSES:
+            raise HTTPError(422, f"status must be one of {', '.join(BULK_CANCEL_STATUSES)}, not {str(status)[:50]!r}")
+    else:
+        if thread_id is None or run_ids is None:
+            raise HTTPError(422, "give thread_id and run_ids, or a status (pending, running or all)")
+        if not isinstance(run_ids, list):
+            raise HTTPError(422, "run_ids must be a list of run ids")
+        if len(run_ids) > MAX_SEARCH:
+            raise HTTPError(422, f"run_ids may name at most {MAX_SEARCH} runs")
+        thread = parse_uuid("thread_id", thread_id)
+        refs = [RunRef(thread, parse_uuid("run_ids", run_id)) for run_id in run_ids]
+    value: dict[str, Any] = {
+        "thread_id": refs[0].thread_id if refs else None, "run_ids": [r.run_id for r in refs] if refs is not None else None,
+        "status": status, "action": action,
+    }
+    visible = await authorize(request, value)
+    done = await cancel_many(request.app.state.ledger, refs=refs, status=status, action=action, actor=actor(request), visible=visible)
+    if not done:
+        raise HTTPError(404, "No runs found to cancel.")
+    return Response(status_code=204)
+
+
+async def delete_run(request: Request) -> Response:
+    """``DELETE /threads/{t}/runs/{r}``: the deletion is recorded, the run hidden from the API, its record kept (204)."""
+    ref = _ref(request)
+    visible = await authorize(request, {"thread_id": ref.thread_id, "run_id": ref.run_id})
+    await lifecycle.delete_run(request.app.state.ledger, ref, visible=visible, actor=actor(request))
+    return Response(status_code=204)
 
 
 async def join_run(request: Request) -> JSONResponse:
@@ -340,7 +372,9 @@ routes = [
     guarded("/runs/batch", create_batch, methods=["POST"], action="create_run"),
     guarded("/runs/stream", stream_stateless, methods=["POST"], action="create_run"),
     guarded("/runs/wait", wait_stateless, methods=["POST"], action="create_run"),
+    guarded("/runs/cancel", cancel_runs, methods=["POST"], action="update"),
     guarded("/threads/{thread_id}/runs/{run_id}", get_run, methods=["GET"], action="read"),
+    guarded("/threads/{thread_id}/runs/{run_id}", delete_run, methods=["DELETE"], action="delete"),
     guarded("/threads/{thread_id}/runs/{run_id}/cancel", cancel_run, methods=["POST"], action="update"),
     guarded("/threads/{thread_id}/runs/{run_id}/join", join_run, methods=["GET"], action="read"),
     guarded("/threads/{thread_id}/runs/{run_id}/stream", join_stream, methods=["GET"], action="read"),

@@ -40,17 +40,60 @@ FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS k(thread_id, run_id)
 """
 # due_at is now() (the admitting transaction's start) plus the payload's after_seconds.
 INSERT_SQL = """
-INSERT INTO runs (thread_id, run_id, assistant_id, metadata, claimable, due_at)
-VALUES ($1, $2, $3, $4::jsonb, $5, CASE WHEN $6::float8 > 0 THEN now() + make_interval(secs => $6::float8) END)
+INSERT INTO runs (thread_id, run_id, assistant_id, metadata, claimable, due_at, command, record_of)
+VALUES ($1, $2, $3, $4::jsonb, $5, CASE WHEN $6::float8 > 0 THEN now() + make_interval(secs => $6::float8) END, $7, $8)
 """
 LOCATE_SQL = "SELECT thread_id, last_seq, last_kind FROM runs WHERE run_id = $1"
 EXISTS_SQL = "SELECT 1 FROM runs WHERE thread_id = $1 AND run_id = $2"
 LOCK_SQL = "SELECT status FROM runs WHERE thread_id = $1 AND run_id = $2 FOR UPDATE"
-ACTIVE_SQL = f"SELECT run_id, status FROM runs WHERE thread_id = $1 AND status IN ({_ACTIVE}) ORDER BY run_id"
+# A record run (record_of set) is never active: a webhook's delivery waits pending
+# between its attempts, and holds back no admission, deletion or claim.
+ACTIVE_SQL = f"SELECT run_id, status FROM runs WHERE thread_id = $1 AND status IN ({_ACTIVE}) AND record_of IS NULL ORDER BY run_id"
 LOCK_ACTIVE_SQL = ACTIVE_SQL + " FOR UPDATE"
 ALL_SQL = "SELECT thread_id, run_id FROM runs ORDER BY queue_position"
 SELECT_BY_ID_SQL = "SELECT thread_id, run_id, status FROM runs WHERE run_id = $1"
-LATEST_ASSISTANT_SQL = "SELECT assistant_id FROM runs WHERE thread_id = $1 ORDER BY created_at DESC, queue_position DESC LIMIT 1"
+LATEST_ASSISTANT_SQL = (
+    "SELECT assistant_id FROM runs WHERE thread_id = $1 AND record_of IS NULL ORDER BY created_at DESC, queue_position DESC LIMIT 1"
+)
+# Every active run of the server's threads ($1: the statuses), locked in key order (a bulk cancel).
+ALL_ACTIVE_SQL = """
+SELECT thread_id, run_id, status FROM runs WHERE status = ANY($1::text[]) AND record_of IS NULL
+ORDER BY thread_id, run_id
+FOR UPDATE
+"""
+# A run is hidden from the LangGraph API (lists, gets, joins) when it records something
+# about another run, or when a record of its deletion exists. Its events stay in the log.
+HIDDEN_SQL = """
+SELECT r.record_of IS NOT NULL OR EXISTS (
+    SELECT 1 FROM runs d WHERE d.thread_id = r.thread_id AND d.record_of = r.run_id AND d.command = 'delete_run')
+FROM runs r WHERE r.thread_id = $1 AND r.run_id = $2
+"""
+SET_WEBHOOK_SQL = "UPDATE runs SET webhook = $3 WHERE thread_id = $1 AND run_id = $2"
+# Runs whose webhook is due: the run ended and its delivery record is missing, or
+# still pending and not held (a lease on it covers an attempt under way, or the
+# backoff before the next one). Derived from the log: a delivery whose record
+# ended (run.succeeded: delivered, run.failed: given up) is final.
+WEBHOOKS_DUE_SQL = f"""
+SELECT r.thread_id, r.run_id FROM runs r
+WHERE r.webhook IS NOT NULL AND r.status NOT IN ({_ACTIVE})
+  AND NOT EXISTS (
+    SELECT 1 FROM runs d
+    WHERE d.thread_id = r.thread_id AND d.record_of = r.run_id AND d.command = $2
+      AND (d.status <> 'pending' OR d.lease_expires_at > now()))
+ORDER BY r.queue_position
+LIMIT $1
+"""
+LOCK_WEBHOOK_SQL = f"""
+SELECT webhook FROM runs
+WHERE thread_id = $1 AND run_id = $2 AND webhook IS NOT NULL AND status NOT IN ({_ACTIVE})
+FOR UPDATE SKIP LOCKED
+"""
+RECORD_SQL = """
+SELECT run_id, status, last_seq, lease_owner, coalesce(lease_expires_at > now(), false) AS held FROM runs
+WHERE thread_id = $1 AND record_of = $2 AND command = $3
+ORDER BY queue_position LIMIT 1
+FOR UPDATE
+"""
 SELECT_BY_THREAD_SQL = "SELECT thread_id, run_id, status FROM runs WHERE thread_id = $1 ORDER BY queue_position"
 SELECT_CREATED_SQL = """
 SELECT thread_id, run_id, status FROM runs
@@ -124,6 +167,27 @@ class Located:
     finished: bool
 
 
+def _record_of(created: Mapping[str, Any]) -> UUID | None:
+    value = created.get("record_of")
+    if value is None:
+        return None
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise InvalidEvent(f"record_of must be a run id, not {str(value)[:100]!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A run that records something about another run (see :meth:`Heads.record`)."""
+
+    ref: RunRef
+    status: str
+    last_seq: int
+    lease_owner: str | None
+    held: bool  # its lease has not expired
+
+
 @dataclass(frozen=True, slots=True)
 class Expired:
     """A running run whose lease ran out."""
@@ -177,11 +241,44 @@ class Heads:
             await self._conn.execute(
                 INSERT_SQL, ref.thread_id, ref.run_id, str(assistant_id) if assistant_id else None,
                 jsonb_text(metadata, "run metadata"), created.get("executor") == "server", after,
+                command if isinstance(command := created.get("command"), str) else None, _record_of(created),
             )
         except asyncpg.ForeignKeyViolationError:
             raise ThreadNotFound(f"thread {ref.thread_id} not found") from None
         except asyncpg.UniqueViolationError:
             raise InvalidEvent(f"run {ref.run_id} already exists") from None
+
+    async def hidden(self, ref: RunRef) -> bool:
+        """Whether the run is hidden from the LangGraph API: a record run, or a deleted run (see :data:`HIDDEN_SQL`)."""
+        found: bool | None = await self._conn.fetchval(HIDDEN_SQL, ref.thread_id, ref.run_id)
+        if found is None:
+            raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
+        return found
+
+    async def all_active(self, statuses: Iterable[str]) -> list[tuple[RunRef, str]]:
+        """Every run in one of ``statuses`` (pending, running) on any thread, locked in key order."""
+        rows = await self._conn.fetch(ALL_ACTIVE_SQL, list(statuses))
+        return [(RunRef(row["thread_id"], row["run_id"]), row["status"]) for row in rows]
+
+    async def set_webhook(self, ref: RunRef, url: str | None) -> None:
+        """Keep (or, with None, drop) the run's webhook address."""
+        await self._conn.execute(SET_WEBHOOK_SQL, ref.thread_id, ref.run_id, url)
+
+    async def webhooks_due(self, command: str, limit: int) -> list[RunRef]:
+        """Up to ``limit`` ended runs whose webhook delivery (record runs of ``command``) is due (:data:`WEBHOOKS_DUE_SQL`)."""
+        return [RunRef(row["thread_id"], row["run_id"]) for row in await self._conn.fetch(WEBHOOKS_DUE_SQL, limit, command)]
+
+    async def lock_webhook(self, ref: RunRef) -> str | None:
+        """The ended run's webhook address, its row locked; None if it has none, or another transaction holds the row."""
+        found: str | None = await self._conn.fetchval(LOCK_WEBHOOK_SQL, ref.thread_id, ref.run_id)
+        return found
+
+    async def record(self, ref: RunRef, command: str) -> Record | None:
+        """The run of ``ref``'s thread that records ``command`` about it (the first one), its row locked."""
+        row = await self._conn.fetchrow(RECORD_SQL, ref.thread_id, ref.run_id, command)
+        if row is None:
+            return None
+        return Record(RunRef(ref.thread_id, row["run_id"]), row["status"], row["last_seq"], row["lease_owner"], row["held"])
 
     async def latest_assistant(self, thread_id: UUID) -> str | None:
         """The graph of the thread's latest run (None without runs, or when it named none)."""

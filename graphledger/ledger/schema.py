@@ -70,6 +70,12 @@ runs = sa.Table(
     # When a run admitted with after_seconds may be claimed (NULL: at once); copied
     # from the run.created payload's after_seconds when the row is inserted.
     sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
+    # A run that records something about another run of its thread (its webhook's
+    # delivery, its deletion): the payload's "command" and "record_of", copied at insert.
+    sa.Column("command", sa.Text, nullable=True),
+    sa.Column("record_of", postgresql.UUID(as_uuid=True), nullable=True),
+    # The run's webhook address as given (secrets included, never in the log), until its delivery is final.
+    sa.Column("webhook", sa.Text, nullable=True),
     sa.PrimaryKeyConstraint("thread_id", "run_id", name="runs_pkey"),
     sa.ForeignKeyConstraint(["thread_id"], ["threads.thread_id"], name="runs_thread_id_fkey"),
     sa.CheckConstraint("last_seq >= 0", name="runs_last_seq_check"),
@@ -78,6 +84,8 @@ runs = sa.Table(
     sa.Index("runs_pending_idx", "queue_position", postgresql_where=sa.text("status = 'pending' AND claimable")),
     sa.Index("runs_active_idx", "thread_id", "queue_position", postgresql_where=sa.text("status IN ('pending', 'running')")),
     sa.Index("runs_lease_idx", "lease_expires_at", postgresql_where=sa.text("status = 'running'")),
+    sa.Index("runs_record_of_idx", "thread_id", "record_of", postgresql_where=sa.text("record_of IS NOT NULL")),
+    sa.Index("runs_webhook_idx", "queue_position", postgresql_where=sa.text("webhook IS NOT NULL")),
 )
 
 run_secrets = sa.Table(

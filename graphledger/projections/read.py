@@ -39,7 +39,12 @@ _STATUS_COLUMNS = (
     "s.attempt, s.worker, s.error_type, s.error_message"
 )
 RUN_STATUS_SQL = f"SELECT {_STATUS_COLUMNS} FROM run_status s WHERE s.thread_id = $1 AND s.run_id = $2"
-THREAD_RUNS_SQL = f"SELECT {_STATUS_COLUMNS} FROM run_status s WHERE s.thread_id = $1"
+# Runs that record something about another run (a webhook's delivery, a run's
+# deletion: runs.record_of) are part of the thread's record but not of its
+# status, its list of runs or its updated_at.
+_NOT_RECORD = "NOT EXISTS (SELECT 1 FROM runs x WHERE x.thread_id = s.thread_id AND x.run_id = s.run_id AND x.record_of IS NOT NULL)"
+_NOT_DELETED = "NOT EXISTS (SELECT 1 FROM runs d WHERE d.thread_id = s.thread_id AND d.record_of = s.run_id AND d.command = 'delete_run')"
+THREAD_RUNS_SQL = f"SELECT {_STATUS_COLUMNS} FROM run_status s WHERE s.thread_id = $1 AND {_NOT_RECORD}"
 RUNS_SQL = f"""
 SELECT {_STATUS_COLUMNS}, u.calls, u.total_tokens
 FROM run_status s
@@ -51,6 +56,7 @@ WHERE ($1::uuid IS NULL OR s.thread_id = $1)
   AND ($2::text IS NULL OR s.status = $2)
   AND ($3::text IS NULL OR s.assistant_id = $3)
   AND s.created_at >= coalesce($4, '-infinity'::timestamptz) AND s.created_at < coalesce($5, 'infinity'::timestamptz)
+  AND (NOT $8::bool OR ({_NOT_RECORD} AND {_NOT_DELETED}))
 ORDER BY s.created_at DESC, s.run_id
 LIMIT $6 OFFSET $7
 """
@@ -109,7 +115,7 @@ _NIL = UUID(int=0)
 # stays the one source of thread status. Both subqueries use the projection's
 # key (thread_id first); a search that filters or sorts by status computes it
 # for every thread its other filters leave.
-_RUNS_OF_T = "FROM run_status s WHERE s.thread_id = t.thread_id"
+_RUNS_OF_T = f"FROM run_status s WHERE s.thread_id = t.thread_id AND {_NOT_RECORD}"
 _ACTIVE_LIST = ", ".join(f"'{status}'" for status in sorted(ACTIVE))
 THREAD_STATUS_SQL = f"""CASE
     WHEN EXISTS (SELECT 1 {_RUNS_OF_T} AND s.status IN ({_ACTIVE_LIST})) THEN 'busy'
@@ -410,10 +416,14 @@ class Projections:
         until: datetime | None = None,
         limit: int = 50,
         offset: int = 0,
+        listed: bool = False,
     ) -> list[RunSummary]:
-        """Runs newest first, filtered, with their calls and total tokens."""
+        """Runs newest first, filtered, with their calls and total tokens.
+
+        ``listed``: only the runs the LangGraph API lists (no record runs, no deleted runs).
+        """
         async with self.ledger.session() as session:
-            rows = await session.connection.fetch(RUNS_SQL, thread_id, status, assistant_id, since, until, limit, offset)
+            rows = await session.connection.fetch(RUNS_SQL, thread_id, status, assistant_id, since, until, limit, offset, listed)
         return [RunSummary(_status(row), row["calls"], row["total_tokens"]) for row in rows]
 
     async def runs_page(

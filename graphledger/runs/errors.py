@@ -17,6 +17,10 @@ class ThreadBusy(LedgerError):
     """The thread has an active run and the request's multitask strategy is ``reject``."""
 
 
+class RunBusy(LedgerError):
+    """The run is pending or running: it cannot be deleted (cancel it first)."""
+
+
 class NotCancellable(LedgerError):
     """The run already ended (other than interrupted): there is nothing to cancel."""
 

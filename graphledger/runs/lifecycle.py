@@ -58,6 +58,7 @@ from graphledger.runs.errors import (
     InvalidRequest,
     NotCancellable,
     NotPending,
+    RunBusy,
     ThreadBusy,
 )
 from graphledger.runs.graphs import GraphRegistry
@@ -67,6 +68,9 @@ _log = logging.getLogger("graphledger.runs")
 
 DELETE_THREAD = "delete_thread"
 """The ``command`` of the run that records a thread's deletion."""
+DELETE_RUN = "delete_run"
+"""The ``command`` of the run that records a run's deletion (its ``record_of`` names the deleted run)."""
+BULK_CANCEL_STATUSES = {"pending": ("pending",), "running": ("running",), "all": ("pending", "running")}
 
 
 @dataclass(slots=True)
@@ -213,6 +217,8 @@ async def _admit_locked(
     created = await tx.create_run(ref, {**request.record(), "executor": executor})
     if request.secrets:
         await tx.secrets.put(ref, request.secrets)
+    if request.webhook is not None:
+        await tx.heads.set_webhook(ref, request.webhook)  # the address as given: the log has it redacted
     return Admitted(ref, created, cancelled)
 
 
@@ -326,6 +332,89 @@ async def _complete_locked(tx: Transaction, ref: RunRef) -> bool:
     actor = request.get("actor")
     await _delete_thread_locked(tx, ref.thread_id, actor if isinstance(actor, dict) else None, reason="on_completion", by_run_id=str(ref.run_id))
     return True
+
+
+async def delete_run(
+    ledger: Ledger, ref: RunRef, *, visible: Visibility | None = None, actor: Mapping[str, Any] | None = None
+) -> None:
+    """Delete a run: its checkpoints go, its record stays, and the LangGraph API no longer shows it.
+
+    The deletion is written as a short run of the thread, in one transaction
+    with the checks (``run.created`` with ``{"command": "delete_run",
+    "record_of": <run id>, "actor": ...}``, then ``run.succeeded``). A run
+    with such a record is hidden from lists, gets and joins, while its events
+    stay in the log, its exports and its verification. The checkpoints the run
+    wrote are deleted, as a rollback deletes them. Refused with
+    :class:`RunBusy` while the run is pending or running (cancel it first).
+    A run of a thread outside ``visible``, a run already deleted and a record
+    run are not found.
+    """
+    async with ledger.transaction() as tx:
+        # Under the thread's admission lock: no admission cancels or enqueues meanwhile.
+        if await tx.threads.lock(ref.thread_id, visible):
+            raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
+        status = await tx.heads.lock(ref)
+        if await tx.heads.hidden(ref):
+            raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
+        if status not in TERMINAL_STATUSES:
+            raise RunBusy(f"run {ref.run_id} is {status}; cancel it first")
+        created: dict[str, Any] = {"command": DELETE_RUN, "record_of": str(ref.run_id), "executor": EXECUTOR_CALLER, "metadata": {}}
+        if actor is not None:
+            created["actor"] = dict(actor)
+        record = RunRef(ref.thread_id, uuid4())
+        await tx.create_run(record, created)
+        await tx.append(record, [_event(RUN_SUCCEEDED, {})])
+        await checkpoint.rollback(tx.connection, ref.thread_id, ref.run_id)
+
+
+async def cancel_many(
+    ledger: Ledger,
+    *,
+    refs: Iterable[RunRef] | None = None,
+    status: str | None = None,
+    action: str = "interrupt",
+    actor: Mapping[str, Any] | None = None,
+    visible: Visibility | None = None,
+) -> list[Cancelled]:
+    """Cancel the active runs among ``refs``, or every run in ``status`` (pending, running, all), in one transaction.
+
+    Runs that are unknown, hidden, outside ``visible`` or already ended are
+    left out, as the LangGraph API leaves them; what was cancelled is
+    returned (nothing: the caller answers that no run was found). Each
+    cancel is that of :func:`cancel`, ``actor`` recorded in its
+    ``run.cancel_requested``.
+    """
+    if action not in CANCEL_ACTIONS:
+        raise InvalidRequest(f"action must be one of {', '.join(CANCEL_ACTIONS)}, not {action!r}")
+    if (refs is None) == (status is None):
+        raise InvalidRequest("give either run ids or a status")
+    done: list[Cancelled] = []
+    async with ledger.transaction() as tx:
+        if refs is not None:
+            # Locked in key order, as every transaction that locks several runs does: no deadlock.
+            targets = []
+            for ref in sorted(set(refs), key=lambda r: (r.thread_id, r.run_id)):
+                if await tx.heads.exists(ref) and not await tx.heads.hidden(ref):
+                    targets.append((ref, await tx.heads.lock(ref)))
+        else:
+            if status not in BULK_CANCEL_STATUSES:
+                raise InvalidRequest(f"status must be one of {', '.join(BULK_CANCEL_STATUSES)}, not {status!r}")
+            targets = await tx.heads.all_active(BULK_CANCEL_STATUSES[status])
+        seen: dict[UUID, bool] = {}
+        for ref, current in targets:
+            if current in TERMINAL_STATUSES:
+                continue
+            if visible is not None:
+                if ref.thread_id not in seen:
+                    seen[ref.thread_id] = await tx.threads.exists(ref.thread_id, visible)
+                if not seen[ref.thread_id]:
+                    continue
+            await _cancel_locked(tx, ref, current, action, reason="cancel", actor=actor)
+            done.append(Cancelled(ref, "interrupted" if current == "pending" else current, requested=True))
+    for cancelled in done:
+        if cancelled.status == "interrupted":
+            await complete(ledger, cancelled.ref)  # it ended here: a stateless run's thread may go, as after a single cancel
+    return done
 
 
 async def _cancel_locked(

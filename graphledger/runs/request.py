@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from langchain_core.messages import BaseMessage
 
@@ -169,6 +170,35 @@ def stream_modes(value: Any) -> list[str]:
     return seen
 
 
+MAX_WEBHOOK_LENGTH = 2048
+WEBHOOK_SCHEMES = ("http", "https")
+
+
+def webhook_url(value: Any) -> str | None:
+    """A run's ``webhook``: an absolute http(s) URL with a host (None: no webhook).
+
+    Checked for its form only: whether its host answers is the delivery's business.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("webhook must be an http or https URL")
+    if len(value) > MAX_WEBHOOK_LENGTH:
+        raise InvalidRequest(f"webhook must be at most {MAX_WEBHOOK_LENGTH} characters")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise InvalidRequest("webhook must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # a port that is not a number, or out of range, raises here
+    except ValueError as exc:
+        raise InvalidRequest(f"webhook is not a valid URL: {exc}") from None
+    if parts.scheme.lower() not in WEBHOOK_SCHEMES:
+        raise InvalidRequest(f"webhook must be an http or https URL, not {parts.scheme or 'a relative one'!r}"[:200])
+    if not parts.hostname:
+        raise InvalidRequest("webhook must name a host")
+    return value
+
+
 def with_message_ids(value: Any) -> Any:
     """``value`` with an id on every message of ``value["messages"]`` that has none (messages are copied, not changed)."""
     if not isinstance(value, dict) or not isinstance(value.get("messages"), list):
@@ -216,6 +246,8 @@ class RunRequest:
     """The graph the run executes, when ``assistant_id`` names an assistant (see :mod:`graphledger.runs.assistants`); set by the server."""
     assistant_version: int | None = None
     """The version of the assistant the run was admitted with; set by the server."""
+    webhook: str | None = None
+    """Where to POST the run once it ends, as given (see :func:`webhook_url`); recorded with its user-info and query redacted."""
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> RunRequest:
@@ -271,6 +303,7 @@ class RunRequest:
             on_completion=_choice("on_completion", body["on_completion"], ON_COMPLETION) if body.get("on_completion") is not None else None,
             secrets=to_jsonable(stored),
             redacted=sorted([*redacted, *context_paths, *metadata_paths]),
+            webhook=webhook_url(body.get("webhook")),
         )
 
     def set_actor(self, user: Mapping[str, Any] | None) -> None:
@@ -320,8 +353,13 @@ class RunRequest:
         scrubber = self.scrubber()
         if scrubber is not None:
             payload = scrubber.json(payload)
-        if self.redacted:
-            payload["redacted"] = list(self.redacted)
+        redacted = list(self.redacted)
+        if self.webhook is not None:
+            payload["webhook"] = secrets.without_url_secrets(self.webhook)
+            if payload["webhook"] != self.webhook:
+                redacted = sorted([*redacted, "webhook"])
+        if redacted:
+            payload["redacted"] = redacted
         if self.actor is not None:
             payload["actor"] = self.actor
         return payload

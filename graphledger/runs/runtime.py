@@ -1,11 +1,11 @@
-"""Everything a server process runs besides HTTP: the checkpointer, the store, the workers and the reaper."""
+"""Everything a server process runs besides HTTP: the checkpointer, the store, the workers, the reaper and the webhook deliverer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph.store.postgres.aio import AsyncPostgresStore
@@ -14,6 +14,7 @@ from graphledger.ledger import Ledger
 from graphledger.runs import checkpoint, store
 from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.leases import Reaper
+from graphledger.runs.webhooks import Webhooks, WebhookSettings
 from graphledger.runs.worker import Admissions, Worker
 
 _log = logging.getLogger("graphledger.runs")
@@ -30,6 +31,7 @@ class RunSettings:
     drain_seconds: float = 10.0
     poll_interval: float = 1.0
     outage_seconds: float = checkpoint.DEFAULT_OUTAGE_SECONDS  # how long runs wait out a database outage
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 class Runtime:
@@ -45,6 +47,7 @@ class Runtime:
         self.settings = settings or RunSettings()
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
+        self.webhooks: Webhooks | None = None
         self.checkpointer: Any = None
         self.store: AsyncPostgresStore | None = None
         self.admissions = Admissions()
@@ -80,6 +83,9 @@ class Runtime:
                 interval=max(0.2, min(5.0, s.lease_grace_seconds / 2)),
             )
             self.reaper.start()
+            # Like the reaper, in every process: a delivery left by a process that died is taken up by any other.
+            self.webhooks = Webhooks(self.ledger, s.webhooks)
+            self.webhooks.start()
         except BaseException:
             await self.close()
             raise
@@ -96,4 +102,7 @@ class Runtime:
         if self.reaper is not None:
             await self.reaper.close()
             self.reaper = None
+        if self.webhooks is not None:
+            await self.webhooks.close()
+            self.webhooks = None
         await self._stack.aclose()

@@ -29,6 +29,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from pydantic import BaseModel
@@ -87,6 +88,24 @@ def url_passwords(text: str) -> list[str]:
 def without_url_passwords(text: str) -> str:
     """``text`` with the password of every URL replaced by :data:`REDACTED`."""
     return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+
+
+def without_url_secrets(url: str) -> str:
+    """A URL fit for the log: its user-info, every query value and its fragment replaced by :data:`REDACTED`.
+
+    Which of them hold a secret cannot be told (a token in a query parameter,
+    a signature, a user name that is a key), so none is kept. The scheme,
+    host, port, path and the query's parameter names stay (a query item
+    without ``=`` is a value, and goes).
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = REDACTED + "@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        name + "=" + REDACTED if sep else REDACTED for name, sep, _ in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, REDACTED if parts.fragment else ""))
 
 
 def _path(prefix: str, key: str | int) -> str:
