@@ -351,7 +351,11 @@ async def delete_run(
     """
     async with ledger.transaction() as tx:
         # Under the thread's admission lock: no admission cancels or enqueues meanwhile.
-        if await tx.threads.lock(ref.thread_id, visible):
+        try:
+            deleted = await tx.threads.lock(ref.thread_id, visible)
+        except ThreadNotFound:
+            deleted = True  # unknown, or outside the filter: its runs are as unknown
+        if deleted:
             raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
         status = await tx.heads.lock(ref)
         if await tx.heads.hidden(ref):
