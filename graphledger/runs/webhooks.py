@@ -215,7 +215,7 @@ async def settle(ledger: Ledger, taken: Taken, outcome: Outcome, owner: str, set
 
 
 async def payload(ledger: Ledger, ref: RunRef) -> dict[str, Any]:
-    """What is POSTed: the run as the API shows it, when it started and ended, when this was sent, and its final values or error."""
+    """What is POSTed: the run as the API shows it, when it started and ended, when this was sent, its last values, and its error if it failed."""
     status = await Projections(ledger).run_status(ref)
     async with ledger.session() as session:
         created = (await session.first_events([ref]))[ref]
@@ -226,12 +226,11 @@ async def payload(ledger: Ledger, ref: RunRef) -> dict[str, Any]:
     body["run_started_at"] = iso(status.started_at)
     body["run_ended_at"] = iso(status.finished_at)
     body["webhook_sent_at"] = iso(datetime.now(UTC))
+    body["values"] = values.value if values is not None else None  # the state as last streamed, also for a failed run
     if end.kind in FAILURE_KINDS:
         error = end.value.get("error") if isinstance(end.value, dict) else None
         error = error if isinstance(error, dict) else {}
         body["error"] = {"error": error.get("type", "Error"), "message": error.get("message", "")}
-    elif values is not None:
-        body["values"] = values.value
     return body
 
 

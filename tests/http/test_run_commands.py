@@ -10,6 +10,7 @@ import base64
 import json
 from collections.abc import Iterator
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
@@ -37,7 +38,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 async def test_a_webhook_is_retried_after_a_5xx_and_every_attempt_is_in_the_log(
-    sdk: LangGraphClient, http: httpx.AsyncClient, receiver: Receiver
+    sdk: LangGraphClient, http: httpx.AsyncClient, receiver: Receiver, ledger: Ledger
 ) -> None:
     thread = await sdk.threads.create()
     url = receiver.url()
@@ -63,6 +64,9 @@ async def test_a_webhook_is_retried_after_a_5xx_and_every_attempt_is_in_the_log(
     assert delivery[0]["data"]["url"] == body["kwargs"]["webhook"]
     everything = json.dumps(await export(http, thread["thread_id"]))
     assert "hook-password" not in everything and "query-secret-value" not in everything and "hook-user" not in everything
+    async with ledger.session() as session:  # the address as given is dropped once the delivery is final
+        kept = await session.connection.fetch("SELECT webhook FROM runs WHERE thread_id = $1", UUID(thread["thread_id"]))
+    assert [row["webhook"] for row in kept] == [None, None]
     thread_now = await sdk.threads.get(thread["thread_id"])
     assert thread_now["status"] == "idle"  # the delivery's record leaves the thread's status alone
     verified = await http.get(f"/threads/{thread['thread_id']}/runs/{delivery[0]['run_id']}/verify")
@@ -82,6 +86,7 @@ async def test_a_stateless_run_and_a_failed_run_deliver_their_webhooks(sdk: Lang
         assert got["/stateless"]["status"] == "success" and len(got["/stateless"]["values"]["messages"]) == 4
         assert got["/failed"]["status"] == "error"
         assert got["/failed"]["error"] == {"error": "RuntimeError", "message": "model down"}
+        assert got["/failed"]["values"]["messages"][0]["content"] == INPUT["messages"][0]["content"]  # the state as last streamed
         assert (await sdk.threads.get(thread["thread_id"]))["status"] == "error"
     finally:
         receiver.close()
