@@ -8,6 +8,7 @@ matches, on a read, a run list, a search, a count and an admission.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,23 @@ async def test_a_run_on_a_visible_thread_is_admitted_and_seen(url: str, threads:
     async with client(url, "eq-list") as other:  # "ann" matches its filter too; "bob" matches neither
         assert len((await other.get(f"/threads/{tid}/runs")).json()) == 1
         assert (await other.get(f"/threads/{threads['bob']}/runs")).status_code == 404
+
+
+async def test_a_run_is_deleted_or_cancelled_in_bulk_only_through_the_filter(url: str, threads: dict[str, str]) -> None:
+    tid = threads["bob"]
+    async with client(url, "admin") as admin:
+        assert (await admin.post(f"/threads/{tid}/runs/wait", json={"assistant_id": "whoami", "input": {}})).status_code == 200
+        (run,) = (await admin.get(f"/threads/{tid}/runs")).json()
+    path = f"/threads/{tid}/runs/{run['run_id']}"
+    async with client(url, "scalar") as ann:  # sees ann's threads, not bob's: the run is as unknown as one that never was
+        assert (await ann.delete(path)).status_code == 404
+        cancelled = await ann.post("/runs/cancel", json={"thread_id": tid, "run_ids": [run["run_id"]]})
+        assert cancelled.status_code == 404 and cancelled.json() == {"detail": "No runs found to cancel."}
+    async with client(url, "admin") as admin:
+        assert (await admin.get(path)).status_code == 200
+        assert (await admin.delete(path)).status_code == 204
+        assert (await admin.get(path)).status_code == 404
+        lines = [json.loads(line) for line in (await admin.get(f"/threads/{tid}/export")).text.splitlines()]
+    created = [json.loads(line["data"]) for line in lines if line.get("type") == "event" and line["kind"] == "run.created"]
+    (deletion,) = [c for c in created if c.get("command") == "delete_run"]
+    assert deletion["record_of"] == run["run_id"] and deletion["actor"]["identity"] == "admin"
