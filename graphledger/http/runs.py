@@ -245,9 +245,10 @@ async def list_runs(request: Request) -> JSONResponse:
 
 async def _require_listed(ledger: Ledger, ref: RunRef, visible: Visibility | None) -> None:
     """404 unless the run exists, its thread is ``visible``, and the API shows it (not deleted, not a record run)."""
-    await require(ledger, ref.thread_id, ref.run_id, visible)
+    if visible is not None:
+        await require(ledger, ref.thread_id, ref.run_id, visible)
     async with ledger.session() as session:
-        if await session.heads.hidden(ref):
+        if await session.heads.hidden(ref):  # RunNotFound (404) for a run that does not exist
             raise HTTPError(404, f"run {ref.run_id} not found in thread {ref.thread_id}")
 
 
