@@ -43,7 +43,6 @@ from graphledger.ledger import Ledger
 from graphledger.ledger.errors import Conflict, RunFinished
 from graphledger.ledger.events import (
     EXECUTOR_CALLER,
-    FAILURE_KINDS,
     RUN_FAILED,
     RUN_SUCCEEDED,
     NewEvent,
@@ -62,6 +61,7 @@ _log = logging.getLogger("graphledger.runs")
 DELIVER_WEBHOOK = "deliver_webhook"
 """The ``command`` of the run that records a webhook's delivery (its ``record_of`` names the run delivered)."""
 WEBHOOK_ATTEMPT = "webhook.attempt"
+FAILURE_STATUSES = ("error", "timeout")
 """One attempt to deliver a webhook: ``attempt``, ``sent_at``, ``status_code`` or ``error``, ``outcome``."""
 
 
@@ -219,18 +219,14 @@ async def payload(ledger: Ledger, ref: RunRef) -> dict[str, Any]:
     status = await Projections(ledger).run_status(ref)
     async with ledger.session() as session:
         created = (await session.first_events([ref]))[ref]
-        head = await session.heads.require(ref)
-        (end,) = await session.read_run(ref, head.seq - 1, 1)
         values = await session.last_of_kind(ref, stream_kind("values"))
     body = run_json(status, created)
     body["run_started_at"] = iso(status.started_at)
     body["run_ended_at"] = iso(status.finished_at)
     body["webhook_sent_at"] = iso(datetime.now(UTC))
     body["values"] = values.value if values is not None else None  # the state as last streamed, also for a failed run
-    if end.kind in FAILURE_KINDS:
-        error = end.value.get("error") if isinstance(end.value, dict) else None
-        error = error if isinstance(error, dict) else {}
-        body["error"] = {"error": error.get("type", "Error"), "message": error.get("message", "")}
+    if status.status in FAILURE_STATUSES:  # from the status projection: notes may follow the terminal event
+        body["error"] = {"error": status.error_type or "Error", "message": status.error_message or ""}
     return body
 
 
