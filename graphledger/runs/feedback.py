@@ -55,8 +55,9 @@ async def give_feedback(
 ) -> Event:
     """Append ``feedback`` (as :func:`parse_feedback` gives it) to the run's log; return the event.
 
-    Raises :class:`RunNotFound` for a run that does not exist, or whose thread
-    is deleted or not ``visible``.
+    Raises :class:`RunNotFound` for a run that does not exist, was deleted
+    or records another run, or whose thread is deleted or not ``visible``.
+    (Its feedback given before a deletion stays readable, like its events.)
     """
     payload: dict[str, Any] = {"feedback_id": str(uuid4()), **feedback}
     if actor is not None:
@@ -67,7 +68,7 @@ async def give_feedback(
             deleted = await tx.threads.lock(ref.thread_id, visible)  # a deletion waits, and is not missed
         except ThreadNotFound:
             raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}") from None
-        if deleted or not await tx.heads.exists(ref):
+        if deleted or await tx.heads.hidden(ref):  # hidden: a deleted run, or a record run; RunNotFound when none
             raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
         # The head's row lock: a worker streaming the run waits for this
         # commit, then finds its head moved and chains its events after the note.

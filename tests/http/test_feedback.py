@@ -100,3 +100,16 @@ async def test_feedback_on_unknown_runs_and_threads_is_404(sdk: LangGraphClient,
     answer = await http.post(f"/threads/{thread['thread_id']}/runs/{run['run_id']}/feedback", json={"key": "k", "score": 1})
     assert answer.status_code == 404
 
+
+
+async def test_a_deleted_run_takes_no_feedback_and_keeps_what_it_had(sdk: LangGraphClient, http: httpx.AsyncClient) -> None:
+    thread_id = (await sdk.threads.create())["thread_id"]
+    await sdk.runs.wait(thread_id, "demo", input=INPUT)
+    (run,) = await sdk.runs.list(thread_id)
+    path = f"/threads/{thread_id}/runs/{run['run_id']}/feedback"
+    assert (await http.post(path, json={"key": "helpful", "score": 1})).status_code == 201
+    await sdk.runs.delete(thread_id, run["run_id"])
+    answer = await http.post(path, json={"key": "helpful", "score": 0})
+    assert answer.status_code == 404 and "not found" in answer.json()["detail"]
+    kept = (await http.get(path)).json()
+    assert [(f["key"], f["score"]) for f in kept] == [("helpful", 1)]  # the record keeps what was given before
