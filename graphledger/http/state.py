@@ -1,6 +1,7 @@
 """A thread's state: ``/threads/{id}/state`` and ``/threads/{id}/history`` (LangGraph Platform shapes).
 
-Read through the graph of the thread's latest run (see :mod:`graphledger.runs.state`).
+Read through the graph of the thread's latest run (see :mod:`graphledger.runs.state`), served from
+snapshot documents when they are fresh (:mod:`graphledger.runs.snapshots`).
 Checkpoint ids are UUIDs: another id is refused with 422, an unknown one is
 answered 404. An update of the state is recorded as a run of the thread.
 """
@@ -12,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from graphledger.http.auth import authorize, guarded
 from graphledger.http.common import HTTPError, json_body, path_uuid, query_bool, query_int
@@ -111,54 +112,59 @@ def _subgraphs(body: Mapping[str, Any]) -> bool:
     return bool(value)
 
 
-async def get_state(request: Request) -> JSONResponse:
+def _json(document: str) -> Response:
+    """A state or history answer, already JSON (snapshot documents, see :mod:`graphledger.runs.snapshots`)."""
+    return Response(document.encode("utf-8"), media_type="application/json")
+
+
+async def get_state(request: Request) -> Response:
     thread_id = path_uuid(request, "thread_id")
     await _authorized(request, thread_id)
     subgraphs = query_bool(request, "subgraphs")
-    return JSONResponse(await thread_state(request).get(thread_id, subgraphs=subgraphs))
+    return _json(await thread_state(request).state_document(thread_id, subgraphs=subgraphs))
 
 
-async def get_state_at(request: Request) -> JSONResponse:
+async def get_state_at(request: Request) -> Response:
     thread_id = path_uuid(request, "thread_id")
     await _authorized(request, thread_id)
     checkpoint = {"checkpoint_id": checkpoint_id(request.path_params["checkpoint_id"])}
     subgraphs = query_bool(request, "subgraphs")
-    return JSONResponse(await thread_state(request).get(thread_id, checkpoint, subgraphs=subgraphs))
+    return _json(await thread_state(request).state_document(thread_id, checkpoint, subgraphs=subgraphs))
 
 
-async def post_state_at(request: Request) -> JSONResponse:
+async def post_state_at(request: Request) -> Response:
     thread_id = path_uuid(request, "thread_id")
     await _authorized(request, thread_id)
     body = await json_body(request)
     checkpoint = parse_checkpoint(body.get("checkpoint"))
     if not checkpoint or "checkpoint_id" not in checkpoint:
         raise HTTPError(422, "checkpoint.checkpoint_id is required")
-    return JSONResponse(await thread_state(request).get(thread_id, checkpoint, subgraphs=_subgraphs(body)))
+    return _json(await thread_state(request).state_document(thread_id, checkpoint, subgraphs=_subgraphs(body)))
 
 
-async def get_history(request: Request) -> JSONResponse:
+async def get_history(request: Request) -> Response:
     thread_id = path_uuid(request, "thread_id")
     await _authorized(request, thread_id)
     limit = query_int(request, "limit", 10, low=1, high=MAX_HISTORY)
     before = _before(request.query_params.get("before"))
-    return JSONResponse(await thread_state(request).history(thread_id, limit=limit, before=before))
+    return _json(await thread_state(request).history_document(thread_id, limit=limit, before=before))
 
 
-async def post_history(request: Request) -> JSONResponse:
+async def post_history(request: Request) -> Response:
     thread_id = path_uuid(request, "thread_id")
     await _authorized(request, thread_id)
     body = await json_body(request, optional=True)
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise HTTPError(422, "metadata must be an object")
-    found = await thread_state(request).history(
+    found = await thread_state(request).history_document(
         thread_id,
         limit=_limit(body.get("limit")),
         before=_before(body.get("before")),
         metadata=no_nul(metadata, "metadata"),
         checkpoint=parse_checkpoint(body.get("checkpoint")),
     )
-    return JSONResponse(found)
+    return _json(found)
 
 
 async def update_state(request: Request) -> JSONResponse:

@@ -232,3 +232,28 @@ assistant_versions = sa.Table(
     ),
     sa.CheckConstraint("version >= 1", name="assistant_versions_version_check"),
 )
+
+# -- thread snapshot documents (every statement on this table is in runs/snapshots.py) -----------
+# A cache of the JSON the state and history routes answer, one row per checkpoint of
+# LangGraph's checkpointer (schema ``langgraph``), keyed as it keys them (text ids). Never
+# the record: served only while ``graph`` and ``version`` still match the checkpoint.
+
+thread_snapshots = sa.Table(
+    "thread_snapshots",
+    metadata,
+    sa.Column("thread_id", sa.Text, nullable=False),
+    sa.Column("checkpoint_ns", sa.Text, nullable=False),
+    sa.Column("checkpoint_id", sa.Text, nullable=False),
+    # The graph (registry name) that rendered it: a thread's state is read through the graph
+    # of its latest run, and another graph may compute other next tasks from the same checkpoint.
+    sa.Column("graph", sa.Text, nullable=False),
+    # The checkpoint row's and its pending writes' row versions when it was rendered.
+    sa.Column("version", sa.Text, nullable=False),
+    # The snapshot as a history entry (and GET .../state/{checkpoint_id}) answers it.
+    sa.Column("history", sa.Text, nullable=True),
+    # The snapshot as GET .../state answers it while the checkpoint is the thread's latest
+    # (LangGraph applies the finished tasks' pending writes to it).
+    sa.Column("latest", sa.Text, nullable=True),
+    sa.Column("rendered_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id", name="thread_snapshots_pkey"),
+)

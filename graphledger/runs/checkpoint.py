@@ -50,15 +50,23 @@ DEFAULT_OUTAGE_SECONDS = 600.0
 SCHEMA = "langgraph"
 SETUP_LOCK = 7_426_017_314  # one setup at a time per database (servers may start together)
 
+SNAPSHOTS = "thread_snapshots"
+"""The snapshot documents of the checkpoints (:mod:`graphledger.runs.snapshots`): they go with their checkpoints."""
 ROLLBACK_SQL = f"""
 WITH gone AS (
     DELETE FROM {SCHEMA}.checkpoints WHERE thread_id = $1 AND metadata ->> 'run_id' = $2
     RETURNING checkpoint_ns, checkpoint_id
+), writes AS (
+    DELETE FROM {SCHEMA}.checkpoint_writes w USING gone g
+    WHERE w.thread_id = $1 AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id
 )
-DELETE FROM {SCHEMA}.checkpoint_writes w USING gone g
-WHERE w.thread_id = $1 AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id
+DELETE FROM {SNAPSHOTS} s USING gone g
+WHERE s.thread_id = $1 AND s.checkpoint_ns = g.checkpoint_ns AND s.checkpoint_id = g.checkpoint_id
 """
-FORGET_SQL = [f"DELETE FROM {SCHEMA}.{table} WHERE thread_id = $1" for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints")]
+FORGET_SQL = [
+    *(f"DELETE FROM {SCHEMA}.{table} WHERE thread_id = $1" for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints")),
+    f"DELETE FROM {SNAPSHOTS} WHERE thread_id = $1",
+]
 COUNT_SQL = f"SELECT count(*) FROM {SCHEMA}.checkpoints WHERE thread_id = $1 AND metadata ->> 'run_id' = $2"
 EXISTS_SQL = f"SELECT 1 FROM {SCHEMA}.checkpoints WHERE thread_id = $1 AND checkpoint_ns = '' AND checkpoint_id = $2"
 

@@ -19,6 +19,7 @@ sees the messages it added.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from graphledger.ledger.events import (
     STREAM_ERROR,
     RunRef,
 )
-from graphledger.runs import lifecycle
+from graphledger.runs import lifecycle, snapshots
 from graphledger.runs.checkpoint import TRANSIENT
 from graphledger.runs.errors import CheckpointNotFound, InvalidRequest, NoGraph, ThreadBusy
 from graphledger.runs.graphs import GraphRegistry
@@ -47,6 +48,8 @@ from graphledger.runs.serialize import to_jsonable
 UPDATE_STATE = "update_state"
 """The ``command`` of a run that records an update of a thread's state."""
 UPDATE_LEASE_SECONDS = 60.0
+RENDER_PAGE = 100
+"""Checkpoints rendered at a time when a run's snapshot documents are made."""
 
 EMPTY_STATE: dict[str, Any] = {
     "values": {},
@@ -130,6 +133,19 @@ def pending_interrupts(state: Mapping[str, Any]) -> dict[str, list[Any]]:
     return {task["id"]: task["interrupts"] for task in state.get("tasks") or [] if task.get("interrupts")}
 
 
+def _root(checkpoint: Mapping[str, Any] | None) -> bool:
+    """Whether ``checkpoint`` names nothing, or only a checkpoint of the root graph by id (what documents serve)."""
+    return checkpoint is None or (not checkpoint.get("checkpoint_ns") and not checkpoint.get("checkpoint_map"))
+
+
+async def _assistant_of(session: Any, thread_id: UUID) -> str | None:
+    thread = await session.threads.get(thread_id)
+    if thread is None or thread.deleted:
+        raise ThreadNotFound(f"thread {thread_id} not found")
+    found: str | None = await session.heads.latest_assistant(thread_id)
+    return found
+
+
 class ThreadState:
     """Reads and updates of threads' state through their assistants' graphs."""
 
@@ -140,10 +156,7 @@ class ThreadState:
 
     async def _assistant(self, thread_id: UUID) -> str | None:
         async with self.ledger.session() as session:
-            thread = await session.threads.get(thread_id)
-            if thread is None or thread.deleted:
-                raise ThreadNotFound(f"thread {thread_id} not found")
-            return await session.heads.latest_assistant(thread_id)
+            return await _assistant_of(session, thread_id)
 
     async def assistant_of(self, thread_id: UUID) -> str | None:
         """The graph the thread's latest run named (None: no runs yet); :class:`ThreadNotFound` for a deleted thread."""
@@ -167,6 +180,106 @@ class ThreadState:
         if checkpoint is not None and state["checkpoint"] is None:
             raise CheckpointNotFound(f"thread {thread_id} has no checkpoint {checkpoint.get('checkpoint_id')}")
         return state
+
+    async def state_document(
+        self, thread_id: UUID, checkpoint: Mapping[str, Any] | None = None, *, subgraphs: bool = False
+    ) -> str:
+        """:meth:`get` as JSON text, served from the checkpoint's snapshot document when it is fresh.
+
+        A missing or stale document is rendered live (:meth:`get`) and stored.
+        What documents cannot hold (``subgraphs``, a subgraph's namespace, a
+        ``checkpoint_map``) is always rendered live.
+        """
+        if subgraphs or not _root(checkpoint) or (checkpoint is not None and checkpoint.get("checkpoint_id") is None):
+            return snapshots.dumps(await self.get(thread_id, checkpoint, subgraphs=subgraphs))
+        tid = str(thread_id)
+        async with self.ledger.session() as session:
+            graph = await _assistant_of(session, thread_id)
+            if graph is None:
+                found = None
+            elif checkpoint is None:
+                found = await snapshots.latest(session.connection, tid, graph)
+            else:
+                page = await snapshots.history_page(session.connection, tid, graph, 1, checkpoint_id=checkpoint["checkpoint_id"])
+                found = page[0] if page else None
+        if graph is None or found is None:
+            return snapshots.dumps(await self.get(thread_id, checkpoint))  # no runs, or no such checkpoint: as LangGraph answers
+        checkpoint_id, version, document = found
+        if document is not None:
+            return document
+        state = await self.get(thread_id, checkpoint)
+        document = snapshots.dumps(state)
+        if state["checkpoint_id"] == checkpoint_id:  # (the latest may have moved on since the read: not kept then)
+            row = (checkpoint_id, version, None, document) if checkpoint is None else (checkpoint_id, version, document, None)
+            async with self.ledger.session() as session:
+                await snapshots.store(session.connection, tid, graph, [row])
+        return document
+
+    async def history_document(
+        self,
+        thread_id: UUID,
+        *,
+        limit: int = 10,
+        before: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        checkpoint: Mapping[str, Any] | None = None,
+    ) -> str:
+        """:meth:`history` as JSON text: one read of the page's snapshot documents, joined as they are stored.
+
+        The documents a page misses (or holds stale) are rendered live and
+        stored: each on its own when some of the page is there, the whole page
+        through ``aget_state_history`` when none is. A ``checkpoint`` other
+        than a root checkpoint id is read live.
+        """
+        if not _root(checkpoint):
+            return snapshots.dumps(await self.history(thread_id, limit=limit, before=before, metadata=metadata, checkpoint=checkpoint))
+        tid = str(thread_id)
+        checkpoint_id = checkpoint.get("checkpoint_id") if checkpoint else None
+        async with self.ledger.session() as session:
+            graph = await _assistant_of(session, thread_id)
+            if graph is None:
+                return "[]"
+            page = await snapshots.history_page(
+                session.connection, tid, graph, limit, before=before, metadata=dict(metadata) if metadata else None, checkpoint_id=checkpoint_id
+            )
+        missing = [(cid, version) for cid, version, document in page if document is None]
+        if not missing:
+            return snapshots.joined([document for _, _, document in page if document is not None])
+        rendered: dict[str, str] = {}
+        if len(missing) == len(page):
+            states = await self.history(thread_id, limit=limit, before=before, metadata=metadata, checkpoint=checkpoint)
+            texts = [snapshots.dumps(state) for state in states]
+            rendered = {state["checkpoint_id"]: text for state, text in zip(states, texts, strict=True)}
+            if [state["checkpoint_id"] for state in states] != [cid for cid, _, _ in page]:
+                # The page changed between the two reads (a new checkpoint, a rollback): answer
+                # LangGraph's page, keep what the first read versioned.
+                await self._keep(tid, graph, missing, rendered)
+                return snapshots.joined(texts)
+        else:
+            try:
+                for cid, _ in missing:
+                    rendered[cid] = snapshots.dumps(await self.get(thread_id, {"checkpoint_id": cid}))
+            except CheckpointNotFound:  # deleted since the page was read (a rollback): answer LangGraph's page
+                states = await self.history(thread_id, limit=limit, before=before, metadata=metadata, checkpoint=checkpoint)
+                return snapshots.dumps(states)
+        await self._keep(tid, graph, missing, rendered)
+        return snapshots.joined([document if document is not None else rendered[cid] for cid, _, document in page])
+
+    async def render_run(self, thread_id: UUID, run_id: UUID) -> None:
+        """Render and store the snapshot documents of the checkpoints run ``run_id`` wrote, and of the thread's latest."""
+        before: str | None = None
+        while True:
+            page = await self.history_document(thread_id, limit=RENDER_PAGE, before=before, metadata={"run_id": str(run_id)})
+            states = json.loads(page)
+            if len(states) < RENDER_PAGE:
+                break
+            before = states[-1]["checkpoint_id"]
+        await self.state_document(thread_id)
+
+    async def _keep(self, thread_id: str, graph: str, missing: list[tuple[str, str]], rendered: Mapping[str, str]) -> None:
+        rows = [(cid, version, rendered[cid], None) for cid, version in missing if cid in rendered]
+        async with self.ledger.session() as session:
+            await snapshots.store(session.connection, thread_id, graph, rows)
 
     async def history(
         self,

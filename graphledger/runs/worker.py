@@ -36,6 +36,7 @@ from graphledger.runs.graphs import GraphRegistry
 from graphledger.runs.leases import LeaseKeeper
 from graphledger.runs.recorder import Recording
 from graphledger.runs.request import CANCEL_ACTIONS
+from graphledger.runs.state import ThreadState
 
 _log = logging.getLogger("graphledger.runs")
 T = TypeVar("T")
@@ -126,6 +127,7 @@ class Worker:
         self.running: dict[RunRef, _Stop] = {}
         self.executed = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._renders: set[asyncio.Task[None]] = set()  # snapshot documents of ended runs, off the append path
         self._wake = asyncio.Event()
         self._uncertain: list[lifecycle.Claimed] = []  # claims whose commit's outcome was lost
         self._loop_task: asyncio.Task[None] | None = None
@@ -146,6 +148,8 @@ class Worker:
             stop("shutdown")
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in list(self._renders):
+            await cancel_and_wait(task)  # a cache: what is not rendered now is rendered when read
         await self.leases.close()
 
     def _lost(self, ref: RunRef) -> None:
@@ -226,6 +230,8 @@ class Worker:
                 error = exc
             self.leases.release(ref)
             await self._end(recording, stop, error, claimed.attempt)
+            if stop.reason not in ("lease", "shutdown"):
+                self._render_later(ref)
         except LedgerError as exc:
             _log.error("run %s could not be ended: %s", ref.run_id, exc)
         finally:
@@ -234,6 +240,20 @@ class Worker:
             self.running.pop(ref, None)
             self.executed += 1
             self._wake.set()
+
+    def _render_later(self, ref: RunRef) -> None:
+        """After the run's terminal event: render its checkpoints' snapshot documents in the background."""
+        if self.checkpointer is None or self._closing:
+            return
+        task = asyncio.get_running_loop().create_task(self._render(ref), name=f"graphledger-render-{ref.run_id}")
+        self._renders.add(task)
+        task.add_done_callback(self._renders.discard)
+
+    async def _render(self, ref: RunRef) -> None:
+        try:
+            await ThreadState(self.ledger, self.graphs, self.checkpointer).render_run(ref.thread_id, ref.run_id)
+        except Exception as exc:  # a cache: the documents are rendered when first read instead
+            _log.info("run %s: snapshot documents not rendered: %s: %s", ref.run_id, type(exc).__name__, exc)
 
     async def _resumes(self, claimed: lifecycle.Claimed) -> bool:
         """Whether a later attempt continues from the checkpoints the run wrote (it wrote none: it starts over)."""
