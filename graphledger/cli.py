@@ -225,9 +225,11 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
         _migrate(upgrade, dsn)
         bar = Progress("rebuild")
         try:
-            report = asyncio.run(_rebuild(dsn, args.only or None, bar))
+            report = asyncio.run(_rebuild(dsn, args.only or None, bar, snapshots=args.snapshots))
         finally:
             bar.close()
+    if args.snapshots:
+        print("dropped the thread snapshot documents: they are rendered again as threads are read and runs end")
     print(
         f"rebuilt {', '.join(report.projections)} from {counted(report.events, 'event')} "
         f"({report.folded:,} folded, {report.caught_up:,} appended meanwhile) "
@@ -235,17 +237,20 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     )
 
 
-async def _rebuild(dsn: str, only: list[str] | None, progress: Progress) -> RebuildReport:
+async def _rebuild(dsn: str, only: list[str] | None, progress: Progress, *, snapshots: bool = False) -> RebuildReport:
     import asyncpg
 
     from graphledger.ledger.errors import translate
     from graphledger.projections import rebuild
     from graphledger.projections.project import ALL
+    from graphledger.runs import snapshots as documents
 
     with translate():
         conn = await asyncpg.connect(dsn)
     try:
         with translate():
+            if snapshots:
+                await documents.drop(conn)
             return await rebuild(conn, only or ALL, progress=progress)
     finally:
         await conn.close()
@@ -728,10 +733,14 @@ def parser() -> Parser:
             "is recomputed with run status or token usage. "
             "Safe while servers append: the new tables are built aside and swapped in under a short lock."
         ),
-        epilog="examples:\n  graphledger rebuild\n  graphledger rebuild --only messages --only token_usage",
+        epilog="examples:\n  graphledger rebuild\n  graphledger rebuild --only messages --only token_usage\n  graphledger rebuild --snapshots",
     )
     rebuild.add_argument(
         "--only", action="append", choices=PROJECTIONS, help="a projection to rebuild (repeatable)"
+    )
+    rebuild.add_argument(
+        "--snapshots", action="store_true",
+        help="also drop the thread snapshot documents (a cache of state and history answers, rendered again when read)",
     )
 
     export = command(

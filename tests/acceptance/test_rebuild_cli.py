@@ -34,6 +34,15 @@ async def test_rebuild_command(dsn: str, workdir: Path) -> None:  # noqa: F811
         process = graphledger("rebuild", "--database-url", dsn, "--only", "messages", cwd=workdir)
         output = process.communicate(timeout=120)[0]
         assert process.returncode == 0 and "rebuilt messages from" in output, output
+
+        await conn.execute(
+            "INSERT INTO thread_snapshots (thread_id, checkpoint_ns, checkpoint_id, graph, version, history) VALUES ($1, '', 'c', 'demo', '1', '{}')",
+            str(thread),
+        )
+        process = graphledger("rebuild", "--database-url", dsn, "--only", "messages", "--snapshots", cwd=workdir)
+        output = process.communicate(timeout=120)[0]
+        assert process.returncode == 0 and "dropped the thread snapshot documents" in output, output
+        assert await conn.fetchval("SELECT count(*) FROM thread_snapshots") == 0
     finally:
         await conn.close()
 
