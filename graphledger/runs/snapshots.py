@@ -52,14 +52,17 @@ VERSION_SQL = f"""c.xmin::text || coalesce((
 
 
 def _page_sql(column: str, before: bool, metadata: bool, checkpoint: bool) -> str:
-    """Checkpoints of a thread's root namespace, newest first, each with its document (if fresh) and version.
+    """Checkpoints of a thread's root namespace, newest first, each with its version and its stored document.
 
-    Parameters: $1 thread id, $2 graph, $3 limit, then ``before``, ``metadata``
-    (jsonb text) and ``checkpoint`` id, each when asked. The same predicates as
-    LangGraph's ``alist`` (``checkpoint_id <``, ``metadata @>``, ``checkpoint_id =``),
-    in the same order, on the same index (the checkpoints' primary key).
+    Parameters: $1 thread id, $2 limit, then ``before``, ``metadata`` (jsonb
+    text) and ``checkpoint`` id, each when asked. The same predicates as
+    LangGraph's ``alist`` (``checkpoint_id <``, ``metadata @>``,
+    ``checkpoint_id =``), on the same index (the checkpoints' primary key).
+    The page's pending writes are read in one range of their primary key
+    (from the page's oldest checkpoint to its newest), not once per checkpoint;
+    the version is the one :data:`VERSION_SQL` computes.
     """
-    number = itertools.count(4)
+    number = itertools.count(3)
     where = ["c.thread_id = $1", "c.checkpoint_ns = ''"]
     if before:
         where.append(f"c.checkpoint_id < ${next(number)}")
@@ -68,15 +71,30 @@ def _page_sql(column: str, before: bool, metadata: bool, checkpoint: bool) -> st
     if checkpoint:
         where.append(f"c.checkpoint_id = ${next(number)}")
     return f"""
-SELECT c.checkpoint_id, v.version,
-       CASE WHEN s.graph = $2 AND s.version = v.version THEN s.{column} END AS document
-FROM {SCHEMA}.checkpoints c
-CROSS JOIN LATERAL (SELECT {VERSION_SQL} AS version) v
-LEFT JOIN {TABLE} s ON s.thread_id = c.thread_id AND s.checkpoint_ns = c.checkpoint_ns AND s.checkpoint_id = c.checkpoint_id
-WHERE {" AND ".join(where)}
-ORDER BY c.checkpoint_id DESC
-LIMIT $3
+WITH page AS (
+    SELECT c.checkpoint_id, c.xmin::text AS row_version FROM {SCHEMA}.checkpoints c
+    WHERE {" AND ".join(where)}
+    ORDER BY c.checkpoint_id DESC
+    LIMIT $2
+), writes AS (
+    SELECT w.checkpoint_id, string_agg(w.xmin::text, ',' ORDER BY w.task_id, w.idx) AS write_versions
+    FROM {SCHEMA}.checkpoint_writes w
+    WHERE w.thread_id = $1 AND w.checkpoint_ns = ''
+      AND w.checkpoint_id BETWEEN (SELECT min(checkpoint_id) FROM page) AND (SELECT max(checkpoint_id) FROM page)
+    GROUP BY w.checkpoint_id
+)
+SELECT p.checkpoint_id, p.row_version || coalesce(':' || w.write_versions, '') AS version, s.graph, s.version AS stored, s.{column} AS document
+FROM page p
+LEFT JOIN writes w ON w.checkpoint_id = p.checkpoint_id
+LEFT JOIN {TABLE} s ON s.thread_id = $1 AND s.checkpoint_ns = '' AND s.checkpoint_id = p.checkpoint_id
+ORDER BY p.checkpoint_id DESC
 """
+
+
+def _fresh(row: Any, graph: str) -> tuple[str, str, str | None]:
+    """``(checkpoint_id, version, document)``, the document None unless rendered by ``graph`` from this version."""
+    fresh = row["graph"] == graph and row["stored"] == row["version"]
+    return row["checkpoint_id"], row["version"], row["document"] if fresh else None
 
 
 HISTORY_SQL = {flags: _page_sql("history", *flags) for flags in itertools.product((False, True), repeat=3)}
@@ -122,7 +140,7 @@ async def history_page(
     metadata: dict[str, Any] | None = None, checkpoint_id: str | None = None,
 ) -> list[tuple[str, str, str | None]]:
     """``(checkpoint_id, version, document or None)`` of a page of the thread's history, newest first."""
-    args: list[Any] = [thread_id, graph, limit]
+    args: list[Any] = [thread_id, limit]
     if before is not None:
         args.append(before)
     if metadata:
@@ -130,13 +148,13 @@ async def history_page(
     if checkpoint_id is not None:
         args.append(checkpoint_id)
     sql = HISTORY_SQL[(before is not None, bool(metadata), checkpoint_id is not None)]
-    return [(row[0], row[1], row[2]) for row in await conn.fetch(sql, *args)]
+    return [_fresh(row, graph) for row in await conn.fetch(sql, *args)]
 
 
 async def latest(conn: Connection, thread_id: str, graph: str) -> tuple[str, str, str | None] | None:
     """``(checkpoint_id, version, document or None)`` of the thread's latest checkpoint (None: it has none)."""
-    row = await conn.fetchrow(LATEST_SQL, thread_id, graph, 1)
-    return None if row is None else (row[0], row[1], row[2])
+    row = await conn.fetchrow(LATEST_SQL, thread_id, 1)
+    return None if row is None else _fresh(row, graph)
 
 
 async def store(
