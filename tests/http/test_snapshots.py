@@ -219,3 +219,19 @@ async def test_a_deleted_thread_loses_its_documents(sdk: LangGraphClient, http: 
     assert await _documents(conn, tid) == {}
     assert (await http.post(f"/threads/{tid}/history", json={})).status_code == 404
     assert (await http.get(f"/threads/{tid}/state")).status_code == 404
+
+
+async def test_a_copied_thread_is_served_its_own_state_not_its_source_s_documents(
+    sdk: LangGraphClient, http: httpx.AsyncClient, live: ThreadState, conn: asyncpg.Connection
+) -> None:
+    thread = await sdk.threads.create()
+    tid = thread["thread_id"]
+    await sdk.runs.wait(tid, "demo", input=INPUT, config=REVIEW)
+    await _rendered(conn, tid)
+    copied = await http.post(f"/threads/{tid}/copy")
+    assert copied.status_code == 200, copied.text
+    copy = copied.json()["thread_id"]
+    assert await _documents(conn, copy) == {}  # the source's documents name the source: rendered anew for the copy
+    states = await _same(http, live, conn, copy)
+    assert all(state["checkpoint"]["thread_id"] == copy for state in states)
+    assert set(await _documents(conn, copy)) == set(await _checkpoint_ids(conn, copy))
