@@ -118,7 +118,7 @@ ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
 # not served (its version no longer matches) and rendered again on the next read. Never stale.
 # The EXISTS keeps a checkpoint deleted while it was rendered from getting a row; one that is
 # deleted between the check and the commit leaves a row no read can reach (reads join the
-# checkpoints), removed with the thread or by ``graphledger rebuild``. Rollbacks and thread
+# checkpoints), removed with the thread or by ``graphledger rebuild --snapshots``. Rollbacks and thread
 # deletions delete documents with their checkpoints, in the same statement or transaction
 # (:data:`graphledger.runs.checkpoint.ROLLBACK_SQL`, ``FORGET_SQL``).
 
