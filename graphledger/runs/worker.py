@@ -40,6 +40,8 @@ from graphledger.runs.state import ThreadState
 
 _log = logging.getLogger("graphledger.runs")
 T = TypeVar("T")
+RENDER_BACKLOG = 10_000  # ended runs waiting for their snapshot documents; past it, they are rendered when read
+RENDER_HOLD_BACK = 5.0  # seconds a render waits at most for a burst of admissions to pass
 RETRY_MIN, RETRY_MAX = 0.1, 2.0  # seconds between tries while the database is unavailable
 
 
@@ -127,7 +129,10 @@ class Worker:
         self.running: dict[RunRef, _Stop] = {}
         self.executed = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._renders: set[asyncio.Task[None]] = set()  # snapshot documents of ended runs, off the append path
+        # Snapshot documents of ended runs, off the append path: one renderer, one run at a time, after
+        # any burst of admissions; a run it never gets to is rendered when first read.
+        self._renders: asyncio.Queue[RunRef] = asyncio.Queue(maxsize=RENDER_BACKLOG)
+        self._render_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._uncertain: list[lifecycle.Claimed] = []  # claims whose commit's outcome was lost
         self._loop_task: asyncio.Task[None] | None = None
@@ -137,6 +142,8 @@ class Worker:
         await self.ledger.on_hint(RUNS_CHANNEL, self._wake.set)
         self.leases.start()
         self._loop_task = asyncio.get_running_loop().create_task(self._claim_loop(), name="graphledger-worker")
+        if self.checkpointer is not None:
+            self._render_task = asyncio.get_running_loop().create_task(self._render_loop(), name="graphledger-render")
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Stop claiming; wait up to ``drain_seconds`` for running runs, then release the rest to other workers."""
@@ -148,8 +155,7 @@ class Worker:
             stop("shutdown")
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for task in list(self._renders):
-            await cancel_and_wait(task)  # a cache: what is not rendered now is rendered when read
+        await cancel_and_wait(self._render_task)  # a cache: what is not rendered now is rendered when read
         await self.leases.close()
 
     def _lost(self, ref: RunRef) -> None:
@@ -242,18 +248,27 @@ class Worker:
             self._wake.set()
 
     def _render_later(self, ref: RunRef) -> None:
-        """After the run's terminal event: render its checkpoints' snapshot documents in the background."""
-        if self.checkpointer is None or self._closing:
+        """After the run's terminal event: have its checkpoints' snapshot documents rendered in the background."""
+        if self._render_task is None or self._closing:
             return
-        task = asyncio.get_running_loop().create_task(self._render(ref), name=f"graphledger-render-{ref.run_id}")
-        self._renders.add(task)
-        task.add_done_callback(self._renders.discard)
+        with contextlib.suppress(asyncio.QueueFull):  # a backlog: the documents are rendered when first read instead
+            self._renders.put_nowait(ref)
 
-    async def _render(self, ref: RunRef) -> None:
-        try:
-            await ThreadState(self.ledger, self.graphs, self.checkpointer).render_run(ref.thread_id, ref.run_id)
-        except Exception as exc:  # a cache: the documents are rendered when first read instead
-            _log.info("run %s: snapshot documents not rendered: %s: %s", ref.run_id, type(exc).__name__, exc)
+    async def _render_loop(self) -> None:
+        """Render the queued runs' documents one at a time, each after any burst of admissions in flight.
+
+        Rendering is work a reader may never ask for; run in parallel, one
+        task per ended run, it took pool connections and the event loop from
+        the admissions and runs that clients wait on.
+        """
+        while True:
+            ref = await self._renders.get()
+            if self.admissions is not None:
+                await self.admissions.quiet(RENDER_HOLD_BACK)
+            try:
+                await ThreadState(self.ledger, self.graphs, self.checkpointer).render_run(ref.thread_id, ref.run_id)
+            except Exception as exc:  # a cache: the documents are rendered when first read instead
+                _log.info("run %s: snapshot documents not rendered: %s: %s", ref.run_id, type(exc).__name__, exc)
 
     async def _resumes(self, claimed: lifecycle.Claimed) -> bool:
         """Whether a later attempt continues from the checkpoints the run wrote (it wrote none: it starts over)."""
