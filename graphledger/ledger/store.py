@@ -30,6 +30,10 @@ from graphledger.ledger.writer import Writer
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 APPLICATION_NAME = "graphledger"
 CONNECT_TIMEOUT = 2.0
+CACHEABLE_STATEMENT_BYTES = 256 * 1024
+"""Statements up to this size stay prepared on their connection (asyncpg's default is 15 kB). The append
+statement with its projections' merges is about that size, and one prepared on every execution costs a
+parse and a plan per append: admissions and the writer's flushes then took twice as long."""
 """Seconds to open a connection: a database that does not answer is unavailable, not slow."""
 ACQUIRE_TIMEOUT = 30.0
 """Seconds a caller waits for a free connection of the pool before it is told the database is unavailable."""
@@ -88,12 +92,15 @@ class Ledger:
         settings = {"application_name": APPLICATION_NAME}
         with translate():
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, reset=_keep_session, server_settings=settings, timeout=CONNECT_TIMEOUT
+                dsn, min_size=1, max_size=pool_size, reset=_keep_session, server_settings=settings, timeout=CONNECT_TIMEOUT,
+                max_cacheable_statement_size=CACHEABLE_STATEMENT_BYTES,
             )
         hub = Hub(dsn, poll_interval=poll_interval) if tail else None
         statement = Statement(projector)
         writer = writer_class(
-            lambda: asyncpg.connect(dsn, server_settings=settings, timeout=CONNECT_TIMEOUT),
+            lambda: asyncpg.connect(
+                dsn, server_settings=settings, timeout=CONNECT_TIMEOUT, max_cacheable_statement_size=CACHEABLE_STATEMENT_BYTES
+            ),
             max_batch=max_batch,
             max_delay=max_delay,
             on_commit=hub.publish if hub else None,

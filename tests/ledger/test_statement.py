@@ -46,3 +46,23 @@ async def test_lifecycle_append_is_durable_on_return(ledger: Ledger, conn: async
     row = await conn.fetchrow("SELECT kind, data::text AS data FROM events WHERE run_id = $1 AND seq = $2", ref.run_id, event.seq)
     assert (row["kind"], row["data"]) == ("run.started", '{"worker":"w1"}')
     assert await conn.fetchval("SELECT status FROM runs WHERE run_id = $1", ref.run_id) == "running"
+
+
+async def test_the_projected_append_statement_stays_prepared(dsn: str) -> None:
+    """The append statement with every projection's merge is about 15 kB, asyncpg's default limit for its
+    statement cache: past it, each append is parsed and planned again. On a pool of one connection, the
+    second append must find it prepared under a name (unnamed statements are not listed; this query is short)."""
+    from graphledger import projections
+    from graphledger.ledger.statement import Statement
+    from graphledger.ledger.store import CACHEABLE_STATEMENT_BYTES
+    from graphledger.projections.project import Projector
+
+    assert len(Statement(Projector()).projected_sql) < CACHEABLE_STATEMENT_BYTES // 4  # room to grow
+    async with await projections.connect(dsn, pool_size=1, tail=False) as led:
+        for _ in range(2):
+            await new_run(led)
+        async with led.session() as session:
+            prepared = await session.connection.fetchval(
+                "SELECT count(*) FROM pg_prepared_statements WHERE length(statement) > 10000 AND statement LIKE '%INSERT INTO events%'"
+            )
+        assert prepared >= 1
