@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import assistants, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads, usage, viewer
+from graphledger.http import assistants, budgets, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads, usage, viewer
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -31,6 +31,7 @@ from graphledger.ledger.note import Signer
 from graphledger.projections.prices import PriceBook
 from graphledger.runs import GraphRegistry, RunSettings, Runtime
 from graphledger.runs.assistants import register
+from graphledger.runs.errors import OverBudget
 
 _log = logging.getLogger("graphledger.http")
 RETRY_AFTER = "2"
@@ -125,7 +126,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _ledger_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LedgerError)
     status = status_of(exc)
-    return error_response(status, str(exc), {"Retry-After": RETRY_AFTER} if status == 503 else None)
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    if isinstance(exc, OverBudget) and exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}  # when the budget's window will have room again
+    return error_response(status, str(exc), headers)
 
 
 async def _starlette_error(request: Request, exc: Exception) -> Response:
@@ -201,7 +205,7 @@ def create_app(
         routes=[
             Route("/ok", ok), Route("/openapi.json", openapi.openapi),
             *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *store.routes, *thread_stream.routes,
-            *feedback.routes, *usage.routes,
+            *feedback.routes, *usage.routes, *budgets.routes,
             *log.routes, *viewer.routes,
         ],
         lifespan=lifespan,
