@@ -276,3 +276,12 @@ async def test_changes_are_recorded_with_who_made_them(ledger: Ledger) -> None:
     async with raw(ledger) as conn:
         with pytest.raises(Exception, match="append-only"):
             await conn.execute("UPDATE budget_changes SET by = 'mallory'")
+
+
+def test_the_budget_file_in_the_architecture_doc_loads() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "architecture.md").read_text()
+    section = doc[doc.index("\n## Budgets\n"):]
+    example = section[section.index("```toml\n") + len("```toml\n"):section.index("```\n", section.index("```toml\n") + 7)]
+    assert [b.name for b in parse_file(example, "budgets.toml")] == ["daily", "search-team", "acme"]
