@@ -29,9 +29,10 @@ from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.note import Signer
 from graphledger.projections.prices import PriceBook
-from graphledger.runs import GraphRegistry, RunSettings, Runtime
+from graphledger.runs import GraphRegistry, RunSettings, Runtime, pricing
 from graphledger.runs.assistants import register
 from graphledger.runs.errors import OverBudget
+from graphledger.runs.pricing import Pricer
 
 _log = logging.getLogger("graphledger.http")
 RETRY_AFTER = "2"
@@ -167,6 +168,7 @@ def create_app(
     checkpoint_interval: float = 60.0,
     checkpoint_dir: Path | None = None,
     prices: PriceBook | None = None,
+    pricer: Pricer = pricing.DEFAULT,
 ) -> Any:
     """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``.
 
@@ -177,6 +179,7 @@ def create_app(
     seconds (and written to ``checkpoint_dir`` too), and an export download
     signs one first when the latest does not cover every event it carries.
     ``prices`` prices usage (``genai-prices`` alone by default).
+    ``pricer`` prices LLM calls for cost budgets at admission.
     """
     graphs = graphs or GraphRegistry.configure()
 
@@ -184,6 +187,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ledger = await projections.connect(dsn)
         app.state.graphs = graphs
+        app.state.pricer = pricer
         app.state.heartbeat = heartbeat_seconds
         app.state.streams = sse.Streams()
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)
