@@ -58,6 +58,15 @@ WHERE k.key IS NOT NULL AND k.key <> '' AND ($4::text IS NULL OR k.key = $4)
        OR EXISTS (SELECT 1 FROM llm_calls l WHERE l.thread_id = r.thread_id AND l.run_id = r.run_id AND l.ts >= $2))
 ON CONFLICT DO NOTHING
 """
+# A charged run that has ended gets the time of its head's last change (its
+# terminal event's transaction): from then on, a use query reads it only while
+# that time may still be in the window (see graphledger.projections.read).
+SETTLE_SQL = """
+UPDATE budget_runs b SET ended_at = r.updated_at
+FROM runs r
+WHERE b.budget = $1 AND b.key = $2 AND b.ended_at IS NULL
+  AND r.thread_id = b.thread_id AND r.run_id = b.run_id AND r.status NOT IN ('pending', 'running')
+"""
 KEYS_SQL = "SELECT DISTINCT key FROM budget_runs WHERE budget = $1 ORDER BY key LIMIT $2"
 REFUSE_SQL = """
 INSERT INTO budget_refusals (ts, budget, key, identity, data) VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING position
@@ -153,8 +162,12 @@ class Budgets:
         """Serialise admissions under ``(budget, key)`` until this transaction ends (see the module's docstring)."""
         await self._conn.execute(LOCK_SQL, budget, key)
 
-    async def keys(self, budget: str, limit: int = 1000) -> list[str]:
-        """The keys ``budget`` has charged runs to, in order."""
+    async def settle(self, budget: str, key: str) -> None:
+        """Mark the runs charged to ``(budget, key)`` that have ended since the last look (under the key's lock)."""
+        await self._conn.execute(SETTLE_SQL, budget, key)
+
+    async def keys(self, budget: str, limit: int | None = 1000) -> list[str]:
+        """The keys ``budget`` has charged runs to, in order (all of them with ``limit`` None)."""
         return [row["key"] for row in await self._conn.fetch(KEYS_SQL, budget, limit)]
 
     async def charge(self, budget: str, key: str, ref: RunRef) -> None:

@@ -268,7 +268,10 @@ budget_runs = sa.Table(
     sa.Column("key", sa.Text, nullable=False),
     sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
     sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    # When the run was seen ended (its head's last change), set by admissions under the key; NULL before.
+    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint("budget", "key", "thread_id", "run_id", name="budget_runs_pkey"),
+    sa.Index("budget_runs_ended_idx", "budget", "key", "ended_at"),
 )
 
 budget_refusals = sa.Table(

@@ -582,13 +582,17 @@ class Projections:
 BUDGET_METRICS = ("total_tokens", "input_tokens", "output_tokens")
 """The token metrics summed in SQL; a cost is summed by the caller from :data:`BUDGET_CALLS_SQL`."""
 
-# The runs charged to (budget $1, key $2): their calls at or after $3, and
-# whether the run is still pending or running (then it holds a reservation).
+# The runs charged to (budget $1, key $2) that may have calls at or after $3,
+# and whether each is still pending or running (then it holds a reservation).
+# A run marked ended (budget_runs.ended_at: its last append's transaction time,
+# the database's clock) an hour or more before $3 (the writer's clock) has no
+# call since $3: its calls were appended before its end. The hour covers a skew
+# between the two clocks; a run it lets in needlessly has no call to count.
 _CHARGED = f"""
 charged AS (
     SELECT b.thread_id, b.run_id, r.status IN ({_ACTIVE_LIST}) AS active
     FROM budget_runs b JOIN runs r ON r.thread_id = b.thread_id AND r.run_id = b.run_id
-    WHERE b.budget = $1 AND b.key = $2
+    WHERE b.budget = $1 AND b.key = $2 AND (b.ended_at IS NULL OR b.ended_at >= $3::timestamptz - interval '1 hour')
 )"""
 
 
@@ -620,6 +624,7 @@ ORDER BY l.ts, l.thread_id, l.run_id, l.seq
 """The calls in the window of the runs charged to a budget's key, oldest first (costs, and when the window frees up)."""
 
 BUDGET_ACTIVE_SQL = f"WITH {_CHARGED} SELECT c.thread_id, c.run_id FROM charged c WHERE c.active"
+"""The runs charged to a budget's key still pending or running ($3: the window's start)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -663,6 +668,6 @@ async def budget_calls(conn: Connection, budget: str, key: str, start: datetime)
 
 
 
-async def budget_active_runs(conn: Connection, budget: str, key: str) -> list[RunRef]:
+async def budget_active_runs(conn: Connection, budget: str, key: str, start: datetime) -> list[RunRef]:
     """The runs charged to ``key`` that are still pending or running."""
-    return [RunRef(row["thread_id"], row["run_id"]) for row in await conn.fetch(BUDGET_ACTIVE_SQL, budget, key)]
+    return [RunRef(row["thread_id"], row["run_id"]) for row in await conn.fetch(BUDGET_ACTIVE_SQL, budget, key, start)]

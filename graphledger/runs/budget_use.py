@@ -49,7 +49,7 @@ async def use_of(session: Session, budget: Budget, key: str, now: datetime, pric
         run = RunRef(call.thread_id, call.run_id)
         per_run[run] = per_run.get(run, Decimal(0)) + cost
     used = sum(per_run.values(), Decimal(0))
-    active = await budget_active_runs(session.connection, budget.name, key)
+    active = await budget_active_runs(session.connection, budget.name, key, start)
     reserved = sum((max(Decimal(reserve) - per_run.get(run, Decimal(0)), Decimal(0)) for run in active), Decimal(0))
     return Use(budget, key, used, reserved, start, unpriced_calls=unpriced)
 
@@ -96,6 +96,7 @@ async def check(
     under = keys(await budgets(tx), created)
     for budget, key in under:  # sorted by name: admissions lock in one order
         await tx.budgets.lock(budget.name, key)
+        await tx.budgets.settle(budget.name, key)
     now = datetime.now(timezone.utc)
     for budget, key in under:
         use = await use_of(tx, budget, key, now, pricer)
@@ -141,7 +142,11 @@ async def put(ledger: Ledger, budgets: Sequence[Budget], *, by: str) -> None:
     """Set ``budgets`` (new or changed) in one transaction, recording who did."""
     now = datetime.now(timezone.utc)
     async with ledger.transaction() as tx:
-        for budget in budgets:
+        for budget in sorted(budgets, key=lambda b: b.name):
+            # The admissions under its keys finish first (and wait for this
+            # change): they update the rows it replaces (see ledger/budgets.py).
+            for key in await tx.budgets.keys(budget.name, limit=None):
+                await tx.budgets.lock(budget.name, key)
             await tx.budgets.put(budget.name, budget.json(), by=by, path=budget.path, match=budget.match, since=budget.start(now))
 
 

@@ -171,6 +171,9 @@ async def test_usage_outside_the_window_no_longer_counts(ledger: Ledger, graphs:
     with pytest.raises(OverBudget) as raised:
         await admit(ledger, ask(metadata={"team": "roll"}), graphs=graphs)
     assert raised.value.retry_after is not None and raised.value.retry_after <= 3600  # when the call of 23 hours ago leaves
+    async with raw(ledger) as conn:  # the admissions marked the ended runs, so later ones read them only while they may count
+        marked = await conn.fetch("SELECT run_id, ended_at FROM budget_runs WHERE budget = 'roll'")
+    assert {row["run_id"] for row in marked} == {old.ref.run_id, recent.ref.run_id} and all(row["ended_at"] for row in marked)
     await clean(ledger)
 
 

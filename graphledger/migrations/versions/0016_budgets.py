@@ -57,8 +57,10 @@ def upgrade() -> None:
         sa.Column("key", sa.Text, nullable=False),
         sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("budget", "key", "thread_id", "run_id", name="budget_runs_pkey"),
     )
+    op.create_index("budget_runs_ended_idx", "budget_runs", ["budget", "key", "ended_at"])
     op.create_table(
         "budget_refusals",
         sa.Column("position", sa.BigInteger, sa.Identity(always=True), nullable=False),
