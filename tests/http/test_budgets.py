@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -21,11 +23,18 @@ from tests.http.test_auth import ALICE, BOB, MALLORY, PROJECT, REVIEWER, client
 INPUT = {"messages": [{"role": "user", "content": "two words"}]}
 
 
+def cents_per_token(model: str | None, provider: str | None, at: datetime, tokens: Any) -> Decimal | None:
+    """The server's price source in these tests: a cent per token of the model "priced", nothing else priced."""
+    return Decimal("0.01") * tokens["total_tokens"] if model == "priced" else None
+
+
 @pytest.fixture(scope="module")
 async def url(dsn: str) -> AsyncIterator[str]:
     # No workers: admitted runs stay pending and hold their reservations, so what is admitted is exact.
     graphs = GraphRegistry({"demo": demo.graph, **GraphRegistry.from_config(PROJECT / "langgraph.json")._graphs})
-    app = create_app(dsn, graphs=graphs, settings=RunSettings(workers=0), auth=auth.load(config=PROJECT / "langgraph.json"))
+    app = create_app(
+        dsn, graphs=graphs, settings=RunSettings(workers=0), auth=auth.load(config=PROJECT / "langgraph.json"), pricer=cents_per_token
+    )
     async with serve(app) as base:
         yield base
 
@@ -123,4 +132,21 @@ async def test_concurrent_requests_against_a_budget_admit_exactly_its_room(proje
     assert all("budget burst exhausted for metadata.team burst" in a.json()["detail"] for a in answers if a.status_code == 429)
     refusals = (await clients["reviewer"].get("/budgets/refusals", params={"budget": "burst"})).json()["refusals"]
     assert len(refusals) == 15 and {r["identity"] for r in refusals} == {"bob"}
+    await clean(projected)
+
+
+async def test_a_cost_budget_is_priced_by_the_servers_price_source(projected: Ledger, clients: dict[str, httpx.AsyncClient]) -> None:
+    await set_budgets(projected, ("alice-spend", {"per": "identity", "match": "alice", "metric": "cost_usd", "limit": "2", "window": "1d"}))
+    alice = clients["alice"]
+    first = (await create_run(alice)).json()
+    ref = RunRef(UUID(first["thread_id"]), UUID(first["run_id"]))
+    usage = {"input_tokens": 200, "output_tokens": 50, "total_tokens": 250}
+    async with projected.transaction() as tx:
+        await tx.append(ref, [NewEvent.of("llm.usage", {"call_id": "p1", "model": "priced", "usage": usage})])
+    await cancel(projected, ref)
+    refused = await create_run(alice)
+    assert refused.status_code == 429, refused.text
+    assert "budget alice-spend exhausted for identity alice: 2.5 of 2 cost_usd" in refused.json()["detail"]
+    (seen,) = (await clients["reviewer"].get("/budgets/refusals", params={"budget": "alice-spend"})).json()["refusals"]
+    assert (seen["used"], seen["limit"], seen["unpriced_calls"]) == ("2.5", "2", 0)
     await clean(projected)
