@@ -926,7 +926,7 @@ def _paths() -> dict[str, Any]:
         "/runs/batch": {
             "post": op(
                 "Create background runs on new threads, all or none",
-                answers({200: {"type": "array", "items": ref("Run")}}, 404, 409, 413, 422),
+                answers({200: {"type": "array", "items": ref("Run")}}, 404, 409, 413, 422, 429),
                 request="RunBatch",
             )
         },

@@ -123,6 +123,18 @@ async def check(
     return under
 
 
+async def lock(tx: Transaction, created: Sequence[Mapping[str, Any]]) -> None:
+    """Lock the keys of every budget any of several runs (their ``run.created`` payloads) falls under, in lock order.
+
+    For a batch: its admissions then take these locks again (a transaction's
+    advisory locks stack), so no two batches can each hold a key the other waits for.
+    """
+    defined = await budgets(tx)
+    found = {(budget.name, key) for payload in created for budget, key in keys(defined, payload)}
+    for name, key in sorted(found):
+        await tx.budgets.lock(name, key)
+
+
 async def record(ledger: Ledger, refused: Refused) -> int:
     """Record a refusal in ``budget_refusals``, in a transaction of its own (the admission's rolled back); its position."""
     async with ledger.transaction() as tx:

@@ -196,6 +196,8 @@ async def admit_batch(
             graphs.check(admission.request.graph)
     try:
         async with ledger.transaction(notify=False) as tx:
+            # Every key of the batch first, in one order: two batches never hold each other's.
+            await budget_use.lock(tx, [{**a.request.record(), "executor": executor} for a in admissions])
             return [
                 await _admit_locked(
                     tx, a.request, thread_id=a.thread_id, run_id=a.run_id, thread_metadata=a.thread_metadata, executor=executor,

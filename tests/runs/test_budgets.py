@@ -171,9 +171,9 @@ async def test_usage_outside_the_window_no_longer_counts(ledger: Ledger, graphs:
     with pytest.raises(OverBudget) as raised:
         await admit(ledger, ask(metadata={"team": "roll"}), graphs=graphs)
     assert raised.value.retry_after is not None and raised.value.retry_after <= 3600  # when the call of 23 hours ago leaves
-    async with raw(ledger) as conn:  # the admissions marked the ended runs, so later ones read them only while they may count
-        marked = await conn.fetch("SELECT run_id, ended_at FROM budget_runs WHERE budget = 'roll'")
-    assert {row["run_id"] for row in marked} == {old.ref.run_id, recent.ref.run_id} and all(row["ended_at"] for row in marked)
+    async with raw(ledger) as conn:  # an admission marked the run that had ended, so later ones read it only while it may count
+        marks = {row["run_id"]: row["ended_at"] for row in await conn.fetch("SELECT run_id, ended_at FROM budget_runs WHERE budget = 'roll'")}
+    assert set(marks) == {old.ref.run_id, recent.ref.run_id} and marks[old.ref.run_id] is not None
     await clean(ledger)
 
 
@@ -288,3 +288,21 @@ def test_the_budget_file_in_the_architecture_doc_loads() -> None:
     section = doc[doc.index("\n## Budgets\n"):]
     example = section[section.index("```toml\n") + len("```toml\n"):section.index("```\n", section.index("```toml\n") + 7)]
     assert [b.name for b in parse_file(example, "budgets.toml")] == ["daily", "search-team", "acme"]
+
+
+async def test_a_batch_over_a_budget_is_refused_whole(ledger: Ledger, graphs: GraphRegistry) -> None:
+    from graphledger.runs.lifecycle import Admission, admit_batch
+
+    await budget_use.put(ledger, [budget("batch", match="batch", limit=300, reserve_per_run=100)], by="ops")
+    async with raw(ledger) as conn:
+        runs_before = await conn.fetchval("SELECT count(*) FROM runs")
+    with pytest.raises(OverBudget, match="budget batch exhausted for metadata.team batch: 0 \\+ 300 reserved"):
+        await admit_batch(ledger, [Admission(ask(metadata={"team": "batch"})) for _ in range(4)], graphs=graphs)
+    async with raw(ledger) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM runs") == runs_before  # the three that fitted went with the fourth
+    (refusal,) = await budget_use.refusals(ledger, budget="batch")
+    assert refusal.data["reserved"] == 300
+    admitted = await admit_batch(ledger, [Admission(ask(metadata={"team": "batch"})) for _ in range(3)], graphs=graphs)
+    for run in admitted:
+        await cancel(ledger, run.ref)
+    await clean(ledger)
