@@ -168,7 +168,7 @@ def create_app(
     checkpoint_interval: float = 60.0,
     checkpoint_dir: Path | None = None,
     prices: PriceBook | None = None,
-    pricer: Pricer = pricing.DEFAULT,
+    pricer: Pricer | None = None,
 ) -> Any:
     """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``.
 
@@ -179,7 +179,8 @@ def create_app(
     seconds (and written to ``checkpoint_dir`` too), and an export download
     signs one first when the latest does not cover every event it carries.
     ``prices`` prices usage (``genai-prices`` alone by default).
-    ``pricer`` prices LLM calls for cost budgets at admission.
+    ``pricer`` prices LLM calls for cost budgets at admission (by default,
+    ``prices``: the same prices as usage).
     """
     graphs = graphs or GraphRegistry.configure()
 
@@ -187,7 +188,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ledger = await projections.connect(dsn)
         app.state.graphs = graphs
-        app.state.pricer = pricer
+        app.state.pricer = pricer if pricer is not None else pricing.of_book(app.state.prices)
         app.state.heartbeat = heartbeat_seconds
         app.state.streams = sse.Streams()
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)

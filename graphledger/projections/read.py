@@ -617,7 +617,7 @@ BUDGET_USE_SQL = {metric: _budget_use_sql(metric) for metric in BUDGET_METRICS}
 
 BUDGET_CALLS_SQL = f"""
 WITH {_CHARGED}
-SELECT c.thread_id, c.run_id, c.active, l.ts, l.model, l.usage_known, {', '.join('l.' + name for name in TOKEN_FIELDS)}
+SELECT c.thread_id, c.run_id, c.active, l.ts, l.model, l.provider, l.usage_known, {', '.join('l.' + name for name in TOKEN_FIELDS)}
 FROM charged c JOIN llm_calls l ON l.thread_id = c.thread_id AND l.run_id = c.run_id AND l.ts >= $3
 ORDER BY l.ts, l.thread_id, l.run_id, l.seq
 """
@@ -645,6 +645,7 @@ class ChargedCall:
     active: bool
     ts: datetime
     model: str | None
+    provider: str | None
     tokens: dict[str, int | None] | None  # None: the model reported no usage
 
 
@@ -660,7 +661,7 @@ async def budget_calls(conn: Connection, budget: str, key: str, start: datetime)
     rows = await conn.fetch(BUDGET_CALLS_SQL, budget, key, start)
     return [
         ChargedCall(
-            row["thread_id"], row["run_id"], row["active"], row["ts"], row["model"],
+            row["thread_id"], row["run_id"], row["active"], row["ts"], row["model"], row["provider"],
             {name: row[name] for name in TOKEN_FIELDS} if row["usage_known"] else None,
         )
         for row in rows

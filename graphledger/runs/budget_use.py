@@ -28,7 +28,7 @@ _log = logging.getLogger("graphledger.runs")
 def _cost(call: ChargedCall, pricer: Pricer) -> Decimal | None:
     if call.tokens is None:
         return None  # no usage reported: nothing to price
-    return pricer(call.model, None, call.ts, call.tokens)
+    return pricer(call.model, call.provider, call.ts, call.tokens)
 
 
 async def use_of(session: Session, budget: Budget, key: str, now: datetime, pricer: Pricer = pricing.DEFAULT) -> Use:

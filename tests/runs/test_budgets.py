@@ -306,3 +306,19 @@ async def test_a_batch_over_a_budget_is_refused_whole(ledger: Ledger, graphs: Gr
     for run in admitted:
         await cancel(ledger, run.ref)
     await clean(ledger)
+
+
+async def test_a_cost_budget_prices_with_a_price_file(ledger: Ledger, graphs: GraphRegistry, tmp_path: Any) -> None:
+    from graphledger.projections.prices import price_book
+    from graphledger.runs import pricing
+
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[[price]]\nmodel = "house-model"\ninput = 1000\noutput = 2000\n')  # USD per million tokens
+    pricer = pricing.of_book(price_book(prices))
+    cost = Budget.parse("house", {"per": "metadata.team", "match": "house", "metric": "cost_usd", "limit": "1.2", "window": "1d"})
+    await budget_use.put(ledger, [cost], by="ops")
+    first = await admit(ledger, ask(metadata={"team": "house"}), graphs=graphs, pricer=pricer)
+    await used(ledger, first.ref, 1000, model="house-model")  # 500 in at $1000/M, 500 out at $2000/M: $1.50
+    with pytest.raises(OverBudget, match=r"1\.5 of 1\.2 cost_usd"):
+        await admit(ledger, ask(metadata={"team": "house"}), graphs=graphs, pricer=pricer)
+    await clean(ledger)
