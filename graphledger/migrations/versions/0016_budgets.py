@@ -1,7 +1,7 @@
 """Budgets: their definitions and every change to them, the runs each charges, and the admissions they refused.
 
 Revision ID: 0016
-Revises: 0017
+Revises: 0012
 Create Date: 2026-11-29
 
 ``budget_changes`` and ``budget_refusals`` are append-only (the trigger
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0016"
-down_revision = "0017"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
