@@ -295,6 +295,26 @@ def print_access(entries: list[dict[str, Any]], out: TextIO = sys.stdout) -> Non
     out.write(table(rows, ["#", "WHEN", "WHO", "ACTION", "WHAT", "FROM"]) + "\n")
 
 
+def print_budgets(uses: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    """Each budget's use per key, as ``graphledger budgets`` shows it."""
+    if not uses:
+        out.write("no budgets (graphledger budgets set NAME ... defines one)\n")
+        return
+    rows = [
+        (
+            u["budget"], u["per"], u["key"] or "-", u["metric"], u["used"], u["reserved"], u["limit"], u["window"],
+            f"{u['percent']}%", u.get("unpriced_calls") or "",
+        )
+        for u in uses
+    ]
+    out.write(table(rows, ["BUDGET", "PER", "KEY", "METRIC", "USED", "RESERVED", "LIMIT", "WINDOW", "USE", "UNPRICED"]) + "\n")
+
+
+def print_refusals(entries: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    rows = [(e["position"], e["ts"][:23], e["identity"] or "-", e["budget"], e["key"], e["used"], e["reserved"], e["limit"], e["run_id"]) for e in entries]
+    out.write(table(rows, ["#", "WHEN", "WHO", "BUDGET", "KEY", "USED", "RESERVED", "LIMIT", "RUN"]) + "\n")
+
+
 # -- the Merkle log -------------------------------------------------------------------
 
 

@@ -557,6 +557,68 @@ def cmd_access_log(args: argparse.Namespace) -> None:
         print(f"ok: the access log's chain holds ({audit.counted(report.entries, 'entry', 'entries')})", file=sys.stderr)
 
 
+BUDGET_OPTIONS = ("per", "match", "metric", "limit", "window", "reserve_per_run")
+REFUSAL_OPTIONS = ("since", "until", "identity", "budget", "last")
+
+
+def cmd_budgets(args: argparse.Namespace) -> None:
+    from graphledger import audit
+    from graphledger.runs import budget_use
+    from graphledger.runs.budgets import Budget, parse_file
+
+    action = args.action
+    given = {name for name in (*BUDGET_OPTIONS, *REFUSAL_OPTIONS) if getattr(args, name) is not None}
+    allowed = {"set": set(BUDGET_OPTIONS), "refusals": set(REFUSAL_OPTIONS)}.get(action, set())
+    if given - allowed:
+        raise CommandError(f"--{sorted(given - allowed)[0].replace('_', '-')} does not apply to budgets {action}")
+    needs_name = action in ("set", "rm", "load")
+    if needs_name and not args.name:
+        raise CommandError(f"budgets {action} needs {'a FILE' if action == 'load' else 'a budget NAME'}")
+    if not needs_name and args.name:
+        raise CommandError(f"budgets {action} takes no NAME (got {args.name!r})")
+    by = args.by or _os_user()
+    new: list[Budget] = []
+    if action == "set":
+        fields = {name: getattr(args, name) for name in BUDGET_OPTIONS if getattr(args, name) is not None}
+        new = [Budget.parse(args.name, fields)]
+    elif action == "load":
+        new = parse_file(_read_text(args.name, "budget file"), args.name)
+    if action == "refusals":
+        _check_window(args)
+    with _ledger(args) as (loop, ledger):
+        if new:
+            loop.run_until_complete(budget_use.put(ledger, new, by=by))
+            for budget in new:
+                print(f"budget {budget.name} set: {budget.describe()}", file=sys.stderr)
+        elif action == "rm":
+            loop.run_until_complete(budget_use.remove(ledger, args.name, by=by))
+            print(f"budget {args.name} removed", file=sys.stderr)
+        elif action == "refusals":
+            found = loop.run_until_complete(
+                budget_use.refusals(ledger, since=args.since, until=args.until, identity=args.identity, budget=args.budget, limit=args.last or 100)
+            )
+            entries = [budget_use.refusal_json(refusal) for refusal in found]
+            if args.json:
+                print(json.dumps(entries, indent=2))
+            else:
+                audit.print_refusals(entries)
+        else:
+            uses = loop.run_until_complete(budget_use.uses(ledger))
+            if args.json:
+                print(json.dumps([use.json() for use in uses], indent=2))
+            else:
+                audit.print_budgets([use.json() for use in uses])
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def cmd_show(args: argparse.Namespace) -> None:
     from graphledger import audit
 
@@ -857,6 +919,44 @@ def parser() -> Parser:
     access.add_argument("--limit", type=_count, default=100, metavar="N", help="at most this many entries (default 100)")
     access.add_argument("--verify", action="store_true", help="also recompute the log's hash chain (non-zero exit when it is broken)")
     access.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    budgets = command(
+        "budgets",
+        help="token and cost budgets enforced at admission: their use, set, rm, load, refusals",
+        description=(
+            "Budgets limit the tokens (or the cost) of runs per identity, per field of the authenticated user, or per run "
+            "metadata value, over a rolling (<N>h, <N>d) or calendar (day, month) window. A run over a budget is refused at "
+            "admission with 429, and the refusal is recorded. Budgets are stored in the database; every change is recorded "
+            "with who made it (--by, default the OS user). Without an action, list each budget's use."
+        ),
+        epilog=(
+            "examples:\n  graphledger budgets\n  graphledger budgets set daily --per identity --limit 200000 --window 1d\n"
+            "  graphledger budgets set search --per metadata.team --match search --limit 5000000 --window month --reserve-per-run 20000\n"
+            "  graphledger budgets set acme --per user.org_id --metric cost_usd --limit 250 --window 30d\n"
+            "  graphledger budgets load budgets.toml\n  graphledger budgets rm daily\n"
+            "  graphledger budgets refusals --identity alice --since 2026-11-01 --json"
+        ),
+    )
+    budgets.add_argument(
+        "action", nargs="?", default="list", choices=["list", "set", "rm", "load", "refusals"],
+        help="list (default), set NAME, rm NAME, load FILE (TOML or .json; every budget in it, in one transaction), refusals",
+    )
+    budgets.add_argument("name", nargs="?", metavar="NAME|FILE", help="the budget to set or remove, or the file to load")
+    budgets.add_argument("--per", help="set: identity, user.<field> (e.g. user.org_id) or metadata.<key> (e.g. metadata.team)")
+    budgets.add_argument("--match", help="set: only this value of the subject (default: each value has its own budget)")
+    budgets.add_argument("--metric", help="set: total_tokens (default), input_tokens, output_tokens or cost_usd")
+    budgets.add_argument("--limit", help="set: the limit, in tokens or USD")
+    budgets.add_argument("--window", help="set: <N>h or <N>d (rolling), day or month (calendar, UTC)")
+    budgets.add_argument(
+        "--reserve-per-run", dest="reserve_per_run",
+        help="set: what each pending or running run holds of the budget until it ends (default 0)",
+    )
+    budgets.add_argument("--by", help="who makes the change, as recorded (default: the OS user)")
+    window(budgets, "refusals:")
+    budgets.add_argument("--identity", help="refusals: only this identity's")
+    budgets.add_argument("--budget", help="refusals: only this budget's")
+    budgets.add_argument("--last", type=_count, metavar="N", help="refusals: at most this many (default 100)")
+    budgets.add_argument("--json", action="store_true", help="JSON for scripts")
 
     show = command(
         "show",

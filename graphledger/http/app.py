@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.http import assistants, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads, usage, viewer
+from graphledger.http import assistants, budgets, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads, usage, viewer
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
     DEFAULT_MAX_BODY_BYTES,
@@ -29,8 +29,10 @@ from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.note import Signer
 from graphledger.projections.prices import PriceBook
-from graphledger.runs import GraphRegistry, RunSettings, Runtime
+from graphledger.runs import GraphRegistry, RunSettings, Runtime, pricing
 from graphledger.runs.assistants import register
+from graphledger.runs.errors import OverBudget
+from graphledger.runs.pricing import Pricer
 
 _log = logging.getLogger("graphledger.http")
 RETRY_AFTER = "2"
@@ -125,7 +127,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _ledger_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LedgerError)
     status = status_of(exc)
-    return error_response(status, str(exc), {"Retry-After": RETRY_AFTER} if status == 503 else None)
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    if isinstance(exc, OverBudget) and exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}  # when the budget's window will have room again
+    return error_response(status, str(exc), headers)
 
 
 async def _starlette_error(request: Request, exc: Exception) -> Response:
@@ -163,6 +168,7 @@ def create_app(
     checkpoint_interval: float = 60.0,
     checkpoint_dir: Path | None = None,
     prices: PriceBook | None = None,
+    pricer: Pricer | None = None,
 ) -> Any:
     """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``.
 
@@ -173,6 +179,8 @@ def create_app(
     seconds (and written to ``checkpoint_dir`` too), and an export download
     signs one first when the latest does not cover every event it carries.
     ``prices`` prices usage (``genai-prices`` alone by default).
+    ``pricer`` prices LLM calls for cost budgets at admission (by default,
+    ``prices``: the same prices as usage).
     """
     graphs = graphs or GraphRegistry.configure()
 
@@ -180,6 +188,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.ledger = await projections.connect(dsn)
         app.state.graphs = graphs
+        app.state.pricer = pricer if pricer is not None else pricing.of_book(app.state.prices)
         app.state.heartbeat = heartbeat_seconds
         app.state.streams = sse.Streams()
         app.state.runtime = Runtime(app.state.ledger, graphs, settings)
@@ -201,7 +210,7 @@ def create_app(
         routes=[
             Route("/ok", ok), Route("/openapi.json", openapi.openapi),
             *assistants.routes, *threads.routes, *state.routes, *runs.routes, *reads.routes, *store.routes, *thread_stream.routes,
-            *feedback.routes, *usage.routes,
+            *feedback.routes, *usage.routes, *budgets.routes,
             *log.routes, *viewer.routes,
         ],
         lifespan=lifespan,

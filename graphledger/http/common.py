@@ -33,10 +33,12 @@ from graphledger.ledger.threads import Visibility
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
 from graphledger.runs.errors import (
     CheckpointNotFound,
+    InvalidBudget,
     InvalidRequest,
     NoGraph,
     NotCancellable,
     NotPending,
+    OverBudget,
     RunBusy,
     ThreadBusy,
     UnknownAssistant,
@@ -60,6 +62,8 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
     (RunFinished, 409),
     (RunNotEnded, 409),
     (InvalidRequest, 422),
+    (InvalidBudget, 422),
+    (OverBudget, 429),
     (InvalidEvent, 422),
     (InvalidPayload, 422),
     (InvalidArgument, 422),

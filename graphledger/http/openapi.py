@@ -538,6 +538,32 @@ SCHEMAS: dict[str, Any] = {
     ),
 }
 
+NUMBER_OR_DECIMAL = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}]}
+"""A token count, or a cost in USD as an exact decimal string."""
+SCHEMAS["BudgetRefusal"] = obj(
+    {
+        "position": {"type": "integer", "minimum": 1},
+        "ts": TIME,
+        "budget": {"type": "string"},
+        "key": {"type": "string", "description": "The identity, user field or metadata value the budget counts."},
+        "identity": nullable({"type": "string"}),
+        "actor": nullable(OBJECT),
+        "thread_id": nullable(UUID),
+        "run_id": UUID,
+        "assistant_id": nullable({"type": "string"}),
+        "definition": OBJECT,
+        "used": NUMBER_OR_DECIMAL,
+        "reserved": NUMBER_OR_DECIMAL,
+        "limit": NUMBER_OR_DECIMAL,
+        "window_start": TIME,
+        "unpriced_calls": {"type": "integer", "minimum": 0},
+        "retry_after": nullable({"type": "integer", "minimum": 1}),
+        "detail": {"type": "string"},
+    },
+    ["position", "ts", "budget", "key", "identity", "run_id", "definition", "used", "reserved", "limit", "window_start", "detail"],
+    extra=True,
+)
+
 ERRORS = {
     404: "No such thread, run, assistant, graph, checkpoint or tile.",
     409: "A conflict with the thread's, run's or assistant's state.",
@@ -546,6 +572,7 @@ ERRORS = {
         "An invalid parameter or body. Bodies are UTF-8 JSON nested at most "
         f"{MAX_JSON_DEPTH} deep, with finite numbers and integers within the signed 64-bit range."
     ),
+    429: "A budget the run falls under has no room for it (the detail names it); Retry-After when its window frees up.",
     503: "The database cannot be reached.",
 }
 
@@ -668,9 +695,9 @@ USAGE_QUERY = [query("since", TIME, TIME_QUERY), query("until", TIME, TIME_QUERY
 
 
 def _paths() -> dict[str, Any]:
-    create = answers({200: ref("Run")}, 404, 409, 413, 422)
-    stream = answers({200: "sse"}, 404, 409, 413, 422)
-    wait = answers({200: WAIT_RESULT}, 404, 409, 413, 422)
+    create = answers({200: ref("Run")}, 404, 409, 413, 422, 429)
+    stream = answers({200: "sse"}, 404, 409, 413, 422, 429)
+    wait = answers({200: WAIT_RESULT}, 404, 409, 413, 422, 429)
     return {
         "/ok": {"get": op("Readiness", answers({200: obj({"ok": {"type": "boolean"}}, ["ok"])}))},
         "/openapi.json": {"get": op("This description", answers({200: OBJECT}))},
@@ -899,7 +926,7 @@ def _paths() -> dict[str, Any]:
         "/runs/batch": {
             "post": op(
                 "Create background runs on new threads, all or none",
-                answers({200: {"type": "array", "items": ref("Run")}}, 404, 409, 413, 422),
+                answers({200: {"type": "array", "items": ref("Run")}}, 404, 409, 413, 422, 429),
                 request="RunBatch",
             )
         },
@@ -1027,6 +1054,16 @@ def _paths() -> dict[str, Any]:
                 answers({200: obj({"namespaces": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}}}, ["namespaces"])}, 413, 422),
                 request="StoreNamespaces",
                 optional=True,
+            )
+        },
+        "/budgets/refusals": {
+            "get": op(
+                "Admissions a budget refused, newest first (the caller's own unless its authorization is unfiltered)",
+                answers({200: obj({"refusals": {"type": "array", "items": ref("BudgetRefusal")}}, ["refusals"])}, 422),
+                *USAGE_QUERY,
+                query("identity", {"type": "string", "maxLength": 256}, "Only this identity's refusals."),
+                query("budget", {"type": "string", "maxLength": 256}, "Only this budget's refusals."),
+                query("limit", LIMIT_1000),
             )
         },
     }

@@ -122,6 +122,7 @@ async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tu
         admitted = await admit(
             request.app.state.ledger, prepared.request, thread_id=thread_id, run_id=prepared.run_id,
             thread_metadata=prepared.thread_metadata, graphs=request.app.state.graphs, visible=prepared.visible,
+            pricer=request.app.state.pricer,
         )
     return prepared.request, admitted.created
 
@@ -162,7 +163,7 @@ async def create_batch(request: Request) -> JSONResponse:
             raise HTTPError(status_of(exc), f"run request {index}: {exc}") from None
     ledger: Ledger = request.app.state.ledger
     with request.app.state.runtime.admissions:
-        admitted = await admit_batch(ledger, prepared, graphs=request.app.state.graphs)
+        admitted = await admit_batch(ledger, prepared, graphs=request.app.state.graphs, pricer=request.app.state.pricer)
     return JSONResponse(await _runs_json(ledger, [await Projections(ledger).run_status(a.ref) for a in admitted]))
 
 

@@ -256,4 +256,58 @@ thread_snapshots = sa.Table(
     sa.Column("latest", sa.Text, nullable=True),
     sa.Column("rendered_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id", name="thread_snapshots_pkey"),
+
+# -- budgets (every statement on these tables is in ledger/budgets.py) -----------------------------
+# Global: a budget belongs to no thread. budget_runs names the runs a budget charges.
+
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("definition", postgresql.JSONB, nullable=False),  # graphledger.runs.budgets.Budget.json()
+    sa.Column("set_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("set_by", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("name", name="budgets_pkey"),
+)
+
+budget_changes = sa.Table(
+    "budget_changes",
+    metadata,
+    # Every set and removal of a budget, by whom: append-only.
+    sa.Column("position", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("definition", postgresql.JSONB, nullable=True),  # NULL for a removal
+    sa.Column("by", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("position", name="budget_changes_pkey"),
+    sa.CheckConstraint("action IN ('set', 'remove')", name="budget_changes_action_check"),
+)
+
+budget_runs = sa.Table(
+    "budget_runs",
+    metadata,
+    # A run charged to a budget's key (an identity, a user's field, a metadata value), from its admission on.
+    sa.Column("budget", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
+    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
+    # When the run was seen ended (its head's last change), set by admissions under the key; NULL before.
+    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint("budget", "key", "thread_id", "run_id", name="budget_runs_pkey"),
+    sa.Index("budget_runs_ended_idx", "budget", "key", "ended_at"),
+)
+
+budget_refusals = sa.Table(
+    "budget_refusals",
+    metadata,
+    # Every admission a budget refused: who, which budget and key, its use and limit, when. Append-only.
+    sa.Column("position", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("budget", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("identity", sa.Text, nullable=True),  # the authenticated user's; NULL when auth is off
+    sa.Column("data", postgresql.JSONB, nullable=False),
+    sa.PrimaryKeyConstraint("position", name="budget_refusals_pkey"),
+    sa.Index("budget_refusals_ts_idx", "ts"),
 )

@@ -25,6 +25,7 @@ from asyncpg.cursor import CursorFactory
 from graphledger.ledger import read
 from graphledger.ledger.access import AccessLog
 from graphledger.ledger.assistants import Assistants
+from graphledger.ledger.budgets import Budgets
 from graphledger.ledger.events import RUN_CREATED, STATUS_AFTER, Event, NewEvent, RunRef, is_note
 from graphledger.ledger.heads import Heads
 from graphledger.ledger.read import Connection
@@ -45,6 +46,8 @@ class Session:
         self.assistants = Assistants(conn)
         self.secrets = Secrets(conn)
         self.access = AccessLog(conn)
+        self.budgets = Budgets(conn)
+        """Budgets, their changes, the runs they charge and the admissions they refused."""
         self.log = Log(conn)
         """The Merkle log: leaves, tiles, proofs, checkpoints."""
         self._statement = statement

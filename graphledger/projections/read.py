@@ -22,6 +22,7 @@ import asyncpg
 from graphledger.ledger import Ledger
 from graphledger.ledger.errors import RunNotFound, ThreadNotFound
 from graphledger.ledger.events import RunRef, jsonb_text
+from graphledger.ledger.read import Connection
 from graphledger.ledger.threads import SORT_BY, Thread, Visibility, count_sql, search_sql, thread_of, view_sql, visibility_args, visible_sql
 from graphledger.projections.errors import InvalidArgument, InvalidCursor
 from graphledger.projections.messages import Message
@@ -574,3 +575,100 @@ class Projections:
             return MessagePage(found, has_more, encode_cursor(found[0].key), encode_cursor(found[-1].key))
         here = None if key in (_START, _END) else encode_cursor(key)
         return MessagePage(found, False, here, here)
+
+
+# -- budgets: the use of the runs charged to a budget's key (see graphledger.runs.budgets) ---------
+
+BUDGET_METRICS = ("total_tokens", "input_tokens", "output_tokens")
+"""The token metrics summed in SQL; a cost is summed by the caller from :data:`BUDGET_CALLS_SQL`."""
+
+# The runs charged to (budget $1, key $2) that may have calls at or after $3,
+# and whether each is still pending or running (then it holds a reservation).
+# A run marked ended (budget_runs.ended_at: its last append's transaction time,
+# the database's clock) an hour or more before $3 (the writer's clock) has no
+# call since $3: its calls were appended before its end. The hour covers a skew
+# between the two clocks; a run it lets in needlessly has no call to count.
+_CHARGED = f"""
+charged AS (
+    SELECT b.thread_id, b.run_id, r.status IN ({_ACTIVE_LIST}) AS active
+    FROM budget_runs b JOIN runs r ON r.thread_id = b.thread_id AND r.run_id = b.run_id
+    WHERE b.budget = $1 AND b.key = $2 AND (b.ended_at IS NULL OR b.ended_at >= $3::timestamptz - interval '1 hour')
+)"""
+
+
+def _budget_use_sql(metric: str) -> str:
+    return f"""
+WITH {_CHARGED},
+per_run AS (
+    SELECT c.active, coalesce(sum(l.{metric}), 0)::bigint AS used,
+           count(l.call_id) FILTER (WHERE NOT l.usage_known) AS unknown
+    FROM charged c LEFT JOIN llm_calls l ON l.thread_id = c.thread_id AND l.run_id = c.run_id AND l.ts >= $3
+    GROUP BY c.thread_id, c.run_id, c.active
+)
+SELECT coalesce(sum(used), 0)::bigint AS used,
+       coalesce(sum(greatest($4::bigint - used, 0)) FILTER (WHERE active), 0)::bigint AS reserved,
+       coalesce(sum(unknown), 0)::bigint AS unknown
+FROM per_run
+"""
+
+
+BUDGET_USE_SQL = {metric: _budget_use_sql(metric) for metric in BUDGET_METRICS}
+"""Per token metric: ``used`` in the window, ``reserved`` by active runs ($4 each, less what they used), calls of unknown usage."""
+
+BUDGET_CALLS_SQL = f"""
+WITH {_CHARGED}
+SELECT c.thread_id, c.run_id, c.active, l.ts, l.model, l.provider, l.usage_known, {', '.join('l.' + name for name in TOKEN_FIELDS)}
+FROM charged c JOIN llm_calls l ON l.thread_id = c.thread_id AND l.run_id = c.run_id AND l.ts >= $3
+ORDER BY l.ts, l.thread_id, l.run_id, l.seq
+"""
+"""The calls in the window of the runs charged to a budget's key, oldest first (costs, and when the window frees up)."""
+
+BUDGET_ACTIVE_SQL = f"WITH {_CHARGED} SELECT c.thread_id, c.run_id FROM charged c WHERE c.active"
+"""The runs charged to a budget's key still pending or running ($3: the window's start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUse:
+    """Token use of the runs charged to a budget's key in a window (see :mod:`graphledger.runs.budgets`)."""
+
+    used: int
+    reserved: int
+    unknown_calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChargedCall:
+    """One call in a budget's window: its run, whether that run is active, and what it used."""
+
+    thread_id: UUID
+    run_id: UUID
+    active: bool
+    ts: datetime
+    model: str | None
+    provider: str | None
+    tokens: dict[str, int | None] | None  # None: the model reported no usage
+
+
+async def budget_use(conn: Connection, budget: str, key: str, start: datetime, metric: str, reserve: int) -> BudgetUse:
+    """``metric`` (a token metric) used since ``start`` by the runs charged to ``key``, and reserved by those still active."""
+    row = await conn.fetchrow(BUDGET_USE_SQL[metric], budget, key, start, reserve)
+    assert row is not None
+    return BudgetUse(row["used"], row["reserved"], row["unknown"])
+
+
+async def budget_calls(conn: Connection, budget: str, key: str, start: datetime) -> list[ChargedCall]:
+    """The calls since ``start`` of the runs charged to ``key``, oldest first."""
+    rows = await conn.fetch(BUDGET_CALLS_SQL, budget, key, start)
+    return [
+        ChargedCall(
+            row["thread_id"], row["run_id"], row["active"], row["ts"], row["model"], row["provider"],
+            {name: row[name] for name in TOKEN_FIELDS} if row["usage_known"] else None,
+        )
+        for row in rows
+    ]
+
+
+
+async def budget_active_runs(conn: Connection, budget: str, key: str, start: datetime) -> list[RunRef]:
+    """The runs charged to ``key`` that are still pending or running."""
+    return [RunRef(row["thread_id"], row["run_id"]) for row in await conn.fetch(BUDGET_ACTIVE_SQL, budget, key, start)]

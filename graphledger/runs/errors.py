@@ -39,3 +39,16 @@ class CheckpointNotFound(LedgerError):
 
 class NoGraph(LedgerError):
     """The thread has had no run yet, so no graph to read or update its state with."""
+
+
+class InvalidBudget(LedgerError):
+    """A budget's definition (from a file or the command line) is malformed, or names no budget."""
+
+
+class OverBudget(LedgerError):
+    """A budget the run falls under has no room for it: the admission was refused (and the refusal recorded)."""
+
+    def __init__(self, detail: str, *, budget: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.budget = budget
+        self.retry_after = retry_after

@@ -52,16 +52,18 @@ from graphledger.ledger.events import (
 )
 from graphledger.ledger.session import Transaction
 from graphledger.ledger.threads import Visibility
-from graphledger.runs import checkpoint, secrets
+from graphledger.runs import budget_use, checkpoint, pricing, secrets
 from graphledger.runs.errors import (
     CheckpointNotFound,
     InvalidRequest,
     NotCancellable,
     NotPending,
+    OverBudget,
     RunBusy,
     ThreadBusy,
 )
 from graphledger.runs.graphs import GraphRegistry
+from graphledger.runs.pricing import Pricer
 from graphledger.runs.request import CANCEL_ACTIONS, RunRequest
 
 _log = logging.getLogger("graphledger.runs")
@@ -120,6 +122,7 @@ async def admit(
     graphs: GraphRegistry | None = None,
     executor: str = EXECUTOR_SERVER,
     visible: Visibility | None = None,
+    pricer: Pricer = pricing.DEFAULT,
 ) -> Admitted:
     """Admit a run on ``thread_id`` (a new thread when None) under the request's multitask strategy.
 
@@ -135,15 +138,31 @@ async def admit(
     ``request.actor`` is recorded in ``run.created`` and in the cancel
     requests of the runs its strategy cancels. A request that starts from a
     checkpoint the thread does not have raises :class:`CheckpointNotFound`.
+
+    Budgets come first (:func:`graphledger.runs.budget_use.check`): the keys
+    of every budget the run falls under are locked, and a budget without room
+    refuses the run with :class:`OverBudget`. Nothing of the admission is
+    written (no thread, no run); the refusal is recorded in a transaction of
+    its own. ``pricer`` prices calls for cost budgets.
     """
     if graphs is not None:
         graphs.check(request.graph)
     # notify=False: notified after the commit, not in it; admissions come in
     # bursts, and commits that notify are flushed one at a time.
-    async with ledger.transaction(notify=False) as tx:
-        return await _admit_locked(
-            tx, request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata, executor=executor, visible=visible
-        )
+    try:
+        async with ledger.transaction(notify=False) as tx:
+            return await _admit_locked(
+                tx, request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata, executor=executor, visible=visible,
+                pricer=pricer,
+            )
+    except budget_use.Refused as refused:  # rolled back: nothing of the admission was written
+        raise await _refuse(ledger, refused) from None
+
+
+async def _refuse(ledger: Ledger, refused: budget_use.Refused) -> OverBudget:
+    """Record a refusal, and the error that answers it."""
+    await budget_use.record(ledger, refused)
+    return OverBudget(refused.use.detail(), budget=refused.use.budget.name, retry_after=refused.retry_after)
 
 
 @dataclass(slots=True)
@@ -158,20 +177,36 @@ class Admission:
 
 
 async def admit_batch(
-    ledger: Ledger, admissions: Iterable[Admission], *, graphs: GraphRegistry | None = None, executor: str = EXECUTOR_SERVER
+    ledger: Ledger,
+    admissions: Iterable[Admission],
+    *,
+    graphs: GraphRegistry | None = None,
+    executor: str = EXECUTOR_SERVER,
+    pricer: Pricer = pricing.DEFAULT,
 ) -> list[Admitted]:
-    """Admit several runs in one transaction: all of them, or (on any error) none."""
+    """Admit several runs in one transaction: all of them, or (on any error) none.
+
+    Each run is checked against the budgets after the runs before it in the
+    batch were charged; a run over a budget refuses the whole batch with
+    :class:`OverBudget` (that refusal recorded).
+    """
     admissions = list(admissions)
     if graphs is not None:
         for admission in admissions:
             graphs.check(admission.request.graph)
-    async with ledger.transaction(notify=False) as tx:
-        return [
-            await _admit_locked(
-                tx, a.request, thread_id=a.thread_id, run_id=a.run_id, thread_metadata=a.thread_metadata, executor=executor, visible=a.visible
-            )
-            for a in admissions
-        ]
+    try:
+        async with ledger.transaction(notify=False) as tx:
+            # Every key of the batch first, in one order: two batches never hold each other's.
+            await budget_use.lock(tx, [{**a.request.record(), "executor": executor} for a in admissions])
+            return [
+                await _admit_locked(
+                    tx, a.request, thread_id=a.thread_id, run_id=a.run_id, thread_metadata=a.thread_metadata, executor=executor,
+                    visible=a.visible, pricer=pricer,
+                )
+                for a in admissions
+            ]
+    except budget_use.Refused as refused:
+        raise await _refuse(ledger, refused) from None
 
 
 async def _admit_locked(
@@ -183,6 +218,7 @@ async def _admit_locked(
     thread_metadata: Mapping[str, Any] | None,
     executor: str,
     visible: Visibility | None,
+    pricer: Pricer,
 ) -> Admitted:
     """The body of :func:`admit`, in the caller's transaction."""
     if thread_id is None:
@@ -191,11 +227,15 @@ async def _admit_locked(
     else:
         request.on_completion = None  # only a stateless run's own new thread goes with it
     create = thread_id is None or request.if_not_exists == "create"
+    thread_given = thread_id is not None
     thread_id = thread_id or uuid4()
     ref = RunRef(thread_id, run_id or uuid4())
     cancelled: list[RunRef] = []
     thread_metadata, thread_secrets = thread_metadata_without_secrets(thread_metadata)
     request.know(thread_secrets)
+    payload = {**request.record(), "executor": executor}
+    # Budget locks before the thread's row, in every admission: see ledger/budgets.py.
+    under = await budget_use.check(tx, payload, ref, thread_given=thread_given, pricer=pricer)
     if create:
         await tx.threads.insert(thread_id, thread_metadata)
     if await tx.threads.lock(thread_id, visible):
@@ -214,7 +254,8 @@ async def _admit_locked(
         for other, status in active:
             await _cancel_locked(tx, other, status, request.multitask_strategy, reason="multitask", by=ref.run_id, actor=request.actor)
             cancelled.append(other)
-    created = await tx.create_run(ref, {**request.record(), "executor": executor})
+    created = await tx.create_run(ref, payload)
+    await budget_use.charge(tx, ref, under)
     if request.secrets:
         await tx.secrets.put(ref, request.secrets)
     if request.webhook is not None:

@@ -68,16 +68,16 @@ async def test_run_needs_an_existing_thread(ledger: Ledger) -> None:
         await ledger.create_run(uuid4())
 
 
-async def test_migration_0015_rolls_up_the_calls_already_projected(server_dsn: str) -> None:
+async def test_migration_0013_rolls_up_the_calls_already_projected(server_dsn: str) -> None:
     from datetime import datetime, timezone
 
     from tests.conftest import _admin, drop_database, with_database
 
-    name = f"graphledger_m15_{uuid4().hex[:8]}"
+    name = f"graphledger_m13_{uuid4().hex[:8]}"
     await _admin(server_dsn, f"CREATE DATABASE {name}")
     dsn = with_database(server_dsn, name)
     try:
-        upgrade(dsn, "0014")
+        upgrade(dsn, "0012")
         conn = await asyncpg.connect(dsn)
         try:
             thread, run = uuid4(), uuid4()

@@ -1,7 +1,7 @@
 """Usage over time: the hourly rollup of LLM calls, a call's provider and time to first token, a run's identity and metadata.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-11-29
 
 The rollup is filled from the calls already projected, labelled with their
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0015"
-down_revision = "0014"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

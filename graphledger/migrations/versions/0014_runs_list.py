@@ -1,7 +1,7 @@
 """The runs list across threads: an index on run_status by creation time.
 
-Revision ID: 0017
-Revises: 0015
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-11-29
 
 ``GET /runs`` pages through every visible run, newest first, by
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0017"
-down_revision = "0015"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

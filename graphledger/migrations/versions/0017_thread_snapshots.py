@@ -1,7 +1,7 @@
 """Thread snapshot documents: the JSON of each checkpoint's state, kept for the state and history routes.
 
-Revision ID: 0018
-Revises: 0012
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-11-29
 
 A cache, never the record: rows are rendered from LangGraph's checkpoints and
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0018"
-down_revision = "0012"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

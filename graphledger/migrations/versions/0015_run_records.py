@@ -5,8 +5,8 @@ when its row is inserted, like ``claimable``; ``webhook`` holds a run's
 webhook address (secrets included, never in the log) until its delivery is
 final.
 
-Revision ID: 0012
-Revises: 0017
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-11-29
 """
 
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0012"
-down_revision = "0017"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
