@@ -256,6 +256,7 @@ thread_snapshots = sa.Table(
     sa.Column("latest", sa.Text, nullable=True),
     sa.Column("rendered_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.PrimaryKeyConstraint("thread_id", "checkpoint_ns", "checkpoint_id", name="thread_snapshots_pkey"),
+)
 
 # -- budgets (every statement on these tables is in ledger/budgets.py) -----------------------------
 # Global: a budget belongs to no thread. budget_runs names the runs a budget charges.
