@@ -24,10 +24,13 @@ Then, in this order:
    days), priced by genai-prices, as ``GET /usage?bucket=day&group_by=model``
    answers it from the hourly rollup (median of 20, after one warm-up); then
    the same from the calls, as it is answered to a caller whose authorization
-   filters threads (median of 5).
+   filters threads (median of 5);
+7. runs page: ``--samples`` pages of the runs list (``GET /runs``'s data: 50
+   runs of every thread, newest first, with their calls, tokens and cost),
+   half first pages, half after a cursor half-way down the list (p99).
 
 Ends with one summary line:
-``reads: events=.. page_p99_ms=.. usage_p99_ms=.. by_model_ms=.. series_ms=.. rebuild_eps=..``
+``reads: events=.. page_p99_ms=.. usage_p99_ms=.. by_model_ms=.. series_ms=.. runs_page_ms=.. rebuild_eps=..``
 """
 
 from __future__ import annotations
@@ -200,6 +203,17 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         daily = await usage_series(reader, query, prices)
         # The same from the calls, as a caller whose authorization filters threads is answered.
         from_calls = await timed(5, lambda i: usage_series(reader, query, prices, plan="calls"))
+        # The runs list's page (GET /runs): 50 runs of every thread, newest first, with their calls, tokens and
+        # cost; first pages and pages after a cursor half-way down the list.
+        cursor = None
+        for _ in range(len(refs) // 100):
+            cursor = (await views.runs_page(limit=50, cursor=cursor)).next
+
+        async def runs_page(i: int) -> None:
+            page = await views.runs_page(limit=50, cursor=cursor if i % 2 else None)
+            await views.run_costs([RunRef(r.status.thread_id, r.status.run_id) for r in page.runs], prices)
+
+        runs_pages = await timed(args.samples, runs_page)
     finally:
         await reader.close()
     show("message page", pages)
@@ -213,10 +227,11 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
     sources = sorted({s for row in daily.rows for s in row.cost_sources})
     print(f"  {len(daily.rows)} rows, ${cost:,.2f} priced by {', '.join(sources) or 'nothing'}, {unpriced:,} calls unpriced")
     show("the same from the calls (calls)", from_calls)
+    show(f"runs list page of 50 with cost, of {len(refs):,} runs (first pages and half-way down)", runs_pages)
     print(
         f"reads: events={events} page_p99_ms={pct(pages, 0.99):.2f} usage_p99_ms={pct(usage, 0.99):.2f} "
         f"by_model_ms={statistics.median(by_model):.1f} series_ms={statistics.median(series_times):.1f} "
-        f"rebuild_eps={report.events_per_second:.0f}"
+        f"runs_page_ms={pct(runs_pages, 0.99):.1f} rebuild_eps={report.events_per_second:.0f}"
     )
 
 
