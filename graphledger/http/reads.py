@@ -82,6 +82,8 @@ async def all_runs(request: Request) -> JSONResponse:
     if status is not None and status not in RUN_STATUSES:
         raise HTTPError(422, f"status must be one of {', '.join(RUN_STATUSES)}")
     assistant_id = request.query_params.get("assistant_id") or None
+    if assistant_id is not None and ("\x00" in assistant_id or len(assistant_id) > 1000):
+        raise HTTPError(422, "assistant_id must be an assistant's id or a graph's name (at most 1000 characters, no NUL)")
     # A graph's name stands for its assistant, as in a run's request; runs recorded
     # before assistants had ids named the graph itself.
     assistant_ids = None if assistant_id is None else [assistant_id] if parse_id(assistant_id) else [assistant_id, str(graph_assistant_id(assistant_id))]

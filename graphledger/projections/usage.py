@@ -126,6 +126,8 @@ class UsageQuery:
         for name, values in self.filters.items():
             if not values:
                 raise InvalidArgument(f"filter {name[:100]} has no values")
+            if any("\x00" in value for value in values):  # PostgreSQL's text cannot hold NUL: no label can match
+                raise InvalidArgument(f"filter {name[:100]} has a value with a NUL character")
         return zone
 
 

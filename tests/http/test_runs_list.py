@@ -150,6 +150,8 @@ async def test_filters(url: str, recorded: dict[str, Any]) -> None:
         {"cursor": "bm90IGEgY3Vyc29y"},
         {"cursor": base64.urlsafe_b64encode(b"2026-01-01T00:00:00|00000000-0000-0000-0000-000000000000").decode()},
         {"cursor": "!!"},
+        {"assistant_id": "\x00"},
+        {"assistant_id": "a" * 1001},
     ],
 )
 async def test_bad_input_is_422(url: str, params: dict[str, str]) -> None:

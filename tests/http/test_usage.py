@@ -70,6 +70,8 @@ async def test_percentiles_and_metadata_groups(sdk: LangGraphClient, http: httpx
         ({"group_by": "model,model"}, "twice"),
         ({"colour": "red"}, "unknown parameter"),
         ({"model": ","}, "no values"),
+        ({"assistant": "\x00"}, "NUL"),
+        ({"metadata.team": "a\x00b"}, "NUL"),
         ({"since": "yesterday"}, "ISO 8601"),
         ({"since": "999999w"}, "year 1"),
         ({"since": "2030-01-01T00:00:00Z", "until": "2020-01-01T00:00:00Z"}, "since"),
