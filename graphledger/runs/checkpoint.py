@@ -73,15 +73,20 @@ EXISTS_SQL = f"SELECT 1 FROM {SCHEMA}.checkpoints WHERE thread_id = $1 AND check
 _OPTIONS = f"-c search_path={SCHEMA}"
 
 
-async def setup(dsn: str) -> None:
-    """Create or migrate the checkpointer's tables (idempotent; safe with concurrent callers)."""
+async def setup_locked(dsn: str, owner: Callable[[AsyncConnection[Any]], Any]) -> None:
+    """Run ``owner(conn).setup()`` (a LangGraph package creating or migrating its tables in :data:`SCHEMA`) under :data:`SETUP_LOCK`."""
     async with await AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=0, row_factory=dict_row, options=_OPTIONS) as conn:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         await conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK,))
         try:
-            await AsyncPostgresSaver(conn).setup()
+            await owner(conn).setup()
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
+
+
+async def setup(dsn: str) -> None:
+    """Create or migrate the checkpointer's tables (idempotent; safe with concurrent callers)."""
+    await setup_locked(dsn, AsyncPostgresSaver)
 
 
 class ResilientSaver(AsyncPostgresSaver):

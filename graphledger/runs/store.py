@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from graphledger.ledger.errors import DatabaseUnavailable
-from graphledger.runs.checkpoint import SCHEMA, SETUP_LOCK, TRANSIENT
+from graphledger.runs.checkpoint import SCHEMA, TRANSIENT, setup_locked
 from graphledger.runs.errors import InvalidRequest
 
 T = TypeVar("T")
@@ -44,13 +44,7 @@ REQUEST_TIMEOUT = 10.0
 
 async def setup(dsn: str) -> None:
     """Create or migrate the store's tables (idempotent; safe with concurrent callers and with the checkpointer's setup)."""
-    async with await AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=0, row_factory=dict_row, options=_OPTIONS) as conn:
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        await conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK,))
-        try:
-            await AsyncPostgresStore(conn).setup()
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
+    await setup_locked(dsn, AsyncPostgresStore)
 
 
 @asynccontextmanager
