@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
@@ -298,14 +298,32 @@ async def delete_thread(
         await _delete_thread_locked(tx, thread_id, actor)
 
 
-async def _delete_thread_locked(tx: Transaction, thread_id: UUID, actor: Mapping[str, Any] | None, **why: Any) -> None:
-    """Record the thread's deletion (a short run of the thread), mark it deleted and forget its checkpoints; under its admission lock."""
-    created: dict[str, Any] = {"command": DELETE_THREAD, "executor": EXECUTOR_CALLER, "metadata": {}, **why}
+async def record_command(
+    tx: Transaction,
+    thread_id: UUID,
+    command: str,
+    actor: Mapping[str, Any] | None,
+    fields: Mapping[str, Any],
+    before_end: Sequence[NewEvent] = (),
+) -> RunRef:
+    """Record a command given outside any run as a short run of the thread, in ``tx``.
+
+    ``run.created`` carries the command, its ``fields`` and who gave it
+    (``actor``, inside the hashed payload); ``before_end`` follows, then
+    ``run.succeeded``. Executed by its caller: no worker claims it.
+    """
+    created: dict[str, Any] = {"command": command, "executor": EXECUTOR_CALLER, "metadata": {}, **fields}
     if actor is not None:
         created["actor"] = dict(actor)
     ref = RunRef(thread_id, uuid4())
     await tx.create_run(ref, created)
-    await tx.append(ref, [_event(RUN_SUCCEEDED, {})])
+    await tx.append(ref, [*before_end, _event(RUN_SUCCEEDED, {})])
+    return ref
+
+
+async def _delete_thread_locked(tx: Transaction, thread_id: UUID, actor: Mapping[str, Any] | None, **why: Any) -> None:
+    """Record the thread's deletion (a short run of the thread), mark it deleted and forget its checkpoints; under its admission lock."""
+    await record_command(tx, thread_id, DELETE_THREAD, actor, why)
     await tx.threads.mark_deleted(thread_id, actor)
     await checkpoint.forget(tx.connection, thread_id)
 
@@ -403,12 +421,7 @@ async def delete_run(
             raise RunNotFound(f"run {ref.run_id} not found in thread {ref.thread_id}")
         if status not in TERMINAL_STATUSES:
             raise RunBusy(f"run {ref.run_id} is {status}; cancel it first")
-        created: dict[str, Any] = {"command": DELETE_RUN, "record_of": str(ref.run_id), "executor": EXECUTOR_CALLER, "metadata": {}}
-        if actor is not None:
-            created["actor"] = dict(actor)
-        record = RunRef(ref.thread_id, uuid4())
-        await tx.create_run(record, created)
-        await tx.append(record, [_event(RUN_SUCCEEDED, {})])
+        await record_command(tx, ref.thread_id, DELETE_RUN, actor, {"record_of": str(ref.run_id)})
         await checkpoint.rollback(tx.connection, ref.thread_id, ref.run_id)
 
 

@@ -24,9 +24,9 @@ from uuid import UUID, uuid4
 
 from graphledger.ledger import Ledger
 from graphledger.ledger.errors import ThreadNotFound
-from graphledger.ledger.events import EXECUTOR_CALLER, RUN_SUCCEEDED, NewEvent, RunRef
+from graphledger.ledger.events import NewEvent
 from graphledger.ledger.threads import Thread, Visibility
-from graphledger.runs import checkpoint
+from graphledger.runs import checkpoint, lifecycle
 from graphledger.runs.errors import ThreadBusy
 from graphledger.runs.recorder import stream_kind
 from graphledger.runs.state import ThreadState
@@ -73,21 +73,10 @@ async def copy_thread(
             if thread is None:
                 raise ThreadBusy(f"thread {target} already exists")
             copied = await checkpoint.copy(tx.connection, source, target)
-            created: dict[str, Any] = {
-                "command": COPY_THREAD,
-                "copied_from": {"thread_id": str(source), "checkpoint_id": latest, "checkpoints": copied},
-                "executor": EXECUTOR_CALLER,
-                "metadata": {},
-            }
+            fields: dict[str, Any] = {"copied_from": {"thread_id": str(source), "checkpoint_id": latest, "checkpoints": copied}}
             if graph_id is not None:
-                created["assistant_id"] = created["graph_id"] = graph_id  # the copy's state reads through the same graph
-            if actor is not None:
-                created["actor"] = dict(actor)  # who copied it, inside the hashed payload
-            ref = RunRef(target, uuid4())
-            await tx.create_run(ref, created)
-            events = [NewEvent.of(RUN_SUCCEEDED, {})]
-            if state["checkpoint"] is not None:
-                events.insert(0, NewEvent.of(stream_kind("values"), state["values"]))
-            await tx.append(ref, events)
+                fields["assistant_id"] = fields["graph_id"] = graph_id  # the copy's state reads through the same graph
+            values = [NewEvent.of(stream_kind("values"), state["values"])] if state["checkpoint"] is not None else []
+            await lifecycle.record_command(tx, target, COPY_THREAD, actor, fields, values)  # who copied it, inside the hashed payload
             return thread
     raise ThreadBusy(f"thread {source} kept changing while it was copied; try again")
