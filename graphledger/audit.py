@@ -333,6 +333,7 @@ def keygen(directory: Path, name: str = DEFAULT_NAME) -> tuple[Path, Path]:
 @dataclass(slots=True)
 class _RunState:
     thread_id: UUID
+    prefix: bytes  # chain.run_prefix(thread_id, run_id), encoded once per run
     seq: int = 0
     hash: bytes = GENESIS
     terminal: str | None = None
@@ -373,15 +374,17 @@ async def check_log(ledger: Ledger, checkpoint: Checkpoint, progress: Progress |
             run_id: UUID = row["run_id"]
             state = runs.get(run_id)
             if state is None:
-                state = runs[run_id] = _RunState(row["thread_id"])
+                state = runs[run_id] = _RunState(row["thread_id"], chain.run_prefix(row["thread_id"], run_id))
             seq = row["seq"]
+            prefix = state.prefix
             if row["thread_id"] != state.thread_id:
                 findings.append(f"run {run_id}: seq {seq} is in thread {row['thread_id']}, its earlier events in {state.thread_id}")
+                prefix = chain.run_prefix(row["thread_id"], run_id)
             if seq != state.seq + 1:
                 findings.append(f"run {run_id}: seq {seq} where {state.seq + 1} was expected (events missing or reordered)")
             if state.terminal is not None and not is_note(row["kind"]):
                 findings.append(f"run {run_id}: seq {seq} follows its terminal event {state.terminal}")
-            digest = chain.link(state.hash, row["thread_id"], run_id, seq, row["kind"], row["ts"], row["data"])
+            digest = chain.link_with(state.hash, prefix, seq, row["kind"], row["ts"], row["data"])
             if digest != bytes(row["hash"]):
                 findings.append(f"run {run_id}: seq {seq}: stored hash does not match the recomputed chain")
             state.seq, state.hash = seq, digest
@@ -407,21 +410,20 @@ async def _name_changes(tx: Session, checkpoint: Checkpoint, runs: dict[UUID, _R
     """What changed under a checkpoint, named from the stored leaves (trusted only once their root is the checkpoint's)."""
     stored: dict[tuple[UUID, int], tuple[int, UUID, bytes]] = {}
     compact = merkle.Compact()
-    async for row in tx.log.leaves_from(0):
-        if compact.size == checkpoint.size:
+    async for entry in tx.log.entries():
+        if compact.size == checkpoint.size or len(entry.leaf_hash) != merkle.HASH_SIZE:
             break
-        compact.append(merkle.leaf_hash(bytes(row["hash"])))
-        stored[(row["run_id"], row["seq"])] = (row["leaf_index"], row["thread_id"], bytes(row["hash"]))
+        compact.append(entry.leaf_hash)
+        stored[(entry.run_id, entry.seq)] = (entry.leaf_index, entry.thread_id, entry.leaf_hash)
     if compact.size != checkpoint.size or compact.root() != checkpoint.root:
         return ["the tree of the events is not the checkpoint's, and the stored leaves were altered too: the change cannot be named"]
     now: dict[tuple[UUID, int], tuple[int, UUID, bytes]] = {}
-    states: dict[UUID, _RunState] = {}
+    last: dict[UUID, bytes] = {}
     position = 0
     async for row in tx.feed_rows():
-        state = states.setdefault(row["run_id"], _RunState(row["thread_id"]))
-        digest = chain.link(state.hash, row["thread_id"], row["run_id"], row["seq"], row["kind"], row["ts"], row["data"])
-        state.hash = digest
-        now[(row["run_id"], row["seq"])] = (position, row["thread_id"], digest)
+        digest = chain.link(last.get(row["run_id"], GENESIS), row["thread_id"], row["run_id"], row["seq"], row["kind"], row["ts"], row["data"])
+        last[row["run_id"]] = digest
+        now[(row["run_id"], row["seq"])] = (position, row["thread_id"], merkle.leaf_hash(digest))
         position += 1
     found: dict[tuple[UUID, str], str] = {}
     for (run_id, seq), (index, thread_id, digest) in sorted(stored.items(), key=lambda item: item[1][0]):

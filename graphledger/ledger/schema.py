@@ -149,20 +149,25 @@ access_log_head = sa.Table(
 # One tree over the whole log, not per thread: these tables are global by design and
 # would stay on the coordinator of a distributed database.
 
-merkle_leaves = sa.Table(
-    "merkle_leaves",
+merkle_entries = sa.Table(
+    "merkle_entries",
     metadata,
-    # Leaf n of the tree: the n-th event of the gap-safe global feed, (tx, global_position) order.
-    sa.Column("leaf_index", sa.BigInteger, nullable=False),
-    sa.Column("tx", XID8, nullable=False),
-    sa.Column("global_position", sa.BigInteger, nullable=False),
-    sa.Column("thread_id", postgresql.UUID(as_uuid=True), nullable=False),
-    sa.Column("run_id", postgresql.UUID(as_uuid=True), nullable=False),
-    sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("hash", sa.LargeBinary, nullable=False),
-    sa.PrimaryKeyConstraint("leaf_index", name="merkle_leaves_pkey"),
-    sa.CheckConstraint("octet_length(hash) = 32", name="merkle_leaves_hash_check"),
-    sa.Index("merkle_leaves_event_idx", "thread_id", "run_id", "seq", unique=True),
+    # Which events leaves first_leaf .. first_leaf + leaves - 1 are: the n-th leaf is the n-th
+    # event of the gap-safe global feed, (tx, global_position) order. ``ids`` holds 36 bytes a
+    # leaf, thread_id (16) || run_id (16) || seq (4, big-endian); a row never crosses a level-0
+    # tile (256 leaves), like the entry bundles of C2SP tlog-tiles. The leaf hashes themselves are
+    # the level-0 tiles. (last_tx, last_position) is the feed key of the row's last leaf.
+    sa.Column("first_leaf", sa.BigInteger, nullable=False),
+    sa.Column("leaves", sa.Integer, nullable=False),
+    sa.Column("last_tx", XID8, nullable=False),
+    sa.Column("last_position", sa.BigInteger, nullable=False),
+    sa.Column("ids", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("first_leaf", name="merkle_entries_pkey"),
+    sa.CheckConstraint(
+        "leaves BETWEEN 1 AND 256 AND first_leaf % 256 + leaves <= 256 AND octet_length(ids) = 36 * leaves",
+        name="merkle_entries_leaves_check",
+    ),
+    sa.Index("merkle_entries_last_idx", "last_tx", "last_position", unique=True),
 )
 
 merkle_tiles = sa.Table(

@@ -174,8 +174,9 @@ async def test_feed_compares_transaction_ids_as_numbers_not_text(ledger: Ledger,
     if real:  # leaves take the feed's order too (forged ids may sort under leaves already given)
         async with ledger.session() as session:
             await session.log.grow()
-        leaves = await conn.fetch("SELECT global_position FROM merkle_leaves WHERE run_id = $1 AND seq > 1 ORDER BY leaf_index", ref.run_id)
-        assert [r["global_position"] for r in leaves] == expected
+            leaves = await session.log.run_leaves(ref.thread_id, ref.run_id)
+        positions = dict(await conn.fetch("SELECT seq, global_position FROM events WHERE run_id = $1 AND seq > 1", ref.run_id))
+        assert [positions[seq] for seq in sorted(positions, key=leaves.__getitem__)] == expected
 
 
 @pytest.mark.parametrize("text", ["", "1", "a:b", "1:2:3", "-1:5"])

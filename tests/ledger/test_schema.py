@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from uuid import uuid4
 
 import asyncpg
@@ -103,3 +104,50 @@ async def test_migration_0013_rolls_up_the_calls_already_projected(server_dsn: s
         "status": "success", "identity": None, "calls": 2, "unknown_usage_calls": 1, "runs": 1, "input_tokens": 10, "output_tokens": 0,
         "total_tokens": 0, "cache_read": 0, "cache_creation": 0, "reasoning": 0,
     }]
+
+
+async def test_migration_0018_carries_the_leaves_over_and_back(server_dsn: str) -> None:
+    from alembic import command
+
+    from graphledger.ledger.migrate import alembic_config
+    from tests.conftest import _admin, drop_database, with_database
+
+    name = f"graphledger_m18_{uuid4().hex[:8]}"
+    await _admin(server_dsn, f"CREATE DATABASE {name}")
+    dsn = with_database(server_dsn, name)
+    columns = "leaf_index, tx::text AS tx, global_position, thread_id, run_id, seq, hash"
+    try:
+        upgrade(dsn, "0017")
+        conn = await asyncpg.connect(dsn)
+        try:
+            runs = [(uuid4(), uuid4()) for _ in range(3)]
+            for i in range(200):  # 600 events, three runs interleaved: leaves in three tiles, the last partial
+                for n, (thread, run) in enumerate(runs):
+                    await conn.execute(
+                        "INSERT INTO events (thread_id, run_id, seq, kind, data, ts, hash) VALUES ($1, $2, $3, 'stream:messages', '{}', now(), $4)",
+                        thread, run, i + 1, bytes([n, i % 256]) * 16,
+                    )
+            await conn.execute(
+                "INSERT INTO merkle_leaves SELECT row_number() OVER (ORDER BY tx, global_position) - 1, tx, global_position, thread_id, run_id, seq, hash FROM events"
+            )
+            before = [dict(r) for r in await conn.fetch(f"SELECT {columns} FROM merkle_leaves ORDER BY leaf_index")]
+            upgrade(dsn)
+            rows = await conn.fetch("SELECT first_leaf, leaves, last_position FROM merkle_entries ORDER BY first_leaf")
+            assert [(r["first_leaf"], r["leaves"]) for r in rows] == [(0, 256), (256, 256), (512, 88)]
+            assert [r["last_position"] for r in rows] == [before[255]["global_position"], before[511]["global_position"], before[599]["global_position"]]
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute("DELETE FROM merkle_entries")
+            ledger = await Ledger.connect(dsn, tail=False, pool_size=1)
+            try:
+                async with ledger.session() as session:
+                    for leaf in (0, 1, 255, 256, 599):
+                        assert await session.log.leaf(before[leaf]["thread_id"], before[leaf]["run_id"], before[leaf]["seq"]) == leaf
+            finally:
+                await ledger.close()
+            await asyncio.to_thread(command.downgrade, alembic_config(dsn), "0017")  # alembic runs its own event loop
+            after = [dict(r) for r in await conn.fetch(f"SELECT {columns} FROM merkle_leaves ORDER BY leaf_index")]
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(server_dsn, name)
+    assert after == before

@@ -73,7 +73,7 @@ async def test_checkpoints_are_signed_kept_and_append_only(ledger: Ledger, conn:
     checkpoint = read_checkpoint(note, signer.verifier)
     assert checkpoint.size == first.size == len(await feed_hashes(conn))
     assert checkpoint.root == merkle.root(merkle.Leaves(await feed_hashes(conn)), checkpoint.size)
-    for statement in ("DELETE FROM checkpoints", "UPDATE merkle_leaves SET seq = 2", "DELETE FROM merkle_leaves"):
+    for statement in ("DELETE FROM checkpoints", "UPDATE merkle_entries SET leaves = 2", "DELETE FROM merkle_entries", "TRUNCATE merkle_entries"):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await conn.execute(statement)
     # A tile altered under the checkpoint: the next one is refused.
@@ -82,3 +82,40 @@ async def test_checkpoints_are_signed_kept_and_append_only(ledger: Ledger, conn:
     async with ledger.session() as session:
         with pytest.raises(Inconsistent):
             await session.log.sign(signer)
+
+
+async def test_each_event_is_found_at_its_leaf_whatever_the_growths_cut(ledger: Ledger, conn: asyncpg.Connection) -> None:
+    async with ledger.session() as session:
+        base = (await session.log.grow()).after  # what earlier tests left in the log
+    refs = await append_some(ledger, 7, 90)  # 637 events: over three level-0 tiles
+    async with ledger.session() as session:
+        for batch in (3, 250, 256, 100):  # growths that end inside a tile and across tile boundaries
+            await session.log.grow(batch=batch, limit=batch)
+        await session.log.grow(batch=97)
+        size = await session.log.size()
+        feed = await conn.fetch("SELECT thread_id, run_id, seq FROM events ORDER BY tx, global_position")
+        assert size == len(feed) == base + 7 * 91
+        rows = await conn.fetch("SELECT first_leaf, leaves FROM merkle_entries ORDER BY first_leaf")
+        assert sum(r["leaves"] for r in rows) == size and len([r for r in rows if r["first_leaf"] >= base]) > 3
+        assert all(r["first_leaf"] // merkle.TILE_WIDTH == (r["first_leaf"] + r["leaves"] - 1) // merkle.TILE_WIDTH for r in rows)
+        for index, row in enumerate(feed):
+            assert await session.log.leaf(row["thread_id"], row["run_id"], row["seq"]) == index
+        for ref in refs:
+            expected = {r["seq"]: i for i, r in enumerate(feed) if r["run_id"] == ref.run_id}
+            assert await session.log.run_leaves(ref.thread_id, ref.run_id) == expected
+        pairs = [(ref.thread_id, ref.run_id) for ref in refs]
+        for cut in (0, 1, 3, 255, 256, 300, 7 * 91 - 1, 7 * 91):
+            assert await session.log.uncovered(pairs, base + cut) == 7 * 91 - cut
+        assert await session.log.uncovered(pairs[:1], 0) == 91
+        hashes = await feed_hashes(conn)
+        async with session.connection.transaction():
+            entries = [e async for e in session.log.entries()]
+        assert [(e.leaf_index, e.thread_id, e.run_id, e.seq) for e in entries] == [
+            (i, r["thread_id"], r["run_id"], r["seq"]) for i, r in enumerate(feed)
+        ]
+        assert [e.leaf_hash for e in entries][base:] == hashes[base:]  # (an earlier test altered a tile under base)
+        assert await session.log.leaf(refs[0].thread_id, refs[0].run_id, 92) is None
+    later = await new_run(ledger)  # appended after the growth: no leaf yet, and counted as uncovered
+    async with ledger.session() as session:
+        assert await session.log.leaf(later.thread_id, later.run_id, 1) is None
+        assert await session.log.uncovered([(later.thread_id, later.run_id)], size) == 1
