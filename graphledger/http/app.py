@@ -169,6 +169,7 @@ def create_app(
     checkpoint_dir: Path | None = None,
     prices: PriceBook | None = None,
     pricer: Pricer | None = None,
+    warm_pool: bool = False,
 ) -> Any:
     """The application over the (already migrated) database at ``dsn``, executing runs of ``graphs``.
 
@@ -180,13 +181,15 @@ def create_app(
     signs one first when the latest does not cover every event it carries.
     ``prices`` prices usage (``genai-prices`` alone by default).
     ``pricer`` prices LLM calls for cost budgets at admission (by default,
-    ``prices``: the same prices as usage).
+    ``prices``: the same prices as usage). ``warm_pool`` opens the ledger's
+    pool whole and plans its append statements before serving (``serve``
+    does; see :meth:`Ledger.connect <graphledger.ledger.Ledger.connect>`).
     """
     graphs = graphs or GraphRegistry.configure()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.ledger = await projections.connect(dsn)
+        app.state.ledger = await projections.connect(dsn, warm=warm_pool)
         app.state.graphs = graphs
         app.state.pricer = pricer if pricer is not None else pricing.of_book(app.state.prices)
         app.state.heartbeat = heartbeat_seconds

@@ -117,8 +117,9 @@ async def _prepare(request: Request, body: Any, *, thread_id: UUID | None, wait:
 
 async def _admit(request: Request, *, stateless: bool, wait: bool = False) -> tuple[RunRequest, Event]:
     thread_id: UUID | None = None if stateless else path_uuid(request, "thread_id")
-    prepared = await _prepare(request, await json_body(request), thread_id=thread_id, wait=wait)
-    with request.app.state.runtime.admissions:  # workers hold back their claims while a burst is admitted
+    # Workers hold back their claims (and renders) while a burst is admitted, its assistants' lookups included.
+    with request.app.state.runtime.admissions:
+        prepared = await _prepare(request, await json_body(request), thread_id=thread_id, wait=wait)
         admitted = await admit(
             request.app.state.ledger, prepared.request, thread_id=thread_id, run_id=prepared.run_id,
             thread_metadata=prepared.thread_metadata, graphs=request.app.state.graphs, visible=prepared.visible,

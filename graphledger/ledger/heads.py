@@ -30,6 +30,8 @@ from graphledger.ledger.events import (
 )
 from graphledger.ledger.read import Connection
 from graphledger.ledger.statement import Head
+from graphledger.ledger.threads import LOCK_SQL as THREAD_LOCK_SQL
+from graphledger.ledger.threads import Visibility, visibility_args
 
 _ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
 
@@ -50,6 +52,17 @@ LOCK_SQL = "SELECT status FROM runs WHERE thread_id = $1 AND run_id = $2 FOR UPD
 # between its attempts, and holds back no admission, deletion or claim.
 ACTIVE_SQL = f"SELECT run_id, status FROM runs WHERE thread_id = $1 AND status IN ({_ACTIVE}) AND record_of IS NULL ORDER BY run_id"
 LOCK_ACTIVE_SQL = ACTIVE_SQL + " FOR UPDATE"
+# An admission's locks in one round trip: the thread's row (threads.LOCK_SQL, its
+# visibility filter at $2 and $3), then its active runs, in that order (the
+# thread's row is read first, and the runs only when it was found).
+ADMISSION_LOCKS_SQL = f"""
+WITH thread AS MATERIALIZED ({THREAD_LOCK_SQL}),
+active AS MATERIALIZED ({LOCK_ACTIVE_SQL})
+SELECT t.deleted, a.run_ids, a.statuses FROM thread t
+CROSS JOIN LATERAL (  -- lateral on t: read (and locked) after the thread's row
+    SELECT array_agg(run_id ORDER BY run_id) AS run_ids, array_agg(status ORDER BY run_id) AS statuses FROM active WHERE t.deleted IS NOT NULL
+) a
+"""
 ALL_SQL = "SELECT thread_id, run_id FROM runs ORDER BY queue_position"
 SELECT_BY_ID_SQL = "SELECT thread_id, run_id, status FROM runs WHERE run_id = $1"
 LATEST_ASSISTANT_SQL = (
@@ -302,6 +315,18 @@ class Heads:
         """The thread's pending and running runs (locked for this transaction with ``lock``)."""
         rows = await self._conn.fetch(LOCK_ACTIVE_SQL if lock else ACTIVE_SQL, thread_id)
         return [(RunRef(thread_id, row["run_id"]), row["status"]) for row in rows]
+
+    async def admission_locks(self, thread_id: UUID, visible: Visibility | None = None) -> tuple[bool, list[tuple[RunRef, str]]]:
+        """Take the thread's admission lock, then lock its active runs: whether it was deleted, and those runs.
+
+        What ``threads.lock`` then ``active(lock=True)`` do, in one round trip;
+        raises :class:`ThreadNotFound` if the thread never existed or is not ``visible``.
+        """
+        row = await self._conn.fetchrow(ADMISSION_LOCKS_SQL, thread_id, *visibility_args(visible))
+        if row is None:
+            raise ThreadNotFound(f"thread {thread_id} not found")
+        active = [(RunRef(thread_id, run_id), status) for run_id, status in zip(row["run_ids"] or [], row["statuses"] or [], strict=True)]
+        return row["deleted"], active
 
     async def claimable(self, limit: int) -> list[RunRef]:
         """Up to ``limit`` runs a worker may start now, locked (see :data:`CLAIM_SQL`)."""

@@ -238,7 +238,8 @@ async def _admit_locked(
     under = await budget_use.check(tx, payload, ref, thread_given=thread_given, pricer=pricer)
     if create:
         await tx.threads.insert(thread_id, thread_metadata)
-    if await tx.threads.lock(thread_id, visible):
+    deleted, active = await tx.heads.admission_locks(thread_id, visible)  # the thread's row, then its active runs
+    if deleted:
         raise ThreadNotFound(f"thread {thread_id} was deleted; it takes no new runs")
     # Under the admission lock: no deletion of the thread's checkpoints (a
     # thread deletion) can come between this check and the run.created. A
@@ -246,7 +247,6 @@ async def _admit_locked(
     starts_at = request.checkpoint_id if executor == EXECUTOR_SERVER else None
     if starts_at is not None and not await checkpoint.exists(tx.connection, thread_id, starts_at):
         raise CheckpointNotFound(f"thread {thread_id} has no checkpoint {request.checkpoint_id} to start a run from")
-    active = await tx.heads.active(thread_id, lock=True)
     if active and request.multitask_strategy == "reject":
         other, status = active[0]
         raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); multitask_strategy is reject")

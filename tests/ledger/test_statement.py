@@ -66,3 +66,27 @@ async def test_the_projected_append_statement_stays_prepared(dsn: str) -> None:
                 "SELECT count(*) FROM pg_prepared_statements WHERE length(statement) > 10000 AND statement LIKE '%INSERT INTO events%'"
             )
         assert prepared >= 1
+
+
+async def test_a_warm_pool_has_every_connection_open_and_its_appends_planned(dsn: str, conn: asyncpg.Connection) -> None:
+    """PostgreSQL plans a prepared statement's first five executions for their values before it keeps a generic
+    plan; a warm pool (``serve``'s) has done that on every connection before it serves, and written nothing."""
+    from graphledger import projections
+    from graphledger.ledger.store import PLANNED_EXECUTIONS
+
+    before = await count_events(conn)
+    runs = await conn.fetchval("SELECT count(*) FROM runs")
+    async with await projections.connect(dsn, pool_size=3, tail=False, warm=True) as led:
+        plans = []
+        async with led.session() as first, led.session() as second, led.session() as third:  # three connections, none opened now
+            for session in (first, second, third):
+                plans.append(await session.connection.fetch(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO events%' AND length(statement) > 10000"
+                ))
+            assert len({id(s.connection) for s in (first, second, third)}) == 3
+        assert all(
+            len(rows) == 2 and all(r["custom_plans"] == 5 and r["generic_plans"] == PLANNED_EXECUTIONS - 5 for r in rows) for rows in plans
+        ), plans
+        await new_run(led)  # and it serves
+    assert await count_events(conn) == before + 1
+    assert await conn.fetchval("SELECT count(*) FROM runs") == runs + 1
