@@ -196,7 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _migrate(upgrade, dsn)
         app = create_app(
             dsn, graphs=graphs, settings=settings, max_body_bytes=args.max_body_bytes, auth=authorizer, signer=signer,
-            checkpoint_interval=args.checkpoint_interval, checkpoint_dir=checkpoint_dir, prices=prices, warm_pool=True,
+            checkpoint_interval=args.checkpoint_interval, checkpoint_dir=checkpoint_dir, prices=prices, warm=True,
         )
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
         server = Server(config, app, drain_seconds=args.drain)

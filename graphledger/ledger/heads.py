@@ -29,6 +29,7 @@ from graphledger.ledger.events import (
     jsonb_text,
 )
 from graphledger.ledger.read import Connection
+from graphledger.ledger.budgets import ANY_SQL as BUDGETS_ANY_SQL
 from graphledger.ledger.statement import Head
 from graphledger.ledger.threads import LOCK_SQL as THREAD_LOCK_SQL
 from graphledger.ledger.threads import Visibility, visibility_args
@@ -62,6 +63,21 @@ SELECT t.deleted, a.run_ids, a.statuses FROM thread t
 CROSS JOIN LATERAL (  -- lateral on t: read (and locked) after the thread's row
     SELECT array_agg(run_id ORDER BY run_id) AS run_ids, array_agg(status ORDER BY run_id) AS statuses FROM active WHERE t.deleted IS NOT NULL
 ) a
+"""
+# The same locks, taken only when no budget is defined: an admission locks its
+# budgets' keys before its thread's row (see budgets.py), so with a budget
+# defined nothing is locked here and the admission goes the long way. The
+# subqueries on t are kept apart (OFFSET 0, an aggregate), so their conditions
+# on the row before are one-time filters: a CTE they gate is never read.
+ADMISSION_LOCKS_UNBUDGETED_SQL = f"""
+WITH budgeted AS MATERIALIZED ({BUDGETS_ANY_SQL}),
+thread AS MATERIALIZED ({THREAD_LOCK_SQL}),
+active AS MATERIALIZED ({LOCK_ACTIVE_SQL})
+SELECT b.any AS budgeted, t.deleted, a.run_ids, a.statuses FROM budgeted b
+LEFT JOIN LATERAL (SELECT deleted FROM thread WHERE NOT b.any OFFSET 0) t ON true
+LEFT JOIN LATERAL (
+    SELECT array_agg(run_id ORDER BY run_id) AS run_ids, array_agg(status ORDER BY run_id) AS statuses FROM active WHERE t.deleted IS NOT NULL
+) a ON true
 """
 ALL_SQL = "SELECT thread_id, run_id FROM runs ORDER BY queue_position"
 SELECT_BY_ID_SQL = "SELECT thread_id, run_id, status FROM runs WHERE run_id = $1"
@@ -323,10 +339,16 @@ class Heads:
         raises :class:`ThreadNotFound` if the thread never existed or is not ``visible``.
         """
         row = await self._conn.fetchrow(ADMISSION_LOCKS_SQL, thread_id, *visibility_args(visible))
-        if row is None:
-            raise ThreadNotFound(f"thread {thread_id} not found")
-        active = [(RunRef(thread_id, run_id), status) for run_id, status in zip(row["run_ids"] or [], row["statuses"] or [], strict=True)]
-        return row["deleted"], active
+        return _admission_locks(thread_id, row)
+
+    async def admission_locks_unbudgeted(
+        self, thread_id: UUID, visible: Visibility | None = None
+    ) -> tuple[bool, list[tuple[RunRef, str]]] | None:
+        """:meth:`admission_locks` when no budget is defined, in the same round trip as that check; None (nothing locked) otherwise."""
+        row = await self._conn.fetchrow(ADMISSION_LOCKS_UNBUDGETED_SQL, thread_id, *visibility_args(visible))
+        if row is None or row["budgeted"]:  # (one row always)
+            return None
+        return _admission_locks(thread_id, row if row["deleted"] is not None else None)
 
     async def claimable(self, limit: int) -> list[RunRef]:
         """Up to ``limit`` runs a worker may start now, locked (see :data:`CLAIM_SQL`)."""
@@ -373,3 +395,10 @@ class Heads:
         else:
             rows = await self._conn.fetch(SELECT_CREATED_SQL, since, until)
         return [(RunRef(row["thread_id"], row["run_id"]), row["status"]) for row in rows]
+
+
+def _admission_locks(thread_id: UUID, row: asyncpg.Record | None) -> tuple[bool, list[tuple[RunRef, str]]]:
+    if row is None:
+        raise ThreadNotFound(f"thread {thread_id} not found")
+    active = [(RunRef(thread_id, run_id), status) for run_id, status in zip(row["run_ids"] or [], row["statuses"] or [], strict=True)]
+    return row["deleted"], active

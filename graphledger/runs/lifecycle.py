@@ -53,6 +53,7 @@ from graphledger.ledger.events import (
 from graphledger.ledger.session import Transaction
 from graphledger.ledger.threads import Visibility
 from graphledger.runs import budget_use, checkpoint, pricing, secrets
+from graphledger.runs.budgets import Budget
 from graphledger.runs.errors import (
     CheckpointNotFound,
     InvalidRequest,
@@ -234,11 +235,16 @@ async def _admit_locked(
     thread_metadata, thread_secrets = thread_metadata_without_secrets(thread_metadata)
     request.know(thread_secrets)
     payload = {**request.record(), "executor": executor}
-    # Budget locks before the thread's row, in every admission: see ledger/budgets.py.
-    under = await budget_use.check(tx, payload, ref, thread_given=thread_given, pricer=pricer)
-    if create:
-        await tx.threads.insert(thread_id, thread_metadata)
-    deleted, active = await tx.heads.admission_locks(thread_id, visible)  # the thread's row, then its active runs
+    # Budget locks before the thread's row, in every admission: see ledger/budgets.py. When no
+    # budget is defined (most admissions), that check and the thread's locks are one round trip.
+    locks = None if create else await tx.heads.admission_locks_unbudgeted(thread_id, visible)
+    under: list[tuple[Budget, str]] = []
+    if locks is None:
+        under = await budget_use.check(tx, payload, ref, thread_given=thread_given, pricer=pricer)
+        if create:
+            await tx.threads.insert(thread_id, thread_metadata)
+        locks = await tx.heads.admission_locks(thread_id, visible)  # the thread's row, then its active runs
+    deleted, active = locks
     if deleted:
         raise ThreadNotFound(f"thread {thread_id} was deleted; it takes no new runs")
     # Under the admission lock: no deletion of the thread's checkpoints (a
