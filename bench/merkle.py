@@ -1,6 +1,6 @@
 """The Merkle log: what it costs the writer, how fast it grows, proves and checks.
 
-    python bench/merkle.py [--runs 50] [--chunks 1000] [--rounds 3] [--events 2000000] [--big 10000000]
+    python bench/merkle.py [--runs 200] [--chunks 1000] [--rounds 5] [--events 10000000] [--big 12000000]
 
 Uses DATABASE_URL when set, else a fresh embedded PostgreSQL (durable
 settings), removed afterwards. In order, on one database:
@@ -8,10 +8,13 @@ settings), removed afterwards. In order, on one database:
 1. writer_ratio: raw COPY of ``--runs`` x ``--chunks`` event rows, the append
    benchmark's writer alone, and the writer with a :class:`Checkpointer`
    growing the tree and signing a checkpoint every second beside it
-   (bench/append.py), alternating for ``--rounds``. ``writer_ratio`` is the
-   median writer-with-checkpoints events/s over the median COPY rows/s (the
-   append target's measure, checkpoints included); ``checkpoint_cost`` the
-   same writer over the writer alone.
+   (bench/append.py), alternating for ``--rounds``. Each round with
+   checkpoints starts with the tree grown over what the other rounds wrote
+   (untimed, as a running server's checkpointer keeps up) and prints how
+   many checkpoints it signed: ``--runs`` must make it last a few seconds.
+   ``writer_ratio`` is the median writer-with-checkpoints events/s over the
+   median COPY rows/s (the append target's measure, checkpoints included);
+   ``checkpoint_cost`` the same writer over the writer alone.
 2. leaves_per_s: ``--events`` chained event rows COPYed in (in runs of
    ``--chunks`` events, 200,000 rows a COPY), then one ``grow()`` from the
    feed: leaves assigned and tiles written, per second.
@@ -23,7 +26,7 @@ settings), removed afterwards. In order, on one database:
    tree holds ``--big`` leaves (no events, no leaf rows: a proof reads only
    tiles, so the synthetic tree costs a proof what a real one does), then
    the mean and p99 of 500 inclusion proofs and 100 consistency proofs read
-   from the database at that size.
+   from the database at that size (the real tree's, when it is larger).
 
 Ends with ``merkle: writer_ratio=.. checkpoint_cost=.. leaves_per_s=.. consistency_eps=.. proof_ms=.. proof_p99_ms=..``.
 """
@@ -209,11 +212,11 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=1000, help="chunks per run")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--events", type=int, default=2_000_000, help="real events for the growth and the check")
-    parser.add_argument("--big", type=int, default=10_000_000, help="tree size for the proof timing (synthetic leaves added)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--events", type=int, default=10_000_000, help="real events for the growth and the check")
+    parser.add_argument("--big", type=int, default=12_000_000, help="tree size for the proof timing (synthetic leaves added)")
     args = parser.parse_args()
     run_on_database(lambda dsn: run(dsn, args))
 
