@@ -303,8 +303,9 @@ async def test_no_secret_reaches_the_database_or_an_export(base_url: str, auth_u
             created = await session.connection.fetchval(
                 "SELECT data FROM events WHERE kind = 'run.created' AND thread_id = $1 ORDER BY global_position LIMIT 1", __import__("uuid").UUID(tid)
             )
-            user_created = await session.connection.fetchval(
-                "SELECT data FROM events WHERE kind = 'run.created' AND thread_id = $1", __import__("uuid").UUID(user_thread)
+            user_created = await session.connection.fetchval(  # the user's run, not the thread's deletion recorded after it
+                "SELECT data FROM events WHERE kind = 'run.created' AND thread_id = $1 ORDER BY global_position LIMIT 1",
+                __import__("uuid").UUID(user_thread),
             )
             deleted_by = await session.connection.fetchval("SELECT deleted_by::text FROM threads WHERE thread_id = $1", __import__("uuid").UUID(user_thread))
             access = await session.connection.fetch("SELECT data::text AS data FROM access_log")
