@@ -21,6 +21,7 @@ from uuid import UUID
 
 import asyncpg
 
+from graphledger.ledger.budgets import ANY_SQL as BUDGETS_ANY_SQL
 from graphledger.ledger.errors import InvalidEvent, RunNotFound, ThreadNotFound
 from graphledger.ledger.events import (
     ACTIVE_STATUSES,
@@ -29,7 +30,6 @@ from graphledger.ledger.events import (
     jsonb_text,
 )
 from graphledger.ledger.read import Connection
-from graphledger.ledger.budgets import ANY_SQL as BUDGETS_ANY_SQL
 from graphledger.ledger.statement import Head
 from graphledger.ledger.threads import LOCK_SQL as THREAD_LOCK_SQL
 from graphledger.ledger.threads import Visibility, visibility_args
