@@ -370,31 +370,30 @@ async def check_log(ledger: Ledger, checkpoint: Checkpoint, progress: Progress |
     compact = merkle.Compact()
     old_root: bytes | None = merkle.EMPTY_ROOT if checkpoint.size == 0 else None
     async with ledger.transaction(isolation="repeatable_read", readonly=True) as tx:
-        async for row in tx.feed_rows():
-            run_id: UUID = row["run_id"]
-            state = runs.get(run_id)
-            if state is None:
-                state = runs[run_id] = _RunState(row["thread_id"], chain.run_prefix(row["thread_id"], run_id))
-            seq = row["seq"]
-            prefix = state.prefix
-            if row["thread_id"] != state.thread_id:
-                findings.append(f"run {run_id}: seq {seq} is in thread {row['thread_id']}, its earlier events in {state.thread_id}")
-                prefix = chain.run_prefix(row["thread_id"], run_id)
-            if seq != state.seq + 1:
-                findings.append(f"run {run_id}: seq {seq} where {state.seq + 1} was expected (events missing or reordered)")
-            if state.terminal is not None and not is_note(row["kind"]):
-                findings.append(f"run {run_id}: seq {seq} follows its terminal event {state.terminal}")
-            digest = chain.link_with(state.hash, prefix, seq, row["kind"], row["ts"], row["data"])
-            if digest != bytes(row["hash"]):
-                findings.append(f"run {run_id}: seq {seq}: stored hash does not match the recomputed chain")
-            state.seq, state.hash = seq, digest
-            if row["kind"] in TERMINAL_KINDS:
-                state.terminal = row["kind"]
-            compact.append(merkle.leaf_hash(digest))
-            if compact.size == checkpoint.size:
-                old_root = compact.root()
-            if progress is not None and compact.size % 10_000 == 0:
-                progress(compact.size)
+        async for batch in tx.chain_batches():
+            for thread_id, run_id, seq, kind, data, ts, stored in batch:
+                state = runs.get(run_id)
+                if state is None:
+                    state = runs[run_id] = _RunState(thread_id, chain.run_prefix(thread_id, run_id))
+                prefix = state.prefix
+                if thread_id != state.thread_id:
+                    findings.append(f"run {run_id}: seq {seq} is in thread {thread_id}, its earlier events in {state.thread_id}")
+                    prefix = chain.run_prefix(thread_id, run_id)
+                if seq != state.seq + 1:
+                    findings.append(f"run {run_id}: seq {seq} where {state.seq + 1} was expected (events missing or reordered)")
+                if state.terminal is not None and not is_note(kind):
+                    findings.append(f"run {run_id}: seq {seq} follows its terminal event {state.terminal}")
+                digest = chain.link_with(state.hash, prefix, seq, kind, ts, data)
+                if digest != stored:
+                    findings.append(f"run {run_id}: seq {seq}: stored hash does not match the recomputed chain")
+                state.seq, state.hash = seq, digest
+                if kind in TERMINAL_KINDS:
+                    state.terminal = kind
+                compact.append(merkle.leaf_hash(digest))
+                if compact.size == checkpoint.size:
+                    old_root = compact.root()
+                if progress is not None and compact.size % 10_000 == 0:
+                    progress(compact.size)
         report = LogCheck(checkpoint, compact.size, compact.root(), findings)
         if old_root is None:
             findings.append(f"the log has {compact.size:,} events in feed order, fewer than the {checkpoint.size:,} the checkpoint covers")

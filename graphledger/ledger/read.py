@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from uuid import UUID
@@ -212,6 +214,40 @@ async def last_of_kind(conn: Connection, ref: RunRef, kind: str) -> Event | None
 def feed_rows(conn: Connection, prefetch: int = 5_000) -> CursorFactory[asyncpg.Record]:
     """A cursor over the whole feed, in feed order (inside a REPEATABLE READ transaction: one snapshot)."""
     return conn.cursor(FEED_ALL_SQL, prefetch=prefetch)
+
+
+# What a check of the whole log reads of each event, in feed order: only what its chain hash
+# covers, with the timestamp already in the chain's text form (chain.format_ts: UTC,
+# microseconds, "Z"); a timestamp that form cannot give (infinity) comes as PostgreSQL's text.
+CHAIN_TS_SQL = """coalesce(to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), ts::text)"""
+CHAIN_ROWS_SQL = f"""
+SELECT thread_id, run_id, seq, kind, data, {CHAIN_TS_SQL} AS ts, hash
+FROM events
+WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx, global_position
+"""
+
+
+async def chain_batches(conn: Connection, size: int = 5_000) -> AsyncIterator[list[asyncpg.Record]]:
+    """The feed as :data:`CHAIN_ROWS_SQL` reads it, ``size`` rows at a time (inside a REPEATABLE READ transaction).
+
+    The next batch is asked for before this one is handed over, so the
+    server reads it while the caller works on this one.
+    """
+    cursor = await conn.cursor(CHAIN_ROWS_SQL)
+    pending = asyncio.ensure_future(cursor.fetch(size))
+    try:
+        while True:
+            batch = await pending
+            if not batch:
+                return
+            pending = asyncio.ensure_future(cursor.fetch(size))
+            await asyncio.sleep(0)  # let it send its request before the caller takes the loop
+            yield batch
+    finally:  # a caller that stops early: the batch asked for is read and dropped, the connection left usable
+        if not pending.done():
+            with contextlib.suppress(Exception):
+                await pending
 
 
 def run_rows(conn: Connection, ref: RunRef, prefetch: int) -> CursorFactory[asyncpg.Record]:

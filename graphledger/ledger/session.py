@@ -71,6 +71,10 @@ class Session:
         """Every event of the feed in feed order, through a cursor (inside a REPEATABLE READ transaction)."""
         return read.feed_rows(self.connection, prefetch)
 
+    def chain_batches(self, *, size: int = 5_000) -> AsyncIterator[list[asyncpg.Record]]:
+        """What the chain hashes cover of every event of the feed, in feed order, in batches (see :func:`read.chain_batches`)."""
+        return read.chain_batches(self.connection, size)
+
     async def read_thread_feed(self, thread_id: UUID, after: read.FeedCursor, floor: int = 0, limit: int = 1_000) -> tuple[list[Event], int]:
         """The thread's part of the global feed after ``after`` (see :func:`read.read_thread_feed`)."""
         return await read.read_thread_feed(self.connection, thread_id, after, floor, limit)

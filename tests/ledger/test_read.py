@@ -187,3 +187,22 @@ def test_bad_feed_cursors(text: str) -> None:
 
 def test_feed_cursor_round_trips() -> None:
     assert FeedCursor.parse(str(FeedCursor(12, 34))) == FeedCursor(12, 34)
+
+
+async def test_the_check_reads_timestamps_in_the_chain_s_own_text_form(conn: asyncpg.Connection) -> None:
+    """The log check hashes the timestamp PostgreSQL formats (read.CHAIN_ROWS_SQL); it must be chain.format_ts's, byte for byte."""
+    from datetime import datetime, timedelta, timezone
+
+    from graphledger.ledger.chain import format_ts
+    from graphledger.ledger.read import CHAIN_ROWS_SQL, CHAIN_TS_SQL
+
+    assert f"{CHAIN_TS_SQL} AS ts" in CHAIN_ROWS_SQL
+    plus5 = timezone(timedelta(hours=5, minutes=30))
+    stamps = [
+        datetime(1, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc), datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        datetime(2026, 11, 29, 5, 0, tzinfo=timezone.utc), datetime(2024, 2, 29, 12, 30, 1, 7, tzinfo=plus5),
+        datetime(9999, 12, 31, 23, 59, 58, 999999, tzinfo=timezone.utc), datetime.now(timezone.utc),
+    ]
+    for stamp in stamps:
+        text = await conn.fetchval(f"SELECT {CHAIN_TS_SQL} FROM (SELECT $1::timestamptz AS ts) e", stamp)
+        assert text == format_ts(stamp), stamp
