@@ -419,11 +419,12 @@ async def _name_changes(tx: Session, checkpoint: Checkpoint, runs: dict[UUID, _R
     now: dict[tuple[UUID, int], tuple[int, UUID, bytes]] = {}
     last: dict[UUID, bytes] = {}
     position = 0
-    async for row in tx.feed_rows():
-        digest = chain.link(last.get(row["run_id"], GENESIS), row["thread_id"], row["run_id"], row["seq"], row["kind"], row["ts"], row["data"])
-        last[row["run_id"]] = digest
-        now[(row["run_id"], row["seq"])] = (position, row["thread_id"], merkle.leaf_hash(digest))
-        position += 1
+    async for batch in tx.chain_batches():  # the rows check_log read, from the same snapshot
+        for thread_id, run_id, seq, kind, data, ts, _ in batch:
+            digest = chain.link_with(last.get(run_id, GENESIS), chain.run_prefix(thread_id, run_id), seq, kind, ts, data)
+            last[run_id] = digest
+            now[(run_id, seq)] = (position, thread_id, merkle.leaf_hash(digest))
+            position += 1
     found: dict[tuple[UUID, str], str] = {}
     for (run_id, seq), (index, thread_id, digest) in sorted(stored.items(), key=lambda item: item[1][0]):
         current = now.get((run_id, seq))

@@ -86,12 +86,6 @@ ORDER BY tx, global_position LIMIT $3
 """
 """The feed's next rows as the Merkle log takes them for leaves (its statement composes this one)."""
 
-FEED_ALL_SQL = f"""
-SELECT {_COLUMNS} FROM events
-WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY events.tx, events.global_position
-"""
-
 RUN_ROWS_SQL = "SELECT seq, kind, data, ts, hash FROM events WHERE thread_id = $1 AND run_id = $2 ORDER BY seq"
 
 LAST_OF_KIND_SQL = f"""
@@ -209,11 +203,6 @@ async def last_of_kind(conn: Connection, ref: RunRef, kind: str) -> Event | None
     """The run's last event of ``kind``, if any."""
     row = await conn.fetchrow(LAST_OF_KIND_SQL, ref.thread_id, ref.run_id, kind)
     return to_event(row) if row is not None else None
-
-
-def feed_rows(conn: Connection, prefetch: int = 5_000) -> CursorFactory[asyncpg.Record]:
-    """A cursor over the whole feed, in feed order (inside a REPEATABLE READ transaction: one snapshot)."""
-    return conn.cursor(FEED_ALL_SQL, prefetch=prefetch)
 
 
 # What a check of the whole log reads of each event, in feed order: only what its chain hash

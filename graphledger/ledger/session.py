@@ -67,10 +67,6 @@ class Session:
         events = await read.read_runs(self.connection, [(ref, 0) for ref in refs], 1)
         return {RunRef(e.thread_id, e.run_id): e for e in events}
 
-    def feed_rows(self, *, prefetch: int = 5_000) -> CursorFactory[asyncpg.Record]:
-        """Every event of the feed in feed order, through a cursor (inside a REPEATABLE READ transaction)."""
-        return read.feed_rows(self.connection, prefetch)
-
     def chain_batches(self, *, size: int = 5_000) -> AsyncIterator[list[asyncpg.Record]]:
         """What the chain hashes cover of every event of the feed, in feed order, in batches (see :func:`read.chain_batches`)."""
         return read.chain_batches(self.connection, size)
