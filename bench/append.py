@@ -13,7 +13,9 @@ measurements, in this order, on the same database:
             opens it (``projections.connect``: the projector looks at every
             flush); events/s from first submit to last commit, encoding and
             hashing included. 1 and 2 alternate for
-            ``--rounds`` rounds; the medians are compared.
+            ``--rounds`` rounds; the medians are compared. The process is
+            settled for load first, as ``serve`` settles its own
+            (:func:`graphledger.process.settle`).
 3. latency: ``--rate`` events/s spread over 20 runs for ``--seconds``; the time from
             ``submit()`` to a subscriber receiving the event, for a subscriber in the
             writing process (in-memory hand-off) and one in another ledger
@@ -49,6 +51,7 @@ from graphledger.ledger import (  # noqa: E402
     chain,  # noqa: E402
 )
 from graphledger.ledger.events import canonical_json  # noqa: E402
+from graphledger.process import settle  # noqa: E402
 
 FILLER = "x" * 160
 
@@ -155,6 +158,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(dsn: str, args: argparse.Namespace) -> None:
+    settle()
     # COPY and the writer alternate, so both see the same table sizes and the
     # same machine noise; the medians are compared.
     copies, writers = [], []

@@ -8,7 +8,8 @@ settings), removed afterwards. In order, on one database:
 1. writer_ratio: raw COPY of ``--runs`` x ``--chunks`` event rows, the append
    benchmark's writer alone, and the writer with a :class:`Checkpointer`
    growing the tree and signing a checkpoint every second beside it
-   (bench/append.py), alternating for ``--rounds``. Each round with
+   (bench/append.py, in a process settled as ``serve``'s is), alternating
+   for ``--rounds``. Each round with
    checkpoints starts with the tree grown over what the other rounds wrote
    (untimed, as a running server's checkpointer keeps up) and prints how
    many checkpoints it signed: ``--runs`` must make it last a few seconds.
@@ -56,6 +57,7 @@ from graphledger.ledger.checkpointer import Checkpointer  # noqa: E402
 from graphledger.ledger.events import canonical_json  # noqa: E402
 from graphledger.ledger.note import Signer  # noqa: E402
 from graphledger.ledger.tlog import PUT_TILES_SQL  # noqa: E402
+from graphledger.process import settle  # noqa: E402
 
 COPY_BATCH = 200_000
 SYNTH_BATCH = 256 * 1024
@@ -116,7 +118,7 @@ async def synthesize(ledger: Ledger, size: int, target: int) -> None:
         conn = session.connection
         while size < target:
             n = min(SYNTH_BATCH, target - size)
-            leaves = [hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(size, size + n)]
+            leaves = b"".join([hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(size, size + n)])
             edge = await session.log._tiles([(lv, ix) for lv, ix, _ in merkle.tiles_for(size)])
             changed = merkle.grow_tiles(size, edge, leaves)
             keys = sorted(changed)
@@ -129,6 +131,7 @@ def p99(values: list[float]) -> float:
 
 
 async def run(dsn: str, args: argparse.Namespace) -> None:
+    settle()
     signer = Signer.generate("bench.example/log")
     copies, plain, checked = [], [], []
     for round_ in range(1, args.rounds + 1):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
+from graphledger.process import settle
 from graphledger.http import assistants, budgets, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads, usage, viewer
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
@@ -185,10 +185,10 @@ def create_app(
     ``prices``: the same prices as usage). ``warm`` (``serve``'s) readies the
     process for a burst from its first request: the ledger's pool is opened
     whole with its append statements planned (see :meth:`Ledger.connect
-    <graphledger.ledger.Ledger.connect>`), and the objects of the startup
-    (modules, graphs) are frozen out of the garbage collector's full
-    collections, which otherwise stopped the event loop for 80 to 100 ms
-    every few seconds under load (10 ms frozen).
+    <graphledger.ledger.Ledger.connect>`), and the process is settled for
+    load once started (:func:`graphledger.process.settle`: the startup's
+    objects frozen out of the garbage collector's way, young collections
+    rarer).
     """
     graphs = graphs or GraphRegistry.configure()
 
@@ -208,8 +208,7 @@ def create_app(
             await app.state.runtime.start()
             checkpointer.start()
             if warm:
-                gc.collect()  # what is garbage now is not frozen with the rest
-                gc.freeze()
+                settle()
             yield
         finally:
             await checkpointer.close()

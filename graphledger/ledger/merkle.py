@@ -36,12 +36,12 @@ def split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def perfect_root(hashes: Sequence[bytes]) -> bytes:
-    """The root over a power-of-two number of hashes of one height."""
-    level = list(hashes)
-    while len(level) > 1:
-        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
-    return level[0]
+def perfect_root(hashes: bytes) -> bytes:
+    """The root over a power-of-two number of hashes of one height, concatenated (each pair is ``left || right``)."""
+    sha256 = hashlib.sha256
+    while len(hashes) > HASH_SIZE:
+        hashes = b"".join([sha256(b"\x01" + hashes[i : i + 2 * HASH_SIZE]).digest() for i in range(0, len(hashes), 2 * HASH_SIZE)])
+    return hashes
 
 
 class Hashes(Protocol):
@@ -269,34 +269,36 @@ def tiles_for(size: int) -> list[tuple[int, int, int]]:
     return edge
 
 
-def grow_tiles(size: int, edge: dict[tuple[int, int], bytes], new_leaves: Sequence[bytes]) -> dict[tuple[int, int], bytes]:
-    """Append ``new_leaves`` (leaf hashes) to a tree of ``size`` leaves whose partial edge tiles are ``edge``.
+def grow_tiles(size: int, edge: dict[tuple[int, int], bytes], new_leaves: bytes) -> dict[tuple[int, int], bytes]:
+    """Append ``new_leaves`` (leaf hashes, concatenated) to a tree of ``size`` leaves whose partial edge tiles are ``edge``.
 
     ``edge`` maps ``(level, index)`` to the concatenated hashes of each
     partial tile on the right edge (:func:`tiles_for`). Returns every tile
     changed, full or partial, as ``(level, index) -> hashes``; the cost
-    follows the new leaves, not the size of the tree.
+    follows the new leaves, not the size of the tree: one hash per new leaf
+    and level above it, computed on the concatenated bytes (the
+    checkpointer runs in the writers' process).
     """
-    changed: dict[tuple[int, int], bytearray] = {key: bytearray(value) for key, value in edge.items()}
-    pending = list(new_leaves)
+    changed: dict[tuple[int, int], bytes] = {}
+    pending = bytes(new_leaves)
     level = 0
-    count = size
+    count = size  # the hashes this level held before this growth
+    whole = TILE_WIDTH * HASH_SIZE
     while pending:
-        promoted: list[bytes] = []
-        index = count // TILE_WIDTH
-        tile = changed.setdefault((level, index), bytearray())
-        for h in pending:
-            tile += h
-            if len(tile) == TILE_WIDTH * HASH_SIZE:
-                promoted.append(perfect_root([bytes(tile[i : i + HASH_SIZE]) for i in range(0, len(tile), HASH_SIZE)]))
-                index += 1
-                tile = changed.setdefault((level, index), bytearray())
-        if not tile:
-            del changed[(level, index)]
-        count //= TILE_WIDTH  # the hashes the next level held before this growth
-        pending = promoted
+        first = count // TILE_WIDTH
+        data = edge.get((level, first), b"") + pending
+        full = len(data) // whole
+        promoted = []
+        for i in range(full):
+            tile = data[i * whole : (i + 1) * whole]
+            changed[(level, first + i)] = tile
+            promoted.append(perfect_root(tile))
+        if len(data) > full * whole:
+            changed[(level, first + full)] = data[full * whole :]
+        pending = b"".join(promoted)
+        count //= TILE_WIDTH
         level += 1
-    return {key: bytes(value) for key, value in changed.items()}
+    return changed
 
 
 def tile_hash(tiles: Callable[[int, int], bytes], height: int, index: int) -> bytes:
@@ -309,4 +311,4 @@ def tile_hash(tiles: Callable[[int, int], bytes], height: int, index: int) -> by
     chunk = data[offset * HASH_SIZE : (offset + count) * HASH_SIZE]
     if len(chunk) != count * HASH_SIZE:
         raise LookupError(f"tile {level}/{tile} holds {len(data) // HASH_SIZE} hashes, not up to {offset + count}")
-    return perfect_root([chunk[i : i + HASH_SIZE] for i in range(0, len(chunk), HASH_SIZE)])
+    return perfect_root(chunk)

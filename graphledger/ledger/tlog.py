@@ -176,10 +176,8 @@ class Log:
                 added = await self.connection.fetchrow(ADD_LEAVES_SQL, tx, position, take, size) if take > 0 else None
                 count = 0 if added is None else int(added["added"])
                 if added is not None and count:
-                    blob = bytes(added["leaf_hashes"])
-                    hashes = [blob[i : i + merkle.HASH_SIZE] for i in range(0, len(blob), merkle.HASH_SIZE)]
                     edge = await self._tiles([(level, index) for level, index, _ in merkle.tiles_for(size)])
-                    changed = merkle.grow_tiles(size, edge, hashes)
+                    changed = merkle.grow_tiles(size, edge, added["leaf_hashes"])
                     keys = sorted(changed)
                     await self.connection.execute(
                         PUT_TILES_SQL, [k[0] for k in keys], [k[1] for k in keys], [changed[k] for k in keys]

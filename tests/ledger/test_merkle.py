@@ -133,7 +133,7 @@ class Tiles:
 
     def grow(self, leaf_hashes: list[bytes]) -> None:
         edge = {(lv, ix): self.tiles[(lv, ix)] for lv, ix, _ in merkle.tiles_for(self.size)}
-        self.tiles.update(merkle.grow_tiles(self.size, edge, leaf_hashes))
+        self.tiles.update(merkle.grow_tiles(self.size, edge, b"".join(leaf_hashes)))
         self.size += len(leaf_hashes)
 
     def subtree(self, height: int, index: int) -> bytes:
