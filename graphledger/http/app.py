@@ -16,7 +16,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphledger import projections
-from graphledger.process import settle
 from graphledger.http import assistants, budgets, feedback, log, openapi, reads, runs, sse, state, store, thread_stream, threads, usage, viewer
 from graphledger.http.auth import Authenticate, Authorizer
 from graphledger.http.common import (
@@ -29,6 +28,7 @@ from graphledger.ledger import Ledger
 from graphledger.ledger.checkpointer import Checkpointer
 from graphledger.ledger.errors import LedgerError
 from graphledger.ledger.note import Signer
+from graphledger.process import settle
 from graphledger.projections.prices import PriceBook
 from graphledger.runs import GraphRegistry, RunSettings, Runtime, pricing
 from graphledger.runs.assistants import register

@@ -81,6 +81,29 @@ async def test_verify_against_the_database(dsn: str, recorded: Recorded) -> None
     assert every.returncode == 0 and b"every hash chain intact" in every.stdout, every
 
 
+SETTLED_PROBE = """
+import gc, sys
+from graphledger.cli import main
+code = main(sys.argv[1:])
+print(gc.get_threshold()[0], gc.get_freeze_count() > 0, code)
+"""
+
+
+@pytest.mark.parametrize(("command", "settled"), [(["verify", "--all"], True), (["runs"], False)])
+async def test_a_command_over_the_whole_log_settles_its_process_first(
+    dsn: str, recorded: Recorded, command: list[str], settled: bool
+) -> None:
+    """verify, export, rebuild, replay and checkpoint run as serve does once started (``graphledger.process.settle``)."""
+    from graphledger.process import YOUNG_THRESHOLD
+
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", SETTLED_PROBE, *command, "--database-url", dsn], capture_output=True, timeout=120
+    )
+    threshold, frozen, code = result.stdout.decode().split()[-3:]
+    assert code == "0", result.stderr.decode()
+    assert (int(threshold) == YOUNG_THRESHOLD, frozen == "True") == (settled, settled)
+
+
 async def test_runs_and_show_as_tables_and_json(dsn: str, recorded: Recorded, ledger: Ledger) -> None:
     listed = await acli("runs", "--thread", str(recorded.thread_id), "--json", dsn=dsn)
     runs = json.loads(listed.stdout)
