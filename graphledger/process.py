@@ -1,7 +1,9 @@
 """What a long-running graphledger process does once its startup is done.
 
-``serve`` calls :func:`settle` after its application has started; the
-benchmarks call it too, so that they measure the process ``serve`` runs.
+``serve`` calls :func:`settle` after its application has started, the
+commands that work through the log before they start (``graphledger.cli``'s
+``LONG_WORK``), and the benchmarks before they measure, so that they measure
+the process ``serve`` runs.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import gc
 # Python's default collects the youngest generation every 700 net allocations
 # of container objects. A writer under load allocates several per event (the
 # event, its pending entry, its timestamp), so the collector ran every hundred
-# or so events; at 10,000 the writer appends 14% more events/s (bench/append.py,
-# BENCHMARKS.md) and a young collection still takes well under a millisecond.
+# or so events. At 10,000 the writer appended 4 to 15% more events/s and the log
+# check 60% more (BENCHMARKS.md: Append path, The Merkle log), and a young
+# collection still takes well under a millisecond.
 YOUNG_THRESHOLD = 10_000
 
 
