@@ -41,8 +41,14 @@ threads = sa.Table(
     # Who deleted it ({"identity": ..., "permissions": [...]}), when authentication is on:
     # a deletion has no run whose log could record its actor.
     sa.Column("deleted_by", postgresql.JSONB, nullable=True),
+    # The stateless run (on_completion: delete) this thread was created for, while the
+    # thread's deletion at that run's end is due: cleared when the thread is deleted or
+    # kept (another run was admitted on it). Whatever ends the run deletes the thread;
+    # the reaper's sweep finishes what a process that died between the two left.
+    sa.Column("delete_after_run", postgresql.UUID(as_uuid=True), nullable=True),
     # Searches by metadata containment (@>), the caller's filter and an authorization filter's.
     sa.Index("threads_metadata_idx", "metadata", postgresql_using="gin", postgresql_ops={"metadata": "jsonb_path_ops"}),
+    sa.Index("threads_delete_after_run_idx", "thread_id", postgresql_where=sa.text("delete_after_run IS NOT NULL")),
 )
 
 runs = sa.Table(

@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from graphledger.ledger.errors import ThreadNotFound
-from graphledger.ledger.events import jsonb_text
+from graphledger.ledger.events import TERMINAL_STATUSES, jsonb_text
 from graphledger.ledger.read import Connection
 
 _COLUMNS = "thread_id, created_at, updated_at, metadata, deleted_at"
@@ -44,7 +44,7 @@ VISIBLE = visible_sql(2, 3)
 
 GET_SQL = f"SELECT {_COLUMNS} FROM threads WHERE thread_id = $1 AND {VISIBLE}"
 INSERT_SQL = f"""
-INSERT INTO threads (thread_id, metadata) VALUES ($1, $2::jsonb)
+INSERT INTO threads (thread_id, metadata, delete_after_run) VALUES ($1, $2::jsonb, $3)
 ON CONFLICT (thread_id) DO NOTHING
 RETURNING {_COLUMNS}
 """
@@ -53,7 +53,19 @@ EXISTS_SQL = f"SELECT 1 FROM threads WHERE thread_id = $1 AND {VISIBLE}"
 # take the KEY SHARE lock that the foreign key check of an update of one of its
 # runs takes (a run row updated twice in one transaction is checked again).
 LOCK_SQL = f"SELECT deleted_at IS NOT NULL AS deleted FROM threads WHERE thread_id = $1 AND {VISIBLE} FOR NO KEY UPDATE"
-MARK_DELETED_SQL = "UPDATE threads SET deleted_at = now(), updated_at = now(), deleted_by = $2::jsonb WHERE thread_id = $1"
+MARK_DELETED_SQL = """
+UPDATE threads SET deleted_at = now(), updated_at = now(), deleted_by = $2::jsonb, delete_after_run = NULL WHERE thread_id = $1
+"""
+CLEAR_DELETION_SQL = "UPDATE threads SET delete_after_run = NULL WHERE thread_id = $1 AND delete_after_run IS NOT NULL"
+# Threads whose stateless run has ended but which are still there: what a process that
+# died between the run's end and the deletion left (the partial index holds only the
+# threads whose deletion is due, most of them waiting for a live run).
+DELETIONS_DUE_SQL = f"""
+SELECT t.thread_id, t.delete_after_run AS run_id FROM threads t
+JOIN runs r ON r.thread_id = t.thread_id AND r.run_id = t.delete_after_run
+WHERE t.delete_after_run IS NOT NULL AND r.status IN ({", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))})
+ORDER BY t.thread_id LIMIT $1
+"""
 OPERATORS = ("$eq", "$contains")
 
 
@@ -187,9 +199,13 @@ class Threads:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def insert(self, thread_id: UUID, metadata: Mapping[str, Any] | None = None) -> Thread | None:
-        """Create a thread; None when one with this id exists already (deleted or not)."""
-        row = await self._conn.fetchrow(INSERT_SQL, thread_id, jsonb_text(dict(metadata or {}), "thread metadata"))
+    async def insert(self, thread_id: UUID, metadata: Mapping[str, Any] | None = None, *, delete_after_run: UUID | None = None) -> Thread | None:
+        """Create a thread; None when one with this id exists already (deleted or not).
+
+        ``delete_after_run``: the stateless run the thread is created for, whose
+        end deletes it (see :meth:`deletions_due`).
+        """
+        row = await self._conn.fetchrow(INSERT_SQL, thread_id, jsonb_text(dict(metadata or {}), "thread metadata"), delete_after_run)
         return _thread(row) if row is not None else None
 
     async def get(self, thread_id: UUID, visible: Visibility | None = None) -> Thread | None:
@@ -219,3 +235,11 @@ class Threads:
     async def mark_deleted(self, thread_id: UUID, actor: Mapping[str, Any] | None = None) -> None:
         """Mark the thread deleted, by ``actor`` (the identity that asked; None without authentication)."""
         await self._conn.execute(MARK_DELETED_SQL, thread_id, jsonb_text(dict(actor), "actor") if actor is not None else None)
+
+    async def clear_deletion(self, thread_id: UUID) -> None:
+        """The thread's deletion is no longer due: it is kept (another run was admitted on it before its stateless run ended)."""
+        await self._conn.execute(CLEAR_DELETION_SQL, thread_id)
+
+    async def deletions_due(self, limit: int) -> list[tuple[UUID, UUID]]:
+        """Up to ``limit`` threads (with their stateless run) whose run has ended and whose deletion is still due."""
+        return [(row["thread_id"], row["run_id"]) for row in await self._conn.fetch(DELETIONS_DUE_SQL, limit)]

@@ -66,7 +66,9 @@ class Reaper(Periodic):
     answered for ``settle_seconds`` (by default a lease and its grace,
     ``idle_seconds + grace_seconds``), the time every live holder needs to
     renew. A restart of the database is judged the same way in the database
-    itself (see :func:`lifecycle.reap`).
+    itself (see :func:`lifecycle.reap`). Each round also deletes the
+    threads of stateless runs that ended without them
+    (:func:`lifecycle.complete_due`).
     """
 
     name = "reaping"
@@ -87,6 +89,7 @@ class Reaper(Periodic):
         # How long the database must have answered before a lease is judged: a lease and its grace.
         self.settle_seconds = idle_seconds + grace_seconds if settle_seconds is None else settle_seconds
         self.reaped = 0
+        self.completed = 0  # threads of ended stateless runs deleted here (see lifecycle.complete_due)
         self._reachable_since: float | None = -math.inf  # monotonic time; None: the database was lost
 
     async def tick(self) -> None:
@@ -97,6 +100,7 @@ class Reaper(Periodic):
                 self._reachable_since = now
             if now - self._reachable_since >= self.settle_seconds:
                 await self.reap_once()
+            self.completed += len(await lifecycle.complete_due(self.ledger))
         except DatabaseUnavailable:
             self._reachable_since = None
             raise

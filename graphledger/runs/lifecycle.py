@@ -242,7 +242,9 @@ async def _admit_locked(
     if locks is None:
         under = await budget_use.check(tx, payload, ref, thread_given=thread_given, pricer=pricer)
         if create:
-            await tx.threads.insert(thread_id, thread_metadata)
+            # A stateless run's own thread records that its end deletes it, until that is done (see complete_due).
+            due = ref.run_id if not thread_given and request.on_completion == "delete" else None
+            await tx.threads.insert(thread_id, thread_metadata, delete_after_run=due)
         locks = await tx.heads.admission_locks(thread_id, visible)  # the thread's row, then its active runs
     deleted, active = locks
     if deleted:
@@ -351,6 +353,29 @@ async def complete(ledger: Ledger, ref: RunRef) -> bool:
         return await _complete_locked(tx, ref)
 
 
+async def complete_due(ledger: Ledger, limit: int = 100) -> list[RunRef]:
+    """Delete the threads of stateless runs that ended without it (the process that ended them died meanwhile).
+
+    A cancel or the reaper ends a stateless run and deletes its thread in
+    the next transaction (:func:`complete`); the thread's
+    ``delete_after_run`` stays set until the deletion is done, so whatever
+    a crash between the two left is found here. Returns the runs whose
+    threads were deleted. The reaper calls this on every round.
+    """
+    async with ledger.session() as session:
+        due = await session.threads.deletions_due(limit)
+    done = []
+    for thread_id, run_id in due:
+        ref = RunRef(thread_id, run_id)
+        if await complete(ledger, ref):
+            _log.warning("deleted thread %s of stateless run %s, which had ended without it", thread_id, run_id)
+            done.append(ref)
+        else:  # kept (cleared then), or its run asks for no deletion: either way not due any more
+            async with ledger.session() as session:
+                await session.threads.clear_deletion(thread_id)
+    return done
+
+
 async def end(ledger: Ledger, ref: RunRef, kind: str, payload: Mapping[str, Any]) -> Event:
     """Append a stateless run's terminal event and, in the same transaction, delete its thread as :func:`complete` does.
 
@@ -393,6 +418,7 @@ async def _complete_locked(tx: Transaction, ref: RunRef) -> bool:
         return False
     if await tx.heads.active(ref.thread_id):
         _log.info("thread %s of stateless run %s is kept: it has an active run", ref.thread_id, ref.run_id)
+        await tx.threads.clear_deletion(ref.thread_id)
         return False
     actor = request.get("actor")
     await _delete_thread_locked(tx, ref.thread_id, actor if isinstance(actor, dict) else None, reason="on_completion", by_run_id=str(ref.run_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from uuid import uuid4
 
 import asyncpg
@@ -151,3 +152,49 @@ async def test_migration_0018_carries_the_leaves_over_and_back(server_dsn: str) 
     finally:
         await drop_database(server_dsn, name)
     assert after == before
+
+
+async def test_migration_0019_marks_the_threads_stateless_runs_left_behind(server_dsn: str) -> None:
+    """Threads not deleted whose only user run asked for ``on_completion: delete`` are due for deletion; no others."""
+    from alembic import command
+
+    from graphledger.ledger.migrate import alembic_config
+    from tests.conftest import _admin, drop_database, with_database
+
+    name = f"graphledger_m19_{uuid4().hex[:8]}"
+    await _admin(server_dsn, f"CREATE DATABASE {name}")
+    dsn = with_database(server_dsn, name)
+    try:
+        upgrade(dsn, "0018")
+        conn = await asyncpg.connect(dsn)
+        try:
+            async def thread(*runs: tuple[str | None, str | None], deleted: bool = False) -> tuple[object, list[object]]:
+                thread_id = uuid4()
+                await conn.execute("INSERT INTO threads (thread_id, deleted_at) VALUES ($1, CASE WHEN $2 THEN now() END)", thread_id, deleted)
+                ids = []
+                for on_completion, record in runs:
+                    run_id = uuid4()
+                    await conn.execute("INSERT INTO runs (thread_id, run_id, status, command) VALUES ($1, $2, 'success', $3)", thread_id, run_id, record)
+                    data = {"assistant_id": "demo", **({"on_completion": on_completion} if on_completion else {}), **({"command": record} if record else {})}
+                    await conn.execute(
+                        "INSERT INTO events (thread_id, run_id, seq, kind, data, ts, hash) VALUES ($1, $2, 1, 'run.created', $3::json, now(), $4)",
+                        thread_id, run_id, json.dumps(data), bytes(32),
+                    )
+                    ids.append(run_id)
+                return thread_id, ids
+
+            left, (run,) = await thread(("delete", None))
+            with_record, (recorded, _) = await thread(("delete", None), (None, "webhook"))
+            deleted, _ = await thread(("delete", None), deleted=True)
+            kept, _ = await thread(("delete", None), (None, None))
+            keep, _ = await thread(("keep", None))
+            bound, _ = await thread((None, None))
+            upgrade(dsn)
+            marks = dict(await conn.fetch("SELECT thread_id, delete_after_run FROM threads"))
+            assert marks == {left: run, with_record: recorded, deleted: None, kept: None, keep: None, bound: None}
+            await asyncio.to_thread(command.downgrade, alembic_config(dsn), "0018")
+            assert "delete_after_run" not in {r["column_name"] for r in await conn.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = 'threads'")}
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(server_dsn, name)

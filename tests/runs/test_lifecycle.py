@@ -264,3 +264,57 @@ async def test_a_stateless_run_the_reaper_fails_has_its_thread_deleted(ledger: L
         deleted = dict(await conn.fetch("SELECT thread_id, deleted_at IS NOT NULL FROM threads WHERE thread_id = ANY($1)", [ref.thread_id, kept.thread_id]))
     assert deleted == {ref.thread_id: True, kept.thread_id: False}
     assert await lifecycle.complete(ledger, ref) is False  # once
+    async with raw(ledger) as conn:
+        assert await conn.fetchval("SELECT delete_after_run FROM threads WHERE thread_id = $1", ref.thread_id) is None
+
+
+async def delete_after_run(ledger: Ledger, thread_id: object) -> object:
+    async with raw(ledger) as conn:
+        return await conn.fetchval("SELECT delete_after_run FROM threads WHERE thread_id = $1", thread_id)
+
+
+async def end_without_completing(ledger: Ledger, ref: RunRef) -> None:
+    """What a cancel of a pending run does before it deletes the stateless run's thread: a process that died here."""
+    async with ledger.transaction() as tx:
+        status = await tx.heads.lock(ref)
+        await lifecycle._cancel_locked(tx, ref, status, "interrupt", reason="cancel")
+
+
+async def test_the_reaper_deletes_a_stateless_runs_thread_that_a_dead_process_left(ledger: Ledger, graphs: GraphRegistry) -> None:
+    await drain(ledger)
+    ref = (await admit(ledger, ask(on_completion="delete"), graphs=graphs)).ref
+    kept = (await admit(ledger, ask(on_completion="keep"), graphs=graphs)).ref
+    bound = (await admit(ledger, ask(on_completion="delete", multitask_strategy="enqueue"), thread_id=kept.thread_id, graphs=graphs)).ref
+    assert await delete_after_run(ledger, ref.thread_id) == ref.run_id  # due from admission, until done
+    assert await delete_after_run(ledger, kept.thread_id) is None  # on_completion keep; and a thread's own run never deletes it
+    for each in (ref, kept, bound):
+        await end_without_completing(ledger, each)
+    async with raw(ledger) as conn:
+        assert await conn.fetchval("SELECT deleted_at FROM threads WHERE thread_id = $1", ref.thread_id) is None  # left
+    reaper = Reaper(ledger, grace_seconds=0, settle_seconds=0)
+    await reaper.tick()
+    assert reaper.completed == 1
+    async with raw(ledger) as conn:
+        row = await conn.fetchrow("SELECT deleted_at, delete_after_run FROM threads WHERE thread_id = $1", ref.thread_id)
+        record = await conn.fetchval(
+            "SELECT data::text FROM events WHERE thread_id = $1 AND seq = 1 AND run_id <> $2 AND kind = 'run.created'", ref.thread_id, ref.run_id
+        )
+        assert await conn.fetchval("SELECT deleted_at FROM threads WHERE thread_id = $1", kept.thread_id) is None
+    assert row["deleted_at"] is not None and row["delete_after_run"] is None
+    assert '"reason":"on_completion"' in record and f'"by_run_id":"{ref.run_id}"' in record  # recorded as a worker's deletion is
+    await reaper.tick()
+    assert reaper.completed == 1  # once
+
+
+async def test_a_stateless_runs_thread_that_took_another_run_is_kept_and_no_longer_due(ledger: Ledger, graphs: GraphRegistry) -> None:
+    await drain(ledger)
+    ref = (await admit(ledger, ask(on_completion="delete"), graphs=graphs)).ref
+    other = (await admit(ledger, ask(multitask_strategy="enqueue"), thread_id=ref.thread_id, graphs=graphs)).ref
+    await end_without_completing(ledger, ref)
+    assert await lifecycle.complete(ledger, ref) is False  # the other run is pending on it: kept, as a cancel keeps it
+    assert await delete_after_run(ledger, ref.thread_id) is None
+    assert await lifecycle.complete_due(ledger) == []
+    await end_without_completing(ledger, other)
+    assert await lifecycle.complete_due(ledger) == []  # kept for good, as a worker keeps it
+    async with raw(ledger) as conn:
+        assert await conn.fetchval("SELECT deleted_at FROM threads WHERE thread_id = $1", ref.thread_id) is None
