@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import gc
 
-# Python's default collects the youngest generation every 700 net allocations
-# of container objects. A writer under load allocates several per event (the
+# Python 3.11's default collects the youngest generation every 700 net allocations
+# of container objects (2,000 from 3.13). A writer under load allocates several per event (the
 # event, its pending entry, its timestamp), so the collector ran every hundred
 # or so events. At 10,000 the writer appended 4 to 15% more events/s and the log
 # check 60% more (BENCHMARKS.md: Append path, The Merkle log), and a young
@@ -26,7 +26,8 @@ def settle() -> None:
     the garbage collector's full collections, which otherwise walked them
     and stopped the event loop for 80 to 100 ms every few seconds (10 ms
     frozen); the youngest generation is collected every ``YOUNG_THRESHOLD``
-    allocations instead of 700. The older generations keep their thresholds.
+    allocations instead of Python's default (700 in 3.11). The older generations
+    keep their thresholds.
     """
     gc.collect()  # what is garbage now is not frozen with the rest
     gc.freeze()

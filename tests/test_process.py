@@ -26,7 +26,7 @@ print(json.dumps({"before": before, "after": gc.get_threshold(), "frozen": gc.ge
 
 def test_settle_freezes_the_startup_and_makes_young_collections_rarer() -> None:
     out = json.loads(subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout)
-    assert out["before"][0] == 700  # Python's default, which a writer under load paid for every hundred events
+    assert out["before"][0] < YOUNG_THRESHOLD  # Python's default: 700 up to 3.12, 2,000 from 3.13
     assert out["after"] == [YOUNG_THRESHOLD, *out["before"][1:]]
     assert out["frozen"] > 1000  # the modules' objects, out of the full collections' way
     assert out["collected"]

@@ -57,13 +57,15 @@ MARK_DELETED_SQL = """
 UPDATE threads SET deleted_at = now(), updated_at = now(), deleted_by = $2::jsonb, delete_after_run = NULL WHERE thread_id = $1
 """
 CLEAR_DELETION_SQL = "UPDATE threads SET delete_after_run = NULL WHERE thread_id = $1 AND delete_after_run IS NOT NULL"
-# Threads whose stateless run has ended but which are still there: what a process that
-# died between the run's end and the deletion left (the partial index holds only the
-# threads whose deletion is due, most of them waiting for a live run).
+# Threads whose stateless run ended $2 seconds ago or more but which are still there:
+# what a process that died between the run's end and the deletion left (the partial
+# index holds only the threads whose deletion is due, most of them waiting for a live
+# run; runs.updated_at is the time of the run's last head change, its end).
 DELETIONS_DUE_SQL = f"""
 SELECT t.thread_id, t.delete_after_run AS run_id FROM threads t
 JOIN runs r ON r.thread_id = t.thread_id AND r.run_id = t.delete_after_run
 WHERE t.delete_after_run IS NOT NULL AND r.status IN ({", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))})
+  AND r.updated_at < now() - make_interval(secs => $2)
 ORDER BY t.thread_id LIMIT $1
 """
 OPERATORS = ("$eq", "$contains")
@@ -240,6 +242,6 @@ class Threads:
         """The thread's deletion is no longer due: it is kept (another run was admitted on it before its stateless run ended)."""
         await self._conn.execute(CLEAR_DELETION_SQL, thread_id)
 
-    async def deletions_due(self, limit: int) -> list[tuple[UUID, UUID]]:
-        """Up to ``limit`` threads (with their stateless run) whose run has ended and whose deletion is still due."""
-        return [(row["thread_id"], row["run_id"]) for row in await self._conn.fetch(DELETIONS_DUE_SQL, limit)]
+    async def deletions_due(self, limit: int, grace_seconds: float = 0.0) -> list[tuple[UUID, UUID]]:
+        """Up to ``limit`` threads (with their stateless run) whose run ended ``grace_seconds`` ago or more and whose deletion is still due."""
+        return [(row["thread_id"], row["run_id"]) for row in await self._conn.fetch(DELETIONS_DUE_SQL, limit, float(grace_seconds))]

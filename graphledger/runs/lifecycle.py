@@ -353,17 +353,19 @@ async def complete(ledger: Ledger, ref: RunRef) -> bool:
         return await _complete_locked(tx, ref)
 
 
-async def complete_due(ledger: Ledger, limit: int = 100) -> list[RunRef]:
+async def complete_due(ledger: Ledger, limit: int = 100, *, grace_seconds: float = 10.0) -> list[RunRef]:
     """Delete the threads of stateless runs that ended without it (the process that ended them died meanwhile).
 
     A cancel or the reaper ends a stateless run and deletes its thread in
     the next transaction (:func:`complete`); the thread's
-    ``delete_after_run`` stays set until the deletion is done, so whatever
-    a crash between the two left is found here. Returns the runs whose
-    threads were deleted. The reaper calls this on every round.
+    ``delete_after_run`` stays set until the deletion is done (or the thread
+    is kept), so whatever a crash between the two left is found here. Runs
+    that ended less than ``grace_seconds`` ago are left to whoever ended
+    them. Returns the runs whose threads were deleted. The reaper calls this
+    on every round.
     """
     async with ledger.session() as session:
-        due = await session.threads.deletions_due(limit)
+        due = await session.threads.deletions_due(limit, grace_seconds)
     done = []
     for thread_id, run_id in due:
         ref = RunRef(thread_id, run_id)
@@ -408,16 +410,18 @@ async def _complete_locked(tx: Transaction, ref: RunRef) -> bool:
     The deletion follows :func:`delete_thread`: the thread's checkpoints go,
     its record stays, and the deletion is recorded as a short run of the
     thread (``{"command": "delete_thread", "reason": "on_completion",
-    "by_run_id": ...}`` with the run's recorded actor). Nothing is done while
-    the run or another run of the thread is pending or running (a run
-    admitted on the thread meanwhile keeps it).
+    "by_run_id": ...}`` with the run's recorded actor). Nothing is done when
+    another run was admitted on the thread: that keeps it, whether the run is
+    still pending or running or has ended.
     """
     created = (await tx.first_events([ref])).get(ref)
     request = created.value if created is not None and isinstance(created.value, dict) else {}
     if request.get("on_completion") != "delete":
         return False
-    if await tx.heads.active(ref.thread_id):
-        _log.info("thread %s of stateless run %s is kept: it has an active run", ref.thread_id, ref.run_id)
+    if await tx.heads.others(ref):
+        # Pending or running, or already ended: a run that interrupted this one at its
+        # admission ended it there, and nothing completed it then.
+        _log.info("thread %s of stateless run %s is kept: another run was admitted on it", ref.thread_id, ref.run_id)
         await tx.threads.clear_deletion(ref.thread_id)
         return False
     actor = request.get("actor")

@@ -169,12 +169,17 @@ async def test_migration_0019_marks_the_threads_stateless_runs_left_behind(serve
         conn = await asyncpg.connect(dsn)
         try:
             async def thread(*runs: tuple[str | None, str | None], deleted: bool = False) -> tuple[object, list[object]]:
+                """A thread with runs given as (on_completion, command); a command's run records the first run, as a webhook's does."""
                 thread_id = uuid4()
                 await conn.execute("INSERT INTO threads (thread_id, deleted_at) VALUES ($1, CASE WHEN $2 THEN now() END)", thread_id, deleted)
-                ids = []
+                ids: list[object] = []
                 for on_completion, record in runs:
                     run_id = uuid4()
-                    await conn.execute("INSERT INTO runs (thread_id, run_id, status, command) VALUES ($1, $2, 'success', $3)", thread_id, run_id, record)
+                    record_of = ids[0] if record == "deliver_webhook" else None
+                    await conn.execute(
+                        "INSERT INTO runs (thread_id, run_id, status, command, record_of) VALUES ($1, $2, 'success', $3, $4)",
+                        thread_id, run_id, record, record_of,
+                    )
                     data = {"assistant_id": "demo", **({"on_completion": on_completion} if on_completion else {}), **({"command": record} if record else {})}
                     await conn.execute(
                         "INSERT INTO events (thread_id, run_id, seq, kind, data, ts, hash) VALUES ($1, $2, 1, 'run.created', $3::json, now(), $4)",
@@ -184,14 +189,15 @@ async def test_migration_0019_marks_the_threads_stateless_runs_left_behind(serve
                 return thread_id, ids
 
             left, (run,) = await thread(("delete", None))
-            with_record, (recorded, _) = await thread(("delete", None), (None, "webhook"))
+            with_record, (recorded, _) = await thread(("delete", None), (None, "deliver_webhook"))
             deleted, _ = await thread(("delete", None), deleted=True)
             kept, _ = await thread(("delete", None), (None, None))
+            updated, _ = await thread(("delete", None), (None, "update_state"))
             keep, _ = await thread(("keep", None))
             bound, _ = await thread((None, None))
             upgrade(dsn)
             marks = dict(await conn.fetch("SELECT thread_id, delete_after_run FROM threads"))
-            assert marks == {left: run, with_record: recorded, deleted: None, kept: None, keep: None, bound: None}
+            assert marks == {left: run, with_record: recorded, deleted: None, kept: None, updated: None, keep: None, bound: None}
             await asyncio.to_thread(command.downgrade, alembic_config(dsn), "0018")
             assert "delete_after_run" not in {r["column_name"] for r in await conn.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = 'threads'")}
         finally:

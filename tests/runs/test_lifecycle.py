@@ -274,10 +274,26 @@ async def delete_after_run(ledger: Ledger, thread_id: object) -> object:
 
 
 async def end_without_completing(ledger: Ledger, ref: RunRef) -> None:
-    """What a cancel of a pending run does before it deletes the stateless run's thread: a process that died here."""
+    """What a cancel of a pending run does before it deletes the stateless run's thread: a process that died here.
+
+    The run's end is then set a minute back: the sweep leaves runs that ended
+    in its last seconds to whoever ended them.
+    """
     async with ledger.transaction() as tx:
         status = await tx.heads.lock(ref)
         await lifecycle._cancel_locked(tx, ref, status, "interrupt", reason="cancel")
+    await a_minute_ago(ledger, ref)
+
+
+async def a_minute_ago(ledger: Ledger, ref: RunRef) -> None:
+    async with raw(ledger) as conn:
+        await conn.execute("UPDATE runs SET updated_at = now() - interval '1 minute' WHERE thread_id = $1 AND run_id = $2", ref.thread_id, ref.run_id)
+
+
+async def deletions(ledger: Ledger, thread_id: object) -> int:
+    """The thread's deletion records."""
+    async with raw(ledger) as conn:
+        return await conn.fetchval("SELECT count(*) FROM runs WHERE thread_id = $1 AND command = 'delete_thread'", thread_id)
 
 
 async def test_the_reaper_deletes_a_stateless_runs_thread_that_a_dead_process_left(ledger: Ledger, graphs: GraphRegistry) -> None:
@@ -293,17 +309,29 @@ async def test_the_reaper_deletes_a_stateless_runs_thread_that_a_dead_process_le
         assert await conn.fetchval("SELECT deleted_at FROM threads WHERE thread_id = $1", ref.thread_id) is None  # left
     reaper = Reaper(ledger, grace_seconds=0, settle_seconds=0)
     await reaper.tick()
-    assert reaper.completed == 1
+    assert reaper.completed >= 1
     async with raw(ledger) as conn:
         row = await conn.fetchrow("SELECT deleted_at, delete_after_run FROM threads WHERE thread_id = $1", ref.thread_id)
         record = await conn.fetchval(
-            "SELECT data::text FROM events WHERE thread_id = $1 AND seq = 1 AND run_id <> $2 AND kind = 'run.created'", ref.thread_id, ref.run_id
+            "SELECT e.data::text FROM runs r JOIN events e USING (thread_id, run_id) WHERE r.thread_id = $1 AND r.command = 'delete_thread' AND e.seq = 1",
+            ref.thread_id,
         )
         assert await conn.fetchval("SELECT deleted_at FROM threads WHERE thread_id = $1", kept.thread_id) is None
     assert row["deleted_at"] is not None and row["delete_after_run"] is None
     assert '"reason":"on_completion"' in record and f'"by_run_id":"{ref.run_id}"' in record  # recorded as a worker's deletion is
     await reaper.tick()
-    assert reaper.completed == 1  # once
+    assert await deletions(ledger, ref.thread_id) == 1  # once
+
+
+async def test_the_sweep_leaves_a_run_that_just_ended_to_whoever_ended_it(ledger: Ledger, graphs: GraphRegistry) -> None:
+    ref = (await admit(ledger, ask(on_completion="delete"), graphs=graphs)).ref
+    async with ledger.transaction() as tx:
+        await lifecycle._cancel_locked(tx, ref, await tx.heads.lock(ref), "interrupt", reason="cancel")
+    assert ref not in await lifecycle.complete_due(ledger)  # its canceller is about to delete the thread
+    assert await delete_after_run(ledger, ref.thread_id) == ref.run_id
+    await a_minute_ago(ledger, ref)
+    assert ref in await lifecycle.complete_due(ledger)  # nobody did
+    assert await deletions(ledger, ref.thread_id) == 1
 
 
 async def test_a_stateless_runs_thread_that_took_another_run_is_kept_and_no_longer_due(ledger: Ledger, graphs: GraphRegistry) -> None:
@@ -313,8 +341,21 @@ async def test_a_stateless_runs_thread_that_took_another_run_is_kept_and_no_long
     await end_without_completing(ledger, ref)
     assert await lifecycle.complete(ledger, ref) is False  # the other run is pending on it: kept, as a cancel keeps it
     assert await delete_after_run(ledger, ref.thread_id) is None
-    assert await lifecycle.complete_due(ledger) == []
     await end_without_completing(ledger, other)
-    assert await lifecycle.complete_due(ledger) == []  # kept for good, as a worker keeps it
+    assert ref not in await lifecycle.complete_due(ledger)  # kept for good, as a worker keeps it
+    assert await deletions(ledger, ref.thread_id) == 0
+
+
+async def test_a_stateless_run_interrupted_by_a_run_on_its_thread_leaves_the_thread_to_that_run(ledger: Ledger, graphs: GraphRegistry) -> None:
+    """The later run ends the stateless one at its admission, and may end itself before any sweep: the thread is kept."""
+    await drain(ledger)
+    ref = (await admit(ledger, ask(on_completion="delete"), graphs=graphs)).ref
+    other = (await admit(ledger, ask(multitask_strategy="interrupt"), thread_id=ref.thread_id, graphs=graphs)).ref
+    await a_minute_ago(ledger, ref)
+    await end_without_completing(ledger, other)
+    assert ref not in await lifecycle.complete_due(ledger)
+    assert await delete_after_run(ledger, ref.thread_id) is None  # no longer due
+    assert await deletions(ledger, ref.thread_id) == 0
     async with raw(ledger) as conn:
+        assert await conn.fetchval("SELECT status FROM runs WHERE run_id = $1", ref.run_id) == "interrupted"
         assert await conn.fetchval("SELECT deleted_at FROM threads WHERE thread_id = $1", ref.thread_id) is None

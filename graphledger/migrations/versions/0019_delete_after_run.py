@@ -10,7 +10,7 @@ deleted the thread in the transaction after the run's end, and a process that
 died between the two left the thread. ``threads.delete_after_run`` names the
 run whose end the thread waits for, so a sweep finds such threads. Threads
 left so before this revision are marked too: a thread not deleted whose only
-run (record runs aside) asked for ``on_completion: delete``.
+run (records about runs aside) asked for ``on_completion: delete``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ UPDATE threads t SET delete_after_run = r.run_id
 FROM runs r JOIN events e ON e.thread_id = r.thread_id AND e.run_id = r.run_id AND e.seq = 1
 WHERE r.thread_id = t.thread_id AND t.deleted_at IS NULL AND r.command IS NULL
   AND e.data::jsonb ->> 'on_completion' = 'delete'
-  AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.thread_id = r.thread_id AND o.command IS NULL AND o.run_id <> r.run_id)
+  AND NOT EXISTS (
+      SELECT 1 FROM runs o WHERE o.thread_id = r.thread_id AND o.run_id <> r.run_id
+        AND o.record_of IS NULL AND o.command IS DISTINCT FROM 'delete_thread'
+  )
 """
 
 
