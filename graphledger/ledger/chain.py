@@ -46,7 +46,7 @@ def run_prefix(thread_id: UUID, run_id: UUID) -> bytes:
 def link_with(previous: bytes, prefix: bytes, seq: int, kind: str, ts: datetime | str, data: str) -> bytes:
     """:func:`link` with the run's header prefix already encoded (and ``ts`` possibly already formatted)."""
     stamp = ts if isinstance(ts, str) else format_ts(ts)
-    return hashlib.sha256(b"".join((previous, prefix, f"{seq}\n{kind}\n{stamp}\n".encode(), data.encode()))).digest()
+    return hashlib.sha256(previous + prefix + f"{seq}\n{kind}\n{stamp}\n{data}".encode()).digest()
 
 
 class Clock:
@@ -56,20 +56,22 @@ class Clock:
     are built from the same integers, so they always agree.
     """
 
-    __slots__ = ("_second", "_text", "_base")
+    __slots__ = ("_second", "_text", "_fields")
 
     def __init__(self) -> None:
         self._second = -1
         self._text = ""
-        self._base = datetime.fromtimestamp(0, _UTC)
+        self._fields = (1970, 1, 1, 0, 0, 0)
 
     def now(self) -> tuple[datetime, str]:
         second, micro = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self._second:
             self._second = second
-            self._base = datetime.fromtimestamp(second, _UTC)
-            self._text = self._base.strftime("%Y-%m-%dT%H:%M:%S")
-        return self._base.replace(microsecond=micro), f"{self._text}.{micro:06d}Z"
+            base = datetime.fromtimestamp(second, _UTC)
+            self._fields = (base.year, base.month, base.day, base.hour, base.minute, base.second)
+            self._text = base.strftime("%Y-%m-%dT%H:%M:%S")
+        # The constructor, not base.replace(): a third of the cost, paid on every event.
+        return datetime(*self._fields, micro, _UTC), f"{self._text}.{micro:06d}Z"
 
 
 def link(previous: bytes, thread_id: UUID, run_id: UUID, seq: int, kind: str, ts: datetime, data: str) -> bytes:

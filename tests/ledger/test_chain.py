@@ -59,3 +59,13 @@ def test_timestamp_is_part_of_the_hash() -> None:
     events = make_chain(3)
     events[0] = replace(events[0], ts=TS.replace(microsecond=0))
     assert chain.check(RUN, events).first_bad_seq == 1
+
+
+def test_the_writers_clock_gives_a_utc_time_and_its_chain_text_that_agree() -> None:
+    clock = chain.Clock()
+    before = datetime.now(timezone.utc)
+    stamps = [clock.now() for _ in range(20_000)]  # across a second's change, most likely
+    after = datetime.now(timezone.utc)
+    for ts, text in stamps:
+        assert ts.tzinfo is timezone.utc and chain.format_ts(ts) == text
+    assert before <= stamps[0][0] and stamps[-1][0] <= after
