@@ -49,7 +49,7 @@ def _stop(signum: int, frame: object) -> None:
 
 INFORMING = ("serve", "migrate")  # commands that log at INFO by default; the others only warn
 # Commands that work through the whole log or much of it: their process is settled for load first
-# (graphledger.process.settle), as serve's is once started: the log check ran 60% faster so (BENCHMARKS.md).
+# (graphledger.process.settle), as serve's is once started: the log check ran 63% faster so (BENCHMARKS.md).
 LONG_WORK = ("verify", "export", "rebuild", "replay", "checkpoint")
 
 

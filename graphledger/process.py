@@ -13,8 +13,8 @@ import gc
 # Python 3.11's default collects the youngest generation every 700 net allocations
 # of container objects (2,000 from 3.13). A writer under load allocates several per event (the
 # event, its pending entry, its timestamp), so the collector ran every hundred
-# or so events. At 10,000 the writer appended 4 to 15% more events/s and the log
-# check 60% more (BENCHMARKS.md: Append path, The Merkle log), and a young
+# or so events. At 10,000 the writer appended 4 to 16% more events/s and the log
+# check 63% more (BENCHMARKS.md: Append path, The Merkle log), and a young
 # collection still takes well under a millisecond.
 YOUNG_THRESHOLD = 10_000
 
