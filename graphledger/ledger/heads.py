@@ -53,12 +53,13 @@ LOCK_SQL = "SELECT status FROM runs WHERE thread_id = $1 AND run_id = $2 FOR UPD
 # between its attempts, and holds back no admission, deletion or claim.
 ACTIVE_SQL = f"SELECT run_id, status FROM runs WHERE thread_id = $1 AND status IN ({_ACTIVE}) AND record_of IS NULL ORDER BY run_id"
 LOCK_ACTIVE_SQL = ACTIVE_SQL + " FOR UPDATE"
-# Whether a run other than $2 was admitted on the thread: any but the records about
-# a run (record_of: webhook deliveries, run deletions) and the thread's deletion.
-OTHERS_SQL = """
-SELECT EXISTS (
+# A stateless run's status, and whether a run other than it was admitted on its thread:
+# any but the records about a run (record_of: webhook deliveries, run deletions) and
+# the thread's deletion.
+COMPLETION_SQL = """
+SELECT (SELECT status FROM runs WHERE thread_id = $1 AND run_id = $2) AS status, EXISTS (
     SELECT 1 FROM runs WHERE thread_id = $1 AND run_id <> $2 AND record_of IS NULL AND command IS DISTINCT FROM 'delete_thread'
-)
+) AS others
 """
 # An admission's locks in one round trip: the thread's row (threads.LOCK_SQL, its
 # visibility filter at $2 and $3), then its active runs, in that order (the
@@ -339,9 +340,11 @@ class Heads:
         rows = await self._conn.fetch(LOCK_ACTIVE_SQL if lock else ACTIVE_SQL, thread_id)
         return [(RunRef(thread_id, row["run_id"]), row["status"]) for row in rows]
 
-    async def others(self, ref: RunRef) -> bool:
-        """Whether another run was admitted on ``ref``'s thread, active or ended (records about runs aside)."""
-        return bool(await self._conn.fetchval(OTHERS_SQL, ref.thread_id, ref.run_id))
+    async def completion(self, ref: RunRef) -> tuple[str | None, bool]:
+        """Stateless run ``ref``'s status, and whether another run was admitted on its thread (active or ended)."""
+        row = await self._conn.fetchrow(COMPLETION_SQL, ref.thread_id, ref.run_id)
+        assert row is not None  # one row, always
+        return row["status"], bool(row["others"])
 
     async def admission_locks(self, thread_id: UUID, visible: Visibility | None = None) -> tuple[bool, list[tuple[RunRef, str]]]:
         """Take the thread's admission lock, then lock its active runs: whether it was deleted, and those runs.

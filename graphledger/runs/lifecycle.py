@@ -35,6 +35,7 @@ from uuid import UUID, uuid4
 from graphledger.ledger import Ledger
 from graphledger.ledger.errors import DatabaseUnavailable, LedgerError, RunNotFound, ThreadNotFound
 from graphledger.ledger.events import (
+    ACTIVE_STATUSES,
     EXECUTOR_CALLER,
     EXECUTOR_SERVER,
     RUN_CANCEL_REQUESTED,
@@ -418,9 +419,12 @@ async def _complete_locked(tx: Transaction, ref: RunRef) -> bool:
     request = created.value if created is not None and isinstance(created.value, dict) else {}
     if request.get("on_completion") != "delete":
         return False
-    if await tx.heads.others(ref):
-        # Pending or running, or already ended: a run that interrupted this one at its
-        # admission ended it there, and nothing completed it then.
+    status, others = await tx.heads.completion(ref)
+    if status in ACTIVE_STATUSES:
+        return False  # not ended: its own end completes it
+    if others:
+        # The other run may be pending or running, or ended already: a run that interrupted
+        # this one at its admission ended it there, and nothing completed it then.
         _log.info("thread %s of stateless run %s is kept: another run was admitted on it", ref.thread_id, ref.run_id)
         await tx.threads.clear_deletion(ref.thread_id)
         return False

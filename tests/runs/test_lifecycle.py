@@ -359,3 +359,11 @@ async def test_a_stateless_run_interrupted_by_a_run_on_its_thread_leaves_the_thr
     async with raw(ledger) as conn:
         assert await conn.fetchval("SELECT status FROM runs WHERE run_id = $1", ref.run_id) == "interrupted"
         assert await conn.fetchval("SELECT deleted_at FROM threads WHERE thread_id = $1", ref.thread_id) is None
+
+
+async def test_completing_a_stateless_run_that_has_not_ended_leaves_its_thread_due(ledger: Ledger, graphs: GraphRegistry) -> None:
+    ref = (await admit(ledger, ask(on_completion="delete"), graphs=graphs)).ref
+    assert await lifecycle.complete(ledger, ref) is False  # pending: its own end completes it
+    assert await delete_after_run(ledger, ref.thread_id) == ref.run_id
+    await cancel(ledger, ref)
+    assert await deletions(ledger, ref.thread_id) == 1
