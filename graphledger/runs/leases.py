@@ -66,8 +66,8 @@ class Reaper(Periodic):
     answered for ``settle_seconds`` (by default a lease and its grace,
     ``idle_seconds + grace_seconds``), the time every live holder needs to
     renew. A restart of the database is judged the same way in the database
-    itself (see :func:`lifecycle.reap`). Each round also deletes the
-    threads of stateless runs that ended without them
+    itself (see :func:`lifecycle.reap`). Each round that reaps also
+    deletes the threads of stateless runs that ended without them
     (:func:`lifecycle.complete_due`).
     """
 
@@ -100,7 +100,7 @@ class Reaper(Periodic):
                 self._reachable_since = now
             if now - self._reachable_since >= self.settle_seconds:
                 await self.reap_once()
-            self.completed += len(await lifecycle.complete_due(self.ledger))
+                self.completed += len(await lifecycle.complete_due(self.ledger))
         except DatabaseUnavailable:
             self._reachable_since = None
             raise
