@@ -239,7 +239,7 @@ class Threads:
         await self._conn.execute(MARK_DELETED_SQL, thread_id, jsonb_text(dict(actor), "actor") if actor is not None else None)
 
     async def clear_deletion(self, thread_id: UUID) -> None:
-        """The thread's deletion is no longer due: it is kept (another run was admitted on it before its stateless run ended)."""
+        """The thread's deletion is no longer due: it is kept (another run was admitted on it), or its run asks for none."""
         await self._conn.execute(CLEAR_DELETION_SQL, thread_id)
 
     async def deletions_due(self, limit: int, grace_seconds: float = 0.0) -> list[tuple[UUID, UUID]]:

@@ -363,7 +363,7 @@ async def complete_due(ledger: Ledger, limit: int = 100, *, grace_seconds: float
     is kept), so whatever a crash between the two left is found here. Runs
     that ended less than ``grace_seconds`` ago are left to whoever ended
     them. Returns the runs whose threads were deleted. The reaper calls this
-    on every round.
+    in every round that reaps.
     """
     async with ledger.session() as session:
         due = await session.threads.deletions_due(limit, grace_seconds)

@@ -273,16 +273,17 @@ async def delete_after_run(ledger: Ledger, thread_id: object) -> object:
         return await conn.fetchval("SELECT delete_after_run FROM threads WHERE thread_id = $1", thread_id)
 
 
-async def end_without_completing(ledger: Ledger, ref: RunRef) -> None:
+async def end_without_completing(ledger: Ledger, ref: RunRef, *, backdate: bool = True) -> None:
     """What a cancel of a pending run does before it deletes the stateless run's thread: a process that died here.
 
-    The run's end is then set a minute back: the sweep leaves runs that ended
-    in its last seconds to whoever ended them.
+    With ``backdate`` the run's end is then set a minute back: the sweep
+    leaves runs that ended in its last seconds to whoever ended them.
     """
     async with ledger.transaction() as tx:
         status = await tx.heads.lock(ref)
         await lifecycle._cancel_locked(tx, ref, status, "interrupt", reason="cancel")
-    await a_minute_ago(ledger, ref)
+    if backdate:
+        await a_minute_ago(ledger, ref)
 
 
 async def a_minute_ago(ledger: Ledger, ref: RunRef) -> None:
@@ -325,8 +326,7 @@ async def test_the_reaper_deletes_a_stateless_runs_thread_that_a_dead_process_le
 
 async def test_the_sweep_leaves_a_run_that_just_ended_to_whoever_ended_it(ledger: Ledger, graphs: GraphRegistry) -> None:
     ref = (await admit(ledger, ask(on_completion="delete"), graphs=graphs)).ref
-    async with ledger.transaction() as tx:
-        await lifecycle._cancel_locked(tx, ref, await tx.heads.lock(ref), "interrupt", reason="cancel")
+    await end_without_completing(ledger, ref, backdate=False)
     assert ref not in await lifecycle.complete_due(ledger)  # its canceller is about to delete the thread
     assert await delete_after_run(ledger, ref.thread_id) == ref.run_id
     await a_minute_ago(ledger, ref)
