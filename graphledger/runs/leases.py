@@ -26,7 +26,12 @@ class LeaseKeeper(Periodic):
     """Renews ``owner``'s leases on the runs it holds, every third of the lease.
 
     A run missing from a renewal ended or was reaped meanwhile: ``on_lost``
-    is called for it, and the holder must stop writing to it.
+    is called for it, and the holder must stop writing to it. A run the
+    holder is ending (:meth:`ending`) stays held until its terminal event is
+    written, however long the database takes: a lease given up earlier would
+    let the reaper fail a run that succeeded. Its loss is not reported, since
+    that end itself may be what took it; the append of the end tells the
+    holder whether the run was still its own.
     """
 
     name = "lease renewal"
@@ -40,18 +45,27 @@ class LeaseKeeper(Periodic):
         self.lease_seconds = lease_seconds
         self.on_lost = on_lost
         self.held: set[RunRef] = set()
+        self._ending: set[RunRef] = set()
 
     def hold(self, ref: RunRef) -> None:
         self.held.add(ref)
 
+    def ending(self, ref: RunRef) -> None:
+        """The holder is writing the run's end: keep its lease renewed, and expect to lose it."""
+        if ref in self.held:
+            self._ending.add(ref)
+
     def release(self, ref: RunRef) -> None:
         self.held.discard(ref)
+        self._ending.discard(ref)
 
     async def tick(self) -> None:
         asked = set(self.held)
         kept = await lifecycle.renew(self.ledger, self.owner, asked, lease_seconds=self.lease_seconds)
         for ref in asked - kept:
-            if ref in self.held:  # not released while renewing: it was taken from us
+            if ref in self._ending:  # ended by its holder, or reaped as it ended: the end's append says which
+                self.release(ref)
+            elif ref in self.held:  # not released while renewing: it was taken from us
                 self.held.discard(ref)
                 _log.warning("lease on run %s lost: it ended or was reaped", ref.run_id)
                 if self.on_lost is not None:

@@ -234,8 +234,9 @@ class Worker:
                         stop.reason = None  # the graph ended before it could be stopped: record how
             except Exception as exc:  # the graph could not be made
                 error = exc
-            self.leases.release(ref)
+            self.leases.ending(ref)  # held until the end is written: an outage may outlast the lease
             await self._end(recording, stop, error, claimed.attempt)
+            self.leases.release(ref)
             if stop.reason not in ("lease", "shutdown"):
                 self._render_later(ref)
         except LedgerError as exc:

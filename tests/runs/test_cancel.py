@@ -209,3 +209,49 @@ async def test_a_worker_that_loses_its_lease_stops_writing(ledger: Ledger, worke
     events: list[Event] = await ledger.read_run(ref)
     assert events[-1].kind == "run.failed"  # nothing after the terminal event
     assert (await ledger.verify(ref)).ok
+
+
+async def test_a_worker_keeps_its_lease_while_the_end_of_its_run_waits_on_the_database(
+    ledger: Ledger, graphs: GraphRegistry, saver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose graph ended stays leased until its terminal event is written, however long that takes.
+
+    The end is held back here for several leases, as a database outage
+    holds it back; a reaper judging the run meanwhile finds its lease renewed.
+    """
+    from graphledger.runs.leases import Reaper
+    from graphledger.runs.recorder import Recording
+
+    lease = 0.6
+    ending, go_on = asyncio.Event(), asyncio.Event()
+    succeed = Recording.succeed
+
+    async def slow_succeed(recording: Recording) -> Event | None:
+        ending.set()
+        await go_on.wait()
+        return await succeed(recording)
+
+    monkeypatch.setattr(Recording, "succeed", slow_succeed)
+    worker = Worker(ledger, graphs, checkpointer=saver, lease_seconds=lease, poll_interval=0.2)
+    await worker.start()
+    try:
+        ref = (await admit(ledger, ask(), graphs=graphs)).ref
+        await asyncio.wait_for(ending.wait(), 30)
+        assert ref in worker.leases.held
+        await asyncio.sleep(3 * lease)  # many times the lease: renewed, or it would have expired
+        assert await Reaper(ledger, grace_seconds=0, settle_seconds=0).reap_once() == 0
+        go_on.set()
+        end = await join(ledger, ref)
+        for _ in range(100):
+            if ref not in worker.running:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        go_on.set()
+        await worker.stop()
+    assert end.kind == "run.succeeded"
+    assert ref not in worker.leases.held and ref not in worker.running
+    async with raw(ledger) as conn:
+        row = await conn.fetchrow("SELECT status, lease_owner FROM runs WHERE run_id = $1", ref.run_id)
+    assert (row["status"], row["lease_owner"]) == ("success", worker.owner)
+    assert (await ledger.verify(ref)).ok

@@ -123,6 +123,21 @@ async def test_the_lease_keeper_reports_a_run_taken_from_it(ledger: Ledger, grap
     assert lost == [ref] and ref not in keeper.held
 
 
+async def test_the_lease_keeper_renews_a_run_being_ended_and_lets_it_go_quietly_once_ended(ledger: Ledger, graphs: GraphRegistry) -> None:
+    ref = (await admit(ledger, ask(), graphs=graphs)).ref
+    await lifecycle.claim(ledger, "keeper", limit=1, lease_seconds=0.3)
+    lost: list[RunRef] = []
+    keeper = LeaseKeeper(ledger, "keeper", 0.3, on_lost=lost.append)
+    keeper.hold(ref)
+    keeper.ending(ref)
+    await asyncio.sleep(0.5)  # past the lease taken at the claim
+    await keeper.tick()
+    assert ref in keeper.held and await lifecycle.held_by(ledger, "keeper", [ref]) == {ref}  # renewed while ending
+    await ledger.append(ref, "run.succeeded", {})  # the end its holder was writing
+    await keeper.tick()
+    assert lost == [] and ref not in keeper.held
+
+
 async def test_the_reaper_ends_expired_and_silent_runs_but_not_live_ones(ledger: Ledger, graphs: GraphRegistry) -> None:
     expired = (await admit(ledger, ask(), graphs=graphs)).ref
     await lifecycle.claim(ledger, "gone", limit=1, lease_seconds=30)
