@@ -238,8 +238,8 @@ async def test_a_worker_keeps_its_lease_while_the_end_of_its_run_waits_on_the_da
         ref = (await admit(ledger, ask(), graphs=graphs)).ref
         await asyncio.wait_for(ending.wait(), 30)
         assert ref in worker.leases.held
-        await asyncio.sleep(3 * lease)  # many times the lease: renewed, or it would have expired
-        assert await Reaper(ledger, grace_seconds=0, settle_seconds=0).reap_once() == 0
+        await asyncio.sleep(3 * lease)  # unrenewed, the lease would have expired two leases ago
+        assert await Reaper(ledger, grace_seconds=lease, settle_seconds=0).reap_once() == 0
         go_on.set()
         end = await join(ledger, ref)
         for _ in range(100):
