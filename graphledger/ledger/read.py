@@ -140,6 +140,20 @@ async def read_runs(conn: Connection, cursors: Sequence[tuple[RunRef, int]], lim
     return [to_event(r) for r in rows]
 
 
+HASHES_AT_SQL = """
+SELECT e.thread_id, e.run_id, e.hash FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS k(thread_id, run_id, seq)
+JOIN events e ON e.thread_id = k.thread_id AND e.run_id = k.run_id AND e.seq = k.seq
+"""
+
+
+async def hashes_at(conn: Connection, points: Sequence[tuple[RunRef, int]]) -> dict[RunRef, bytes]:
+    """The chain hash each run's log holds at the given seq (runs without an event there are missing)."""
+    rows = await conn.fetch(
+        HASHES_AT_SQL, [ref.thread_id for ref, _ in points], [ref.run_id for ref, _ in points], [seq for _, seq in points]
+    )
+    return {RunRef(row["thread_id"], row["run_id"]): bytes(row["hash"]) for row in rows}
+
+
 async def read_thread(conn: Connection, thread_id: UUID, after_position: int = 0, limit: int = 10_000) -> list[Event]:
     """Events of one thread in log order, after a global position."""
     return [to_event(r) for r in await conn.fetch(READ_THREAD_SQL, thread_id, after_position, limit)]

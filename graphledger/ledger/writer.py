@@ -17,6 +17,7 @@ from graphledger.ledger import chain
 from graphledger.ledger.errors import UNAVAILABLE, LedgerError, RunFinished
 from graphledger.ledger.events import TERMINAL_KINDS, Event, NewEvent, RunRef
 from graphledger.ledger.heads import Heads
+from graphledger.ledger.read import hashes_at
 from graphledger.ledger.statement import Batch, Head, Statement, chain_onto, refusal
 
 _log = logging.getLogger("graphledger.append")
@@ -46,7 +47,7 @@ class _RunQueue:
     failures: int = 0
     busy: bool = False  # in a flush: its events go in no other flush until that one ends
     # Sent in a statement whose outcome is unknown (the connection died): the
-    # head, once reloaded, tells whether it committed.
+    # log, read again, tells whether it committed (see Writer._load_heads).
     inflight: tuple[int, Head] | None = None
 
     def rechain(self) -> None:
@@ -62,7 +63,7 @@ class _RunQueue:
 
 
 RETRYABLE: tuple[type[BaseException], ...] = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError, *UNAVAILABLE)
-"""Failures after which a flush is tried again, as often as it takes: its outcome is settled from the heads."""
+"""Failures after which a flush is tried again, as often as it takes: its outcome is settled from the log."""
 
 
 class Writer:
@@ -316,21 +317,35 @@ class Writer:
         return events
 
     async def _load_heads(self, conn: asyncpg.Connection, queues: list[_RunQueue]) -> list[Event]:
-        """Reload heads; settle flushes of unknown outcome; chain what waits. Returns events found committed."""
+        """Reload heads; settle flushes of unknown outcome; chain what waits. Returns events found committed.
+
+        A flush of unknown outcome committed if the run's log holds its last
+        event's hash at its last seq: the chain makes that one hash stand for
+        all of the flush's events. The head alone does not say so once another
+        writer (a cancel, a note, the reaper) appended after the flush
+        committed; the events would then be written a second time.
+        """
         heads = await Heads(conn).load([q.ref for q in queues])
+        moved_on = []
+        for queue in queues:
+            head = heads.get(queue.ref)
+            if queue.inflight is not None and head is not None and head.seq > queue.inflight[1].seq:
+                moved_on.append((queue.ref, queue.inflight[1].seq))
+        stored = await hashes_at(conn, moved_on) if moved_on else {}
         committed: list[Event] = []
         for queue in queues:
-            queue.head = heads.get(queue.ref)
-            if queue.head is None or queue.head.terminal:
-                self._fail(queue, refusal(queue.ref, queue.head))
-                continue
+            head = heads.get(queue.ref)
             if queue.inflight is not None:
                 n, after = queue.inflight
                 queue.inflight = None
-                if (queue.head.seq, queue.head.hash) == (after.seq, after.hash):
+                if (head is not None and (head.seq, head.hash) == (after.seq, after.hash)) or stored.get(queue.ref) == after.hash:
                     committed.extend(self._resolve(queue, n, after))
                     if not queue.items:
                         continue
+            queue.head = head
+            if head is None or head.terminal:
+                self._fail(queue, refusal(queue.ref, head))
+                continue
             queue.rechain()
         return committed
 
@@ -359,7 +374,7 @@ class Writer:
             rows = await self._execute(conn, sql, args)
         except RETRYABLE:
             # The commit may or may not have happened: reload the heads and keep
-            # the events of every run whose head does not show them.
+            # the events of every run whose log does not hold them.
             for queue, n, after in planned:
                 queue.forget_head()
                 queue.inflight = (n, after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,9 @@ from graphledger.ledger import (
     Conflict,
     Ledger,
     RunFinished,
+    RunRef,
 )
+from graphledger.ledger.events import NewEvent
 from graphledger.ledger.writer import Writer
 from tests.ledger.helpers import assert_gapless, new_run
 
@@ -81,11 +84,14 @@ class LostReplyWriter(Writer):
     """Commits, then loses the reply, as when the connection dies right after COMMIT."""
 
     lose_next = 0
+    meanwhile: Callable[[], Awaitable[None]] | None = None  # done after the commit, before the writer learns its outcome
 
     async def _execute(self, conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[asyncpg.Record]:
         rows = await super()._execute(conn, sql, args)
         if self.lose_next:
             self.lose_next -= 1
+            if self.meanwhile is not None:
+                await self.meanwhile()
             raise asyncpg.ConnectionDoesNotExistError("connection lost after commit")
         return rows
 
@@ -102,6 +108,64 @@ async def test_a_lost_reply_after_commit_is_not_written_twice(dsn: str) -> None:
         assert_gapless(events)
         assert [e.value["i"] for e in events[1:]] == list(range(40))
         assert [r.seq for r in results] == [e.seq for e in events[1:]]
+    finally:
+        await led.close()
+
+
+async def lost_reply_ledger(dsn: str) -> tuple[Ledger, LostReplyWriter]:
+    led = await Ledger.connect(dsn, tail=False, writer_class=LostReplyWriter)
+    assert isinstance(led.writer, LostReplyWriter)
+    return led, led.writer
+
+
+async def append_elsewhere(led: Ledger, ref: RunRef, kind: str, payload: dict[str, Any]) -> None:
+    """An append in a transaction of its own, as a cancel, a note or the reaper makes."""
+    async with led.transaction() as tx:
+        await tx.append(ref, [NewEvent.of(kind, payload)])
+
+
+async def test_a_lost_reply_after_commit_is_not_written_twice_when_another_append_follows_it(dsn: str) -> None:
+    led, writer = await lost_reply_ledger(dsn)
+    try:
+        ref = await new_run(led)
+        writer.lose_next = 1
+        writer.meanwhile = lambda: append_elsewhere(led, ref, "run.cancel_requested", {"action": "interrupt"})
+        ours = await asyncio.gather(*[led.submit(ref, "stream:values", {"i": i}) for i in range(5)])
+        later = await led.append(ref, "stream:values", {"i": 5})
+        events = await led.read_run(ref)
+        assert_gapless(events)
+        assert [e.kind for e in events] == ["run.created", *["stream:values"] * 5, "run.cancel_requested", "stream:values"]
+        assert [e.value.get("i") for e in events[1:6]] == list(range(5)) and events[-1].value == {"i": 5}
+        assert [e.seq for e in ours] == [2, 3, 4, 5, 6] and later.seq == 8
+        assert (await led.verify(ref)).ok
+    finally:
+        await led.close()
+
+
+async def test_a_lost_reply_after_commit_is_settled_when_another_append_ended_the_run_after_it(dsn: str) -> None:
+    led, writer = await lost_reply_ledger(dsn)
+    try:
+        ref = await new_run(led)
+        writer.lose_next = 1
+        writer.meanwhile = lambda: append_elsewhere(led, ref, "run.failed", {"error": {"type": "LeaseExpired", "message": "reaped"}})
+        ours = await asyncio.gather(*[led.submit(ref, "stream:values", {"i": i}) for i in range(3)])
+        assert [e.seq for e in ours] == [2, 3, 4]  # committed before the run ended: settled as written
+        with pytest.raises(RunFinished):
+            await led.append(ref, "stream:values", {"i": 3})
+        events = await led.read_run(ref)
+        assert [e.kind for e in events] == ["run.created", *["stream:values"] * 3, "run.failed"]
+    finally:
+        await led.close()
+
+
+async def test_a_lost_reply_after_the_terminal_event_committed_returns_the_event(dsn: str) -> None:
+    led, writer = await lost_reply_ledger(dsn)
+    try:
+        ref = await new_run(led)
+        writer.lose_next = 1
+        end = await led.append(ref, "run.succeeded", {})
+        assert end.seq == 2 and end.kind == "run.succeeded"
+        assert [e.kind for e in await led.read_run(ref)] == ["run.created", "run.succeeded"]
     finally:
         await led.close()
 
