@@ -9,7 +9,6 @@ ago (:class:`Reaper`), so no run stays "running" after its process died.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 
@@ -75,14 +74,17 @@ class LeaseKeeper(Periodic):
 class Reaper(Periodic):
     """Ends runs whose lease expired ``grace_seconds`` ago, every ``interval`` seconds.
 
-    A lease is not expired by an outage that also stopped its renewal: after
-    this process lost the database, it reaps again only once the database has
-    answered for ``settle_seconds`` (by default a lease and its grace,
-    ``idle_seconds + grace_seconds``), the time every live holder needs to
-    renew. A restart of the database is judged the same way in the database
-    itself (see :func:`lifecycle.reap`). Each round that reaps also
-    deletes the threads of stateless runs that ended without them
-    (:func:`lifecycle.complete_due`).
+    A lease is not expired by an outage that also stopped its renewal: a
+    process reaps only once the database has answered it for
+    ``settle_seconds`` (by default a lease and its grace, ``idle_seconds +
+    grace_seconds``), the time every live holder needs to renew. Every round
+    asks the database first (:meth:`Ledger.ping`, which gives up after 2 s),
+    so an outage, or a stall, that falls inside that time starts it again.
+    A process that just started waits the same time: it cannot tell whether
+    the database was away from the others before it came up. A restart of
+    the database is also judged in the database itself (see
+    :func:`lifecycle.reap`). Each round that reaps also deletes the threads
+    of stateless runs that ended without them (:func:`lifecycle.complete_due`).
     """
 
     name = "reaping"
@@ -104,15 +106,14 @@ class Reaper(Periodic):
         self.settle_seconds = idle_seconds + grace_seconds if settle_seconds is None else settle_seconds
         self.reaped = 0
         self.completed = 0  # threads of ended stateless runs deleted here (see lifecycle.complete_due)
-        self._reachable_since: float | None = -math.inf  # monotonic time; None: the database was lost
+        self._reachable_since: float | None = None  # monotonic time since which every round reached the database
 
     async def tick(self) -> None:
-        now = time.monotonic()
         try:
+            await self.ledger.ping()
             if self._reachable_since is None:
-                await self.ledger.ping()
-                self._reachable_since = now
-            if now - self._reachable_since >= self.settle_seconds:
+                self._reachable_since = time.monotonic()
+            if time.monotonic() - self._reachable_since >= self.settle_seconds:
                 await self.reap_once()
                 self.completed += len(await lifecycle.complete_due(self.ledger))
         except DatabaseUnavailable:

@@ -8,6 +8,7 @@ so nothing here waits for minutes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ import pytest
 from graphledger import projections
 from graphledger.embedded import EmbeddedPostgres
 from graphledger.http.app import create_app
-from graphledger.ledger import RunRef
+from graphledger.ledger import Ledger, RunRef
 from graphledger.ledger.errors import DatabaseUnavailable
 from graphledger.ledger.migrate import upgrade
 from graphledger.runs import GraphRegistry, RunSettings, checkpoint, demo
@@ -277,11 +278,14 @@ class Proxy:
             await self.server.wait_closed()
 
 
-async def test_a_process_that_lost_the_database_judges_no_lease_until_holders_could_renew(database: Database) -> None:
-    """The database never restarted (so it cannot tell), but this process lost it: it waits a lease and its grace."""
-    from urllib.parse import urlsplit
+@contextlib.asynccontextmanager
+async def cut_off_from(database: Database, settle: float) -> AsyncIterator[tuple[Ledger, Ledger, Proxy, RunRef]]:
+    """A database of its own with a run whose lease expired a minute ago; ledgers on it directly and through a proxy.
 
-    from graphledger.runs.leases import Reaper
+    The database has been up for longer than ``settle``: it cannot tell that
+    anyone lost it; only a process that was cut off can.
+    """
+    from urllib.parse import urlsplit
 
     # A database of its own: the module's server reaps expired leases in the shared one, as it should.
     admin = await asyncpg.connect(database.server.admin_dsn)
@@ -296,26 +300,64 @@ async def test_a_process_that_lost_the_database_judges_no_lease_until_holders_co
     proxy = Proxy(parts.port or 5432)
     port = await proxy.start()
     through = dsn.replace(f":{parts.port}/", f":{port}/")
-    settle = 1.5
     async with await projections.connect(dsn, tail=False) as direct, await projections.connect(through, tail=False) as cut_off:
         thread = await direct.create_thread()
         ref = RunRef(thread, (await direct.create_run(thread)).run_id)
         await direct.append(ref, "run.started", {"worker": "a holder far away"})
         async with direct.transaction() as tx:
             await tx.heads.set_lease(ref, "a holder far away", -60)  # expired a minute ago, as after an outage
-        reaper = Reaper(cut_off, grace_seconds=0, idle_seconds=LEASE, settle_seconds=settle)
-        async with direct.session() as session:  # the database itself has been up long enough: only this process can tell
+        async with direct.session() as session:
             up = await session.connection.fetchval("SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8")
         await asyncio.sleep(max(0.0, settle + 0.2 - up))
         try:
-            proxy.cut()
-            with pytest.raises(DatabaseUnavailable):
-                await reaper.tick()
-            proxy.open = True
-            await reaper.tick()  # the database answers again: holders get their time to renew
-            assert (await projections.Projections(direct).run_status(ref)).status == "running"
-            await asyncio.sleep(settle + 0.1)
-            await reaper.tick()
-            assert (await projections.Projections(direct).run_status(ref)).status == "error"
+            yield direct, cut_off, proxy, ref
         finally:
             await proxy.close()
+
+
+async def status_of(ledger: Ledger, ref: RunRef) -> str:
+    status = await projections.Projections(ledger).run_status(ref)
+    assert status is not None
+    return status.status
+
+
+async def test_a_process_that_lost_the_database_judges_no_lease_until_holders_could_renew(database: Database) -> None:
+    """The database never restarted (so it cannot tell), but this process lost it: it waits a lease and its grace."""
+    from graphledger.runs.leases import Reaper
+
+    settle = 1.5
+    async with cut_off_from(database, settle) as (direct, cut_off, proxy, ref):
+        reaper = Reaper(cut_off, grace_seconds=0, idle_seconds=LEASE, settle_seconds=settle)
+        proxy.cut()
+        with pytest.raises(DatabaseUnavailable):
+            await reaper.tick()
+        proxy.open = True
+        await reaper.tick()  # the database answers again: holders get their time to renew
+        assert await status_of(direct, ref) == "running"
+        await asyncio.sleep(settle + 0.1)
+        await reaper.tick()
+        assert await status_of(direct, ref) == "error"
+
+
+async def test_a_process_judges_no_lease_before_the_database_answered_it_for_a_lease_and_its_grace(database: Database) -> None:
+    """Neither a process that just started, nor one that lost the database again while it waited, reaps early."""
+    from graphledger.runs.leases import Reaper
+
+    settle = 3.0
+    async with cut_off_from(database, settle) as (direct, cut_off, proxy, ref):
+        reaper = Reaper(cut_off, grace_seconds=0, idle_seconds=LEASE, settle_seconds=settle)
+        await reaper.tick()  # just started: the others may have been away from the database until now
+        assert await status_of(direct, ref) == "running"
+        await asyncio.sleep(settle / 2)
+        proxy.cut()
+        with pytest.raises(DatabaseUnavailable):
+            await reaper.tick()  # away again inside the wait
+        proxy.open = True
+        await reaper.tick()
+        await asyncio.sleep(settle * 2 / 3)  # past a full wait since the first answer, not since the last one
+        await reaper.tick()
+        assert await status_of(direct, ref) == "running"
+        await asyncio.sleep(settle / 3 + 0.2)
+        await reaper.tick()
+        assert await status_of(direct, ref) == "error"
+        assert reaper.reaped == 1
