@@ -43,6 +43,7 @@ T = TypeVar("T")
 RENDER_BACKLOG = 10_000  # ended runs waiting for their snapshot documents; past it, they are rendered when read
 RENDER_HOLD_BACK = 5.0  # seconds a render waits at most for a burst of admissions to pass
 RETRY_MIN, RETRY_MAX = 0.1, 2.0  # seconds between tries while the database is unavailable
+STOP_CLAIMING_SECONDS = 10.0  # how long a stop waits for the claim in flight before cancelling it
 
 
 @dataclass(slots=True)
@@ -148,7 +149,7 @@ class Worker:
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Stop claiming; wait up to ``drain_seconds`` for running runs, then release the rest to other workers."""
         self._closing = True
-        await cancel_and_wait(self._loop_task)
+        await self._stop_claiming()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=drain_seconds)
         for stop in list(self.running.values()):
@@ -157,6 +158,38 @@ class Worker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await cancel_and_wait(self._render_task)  # a cache: what is not rendered now is rendered when read
         await self.leases.close()
+
+    async def _stop_claiming(self) -> None:
+        """End the claim loop after the claim in flight, and give back the runs of claims whose commit was lost.
+
+        The loop is not cancelled: a claim cancelled while its COMMIT is on
+        the wire may have committed, and its runs would stay running under
+        this worker's lease with their secrets taken, until reaped as failed
+        without having run. A claim that finishes hands its runs to the drain
+        like any other; the loop is cancelled only if it has not ended after
+        ``STOP_CLAIMING_SECONDS`` (a database that does not answer).
+        """
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            self._wake.set()
+            done, _ = await asyncio.wait({task}, timeout=STOP_CLAIMING_SECONDS)
+            if not done:
+                _log.warning("the claim in flight did not end within %.0f s; stopping it", STOP_CLAIMING_SECONDS)
+                await cancel_and_wait(task)
+            elif not task.cancelled() and task.exception() is not None:
+                _log.warning("the claim loop had ended: %r", task.exception())
+        unsettled = len(self._uncertain)
+        if not unsettled:
+            return
+        try:
+            for claimed in await self._settle_uncertain():
+                given_back = await lifecycle.release(
+                    self.ledger, claimed.ref, self.owner, reason="shutdown", attempt=claimed.attempt, secrets=claimed.request.secrets
+                )
+                if given_back is not None:
+                    _log.info("run %s, claimed as the database went away, was given back unstarted", claimed.ref.run_id)
+        except DatabaseUnavailable as exc:
+            _log.warning("claims whose commit was lost (%d) could not be settled (%s): any that held are reaped after their lease", unsettled, exc)
 
     def _lost(self, ref: RunRef) -> None:
         stop = self.running.get(ref)
@@ -171,6 +204,8 @@ class Worker:
             if free > 0:
                 if self.admissions is not None:
                     await self.admissions.quiet(self.hold_back)
+                    if self._closing:
+                        return
                 try:
                     claimed = await self._settle_uncertain()
                     if not claimed:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import asyncpg
 
 from graphledger.ledger import Ledger, RunRef
 from graphledger.projections import Projections
@@ -199,3 +202,59 @@ async def test_a_claim_whose_commit_was_lost_is_settled_by_its_claimer(ledger: L
     kinds = [e.kind for e in await ledger.read_run(held)]
     assert kinds.count("run.started") == 1  # executed under the claim that held, not claimed again
     assert [e.value["worker"] for e in await ledger.read_run(pending) if e.kind == "run.started"] == [worker.owner]
+
+
+async def test_a_stop_lets_the_claim_in_flight_finish_and_drains_its_run(
+    ledger: Ledger, graphs: GraphRegistry, saver: Any, conn: asyncpg.Connection
+) -> None:
+    """A claim is never cancelled by a stop: one cancelled at its COMMIT may have committed, leaving a run no one executes."""
+    secret = {"configurable": {"openai_api_key": "sk-claimed-at-the-stop", "tokens": 2}}
+    ref = (await admit(ledger, ask("one two", config=secret), graphs=graphs)).ref
+    worker = Worker(ledger, graphs, checkpointer=saver, concurrency=4, lease_seconds=LEASE, poll_interval=0.2)
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with conn.transaction():  # the claim waits on the run's secrets until this ends
+            assert await conn.fetchval("SELECT run_id FROM run_secrets WHERE run_id = $1 FOR UPDATE", ref.run_id) == ref.run_id
+            await worker.start()
+            for _ in range(200):
+                waiting = await conn.fetchval(  # a row lock is waited for on the transaction that holds it
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'transactionid' AND datname = current_database()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting, "the claim should be waiting on the run's secrets"
+            stopping = asyncio.create_task(worker.stop(drain_seconds=10))
+            await asyncio.sleep(0.3)
+            assert not stopping.done()  # waiting for the claim
+        await asyncio.wait_for(stopping, 30)
+    finally:
+        if stopping is None:
+            await worker.stop()
+    events = await ledger.read_run(ref)
+    assert [e.kind for e in events if e.kind.startswith("run.")] == ["run.created", "run.started", "run.succeeded"]
+    row = await conn.fetchrow("SELECT status, lease_owner FROM runs WHERE run_id = $1", ref.run_id)
+    assert (row["status"], row["lease_owner"]) == ("success", worker.owner)
+
+
+async def test_a_stop_gives_back_the_runs_of_a_claim_whose_commit_was_lost(ledger: Ledger, graphs: GraphRegistry, saver: Any) -> None:
+    """Claims the worker could not settle before it stopped: those that held are released, secrets and all."""
+    worker = Worker(ledger, graphs, checkpointer=saver, concurrency=4, lease_seconds=LEASE, poll_interval=0.2)
+    secret = {"configurable": {"openai_api_key": "sk-lost-at-the-commit"}}
+    held = (await admit(ledger, ask("one two", config=secret), graphs=graphs)).ref
+    (committed,) = await lifecycle.claim(ledger, worker.owner, limit=1, lease_seconds=LEASE)  # its answer "lost"
+    assert committed.ref == held
+    pending = (await admit(ledger, ask("three four five"), graphs=graphs)).ref
+    created = (await ledger.read_run(pending, 0, 1))[0]
+    never = lifecycle.Claimed(pending, RunRequest.recorded(created.value), committed.started)  # prepared, never committed
+    worker._uncertain = [committed, never]
+    await worker.stop(drain_seconds=1)
+    released = (await ledger.read_run(held))[-1]
+    assert released.kind == "run.released" and released.value == {"worker": worker.owner, "reason": "shutdown", "attempt": 1}
+    assert [e.kind for e in await ledger.read_run(pending)] == ["run.created"]  # left as it was
+    async with raw(ledger) as conn:
+        row = await conn.fetchrow("SELECT status, lease_owner, claimable FROM runs WHERE run_id = $1", held.run_id)
+        secrets = await conn.fetchval("SELECT secrets::text FROM run_secrets WHERE run_id = $1", held.run_id)
+    assert dict(row) == {"status": "pending", "lease_owner": None, "claimable": True}
+    assert secrets is not None and "sk-lost-at-the-commit" in secrets  # waiting for the next claimer
+    assert (await ledger.verify(held)).ok
