@@ -149,10 +149,12 @@ async def drain(app: Starlette) -> None:
     event, so its client reconnects with ``Last-Event-ID`` elsewhere. A run
     that finished during the drain has sent its stream's last frame by then.
     """
+    streams: sse.Streams | None = getattr(app.state, "streams", None)
+    if streams is not None:
+        streams.stop()  # from now on a cut stream is this server's doing, never a client's cancel
     runtime: Runtime | None = getattr(app.state, "runtime", None)
     if runtime is not None:
         await runtime.drain()
-    streams: sse.Streams | None = getattr(app.state, "streams", None)
     if streams is not None:
         streams.close()
 

@@ -44,15 +44,20 @@ class Streams:
     """The SSE streams open in this process, so that a stopping process can end them all."""
 
     def __init__(self) -> None:
+        self.stopping = False  # the process is handing its work over: a stream it cuts was not left by its client
         self.closing = False
         self._queues: set[asyncio.Queue[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._queues)
 
+    def stop(self) -> None:
+        """The process is stopping: streams go on, but one that ends early now cancels no run (see :func:`sse_stream`)."""
+        self.stopping = True
+
     def close(self) -> None:
         """End every open stream after its current write, and every stream opened from now on at once."""
-        self.closing = True
+        self.stopping = self.closing = True
         for queue in self._queues:
             # A full queue's stream is busy writing and checks ``closing``
             # before its next write; it needs no wake-up.
@@ -95,9 +100,13 @@ async def sse_stream(
 
     With ``streams``, the stream is one of them and ends early, without a
     terminal event, when they are closed. ``actor`` (the client's identity)
-    is recorded in the cancel that ``on_disconnect="cancel"`` appends.
+    is recorded in the cancel that ``on_disconnect="cancel"`` appends when
+    the client goes away mid-run. A stream cut by its own server (stopping:
+    its runs are finished or handed over) or ended by a failure of its tail
+    was not left by its client, and cancels nothing.
     """
     finished = False  # ended as it should: after the terminal event, or closed by this server
+    failed = False  # ended by a failure of its tail, not by its client
     queue: asyncio.Queue[Event | None | object] = asyncio.Queue(maxsize=1000)
     if streams is not None:
         streams._open(queue)
@@ -161,6 +170,7 @@ async def sse_stream(
                 yield b"".join(frames)
                 last_sent = loop.time()
             if failure is not None:
+                failed = True
                 raise failure
             if end:
                 finished = True
@@ -174,7 +184,7 @@ async def sse_stream(
         # which cancels every await again; the cancel below must still be sent.
         with contextlib.suppress(asyncio.CancelledError, LedgerError):
             await pump
-        if not finished and on_disconnect == "cancel":
+        if not finished and not failed and on_disconnect == "cancel" and not (streams is not None and streams.stopping):
             # The client went away mid-run: cancel it, outliving this cancelled generator.
             task = asyncio.get_running_loop().create_task(_cancel_quietly(ledger, ref, actor))
             _background.add(task)
