@@ -502,20 +502,28 @@ def cmd_checkpoint(args: argparse.Namespace) -> None:
     from graphledger.ledger.checkpointer import sign_checkpoint, write_checkpoint
 
     signer = _signer(args.key)
+    # Refused before anything is signed: a checkpoint is kept in the database at once, its copies after.
+    directory = _checkpoint_dir(args.checkpoint_dir) if args.checkpoint_dir else None
+    if args.out and (Path(args.out).is_dir() or not Path(args.out).resolve().parent.is_dir()):
+        raise CommandError(f"cannot write --out {args.out}: not a file in an existing directory")
     with _ledger(args) as (loop, ledger):
         checkpoint, note, _ = loop.run_until_complete(sign_checkpoint(ledger, signer))
+    if not args.out:
+        sys.stdout.write(note)
+    failed = []
     if args.out:
         try:
             Path(args.out).write_text(note, encoding="utf-8")
         except OSError as exc:
-            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
-    if args.checkpoint_dir:
+            sys.stdout.write(note)  # signed and kept in the database: never lose its one copy outside it
+            failed.append(f"cannot write {args.out}: {exc.strerror or exc}")
+    if directory is not None:
         try:
-            write_checkpoint(Path(args.checkpoint_dir), checkpoint, note)
+            write_checkpoint(directory, checkpoint, note)
         except OSError as exc:
-            raise CommandError(f"cannot write to {args.checkpoint_dir}: {exc.strerror or exc}") from exc
-    if not args.out:
-        sys.stdout.write(note)
+            failed.append(f"cannot write to {args.checkpoint_dir}: {exc.strerror or exc}")
+    if failed:
+        raise CommandError("; ".join(failed) + " (the checkpoint was signed and kept in the database; its note is on stdout)")
 
 
 def cmd_replay(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ from graphledger.ledger import Ledger, merkle
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 MAX_LEVEL = 7  # 256 ** 8 hashes: far beyond any log
+MAX_INDEX = 1 << 55  # tiles of 256 leaves each: a log of 2 ** 63 events, the most a bigint position counts
 
 
 async def checkpoint(request: Request) -> Response:
@@ -39,6 +40,8 @@ async def tile(request: Request) -> Response:
         raise HTTPError(404, f"not a tile path: {text} (tile/<L>/<N>[.p/<W>], hash tiles only)") from None
     if level > MAX_LEVEL:
         raise HTTPError(404, f"no tiles of level {level}")
+    if index >= MAX_INDEX:
+        raise HTTPError(404, f"no tile of index {index}")
     ledger: Ledger = request.app.state.ledger
     async with ledger.session() as session:
         data = await session.log.tile(level, index, width)

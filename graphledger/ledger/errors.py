@@ -89,6 +89,8 @@ def translate() -> Iterator[None]:
         raise InvalidPayload(f"payload rejected by the database: {exc}") from exc
     except asyncpg.InvalidTextRepresentationError as exc:
         raise InvalidPayload(f"payload rejected by the database: {exc}") from exc
+    except asyncpg.DataError as exc:  # class 22, or an argument the driver cannot encode (an integer out of range)
+        raise InvalidPayload(f"a value the database cannot take: {exc}") from exc
 
 
 class RunNotEnded(LedgerError):

@@ -262,6 +262,8 @@ def _parse(number: int, text: str) -> dict[str, Any]:
         record = json.loads(text, object_pairs_hook=_no_duplicates)
     except ValueError as exc:
         raise _Bad(number, f"not a JSON object: {exc}") from None
+    except RecursionError:
+        raise _Bad(number, "not a JSON object: nested too deeply") from None
     if not isinstance(record, dict):
         raise _Bad(number, "not a JSON object")
     return record
@@ -338,8 +340,11 @@ def verify_lines(lines: Iterable[bytes], verifier: Verifier | None = None) -> Fi
                     raise _Bad(1, "the first line is not the export header")
                 _check_seal(1, record, "header")
                 version = record.get("version")  # type: ignore[assignment]  # checked on the next line
-                if record.get("format") != FORMAT or version not in VERSIONS:
+                if record.get("format") != FORMAT or type(version) is not int or version not in VERSIONS:
                     raise _Bad(1, f"not a {FORMAT} file of version {' or '.join(map(str, VERSIONS))}")
+                if verifier is not None and version < 2:
+                    # Its events carry no proofs: a signed note pasted into its header would prove none of them.
+                    raise _Bad(1, f"a version {version} file carries no proofs for the key to check: {SIGN_FIRST}")
                 proofs.checkpoint = _header_checkpoint(record, verifier)
                 continue
             if kind == "event":
@@ -435,7 +440,10 @@ def _check_event(
         raise _Bad(number, f"an event after run {run}'s terminal event ({state.terminal}) that is not a note")
     if seq != state.seq + 1:
         raise _Bad(number, f"seq {seq} of run {run} where {state.seq + 1} was expected (a line missing or out of order)")
-    digest = link_with(state.hash, state.prefix, seq, kind, ts, data)
+    try:
+        digest = link_with(state.hash, state.prefix, seq, kind, ts, data)
+    except UnicodeEncodeError:
+        raise _Bad(number, "an event line has text that is not valid Unicode (a lone surrogate escape)") from None
     if digest.hex() != claimed:
         raise _Bad(number, f"hash of run {run} seq {seq} does not match the recomputed chain (the line was altered)")
     if version >= 2:

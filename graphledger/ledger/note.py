@@ -179,7 +179,7 @@ class Checkpoint:
         if len(lines) < 4 or lines[-1] != "" or any(not line for line in lines[:-1]):
             raise NoteError("not a checkpoint body (origin, size, root hash, extension lines)")
         origin, size, root, *rest = lines[:-1]
-        if not size.isdigit() or size != str(int(size)):
+        if not (size.isascii() and size.isdigit()) or size != str(int(size)):
             raise NoteError(f"the checkpoint's tree size {size!r} is not a decimal number")
         digest = _b64(root, "root hash")
         if len(digest) != 32:

@@ -25,7 +25,7 @@ from uuid import UUID
 
 from graphledger.ledger import merkle
 from graphledger.ledger.errors import LedgerError
-from graphledger.ledger.note import Checkpoint, Signer, unsigned_checkpoint
+from graphledger.ledger.note import Checkpoint, NoteError, Signer, Verifier, read_checkpoint, unsigned_checkpoint
 from graphledger.ledger.read import FEED_HASHES_SQL, Connection
 
 GROW_LOCK = 0x67_6C_6D_65_72_6B_6C_65  # "glmerkle": the advisory lock growers take
@@ -99,6 +99,7 @@ ORDER BY m.first_leaf
 """
 ADD_CHECKPOINT_SQL = "INSERT INTO checkpoints (tree_size, root_hash, signed_at, note) VALUES ($1, $2, $3, $4)"
 LATEST_CHECKPOINT_SQL = "SELECT note FROM checkpoints ORDER BY checkpoint_id DESC LIMIT 1"
+CHECKPOINTS_NEWEST_FIRST_SQL = "SELECT note FROM checkpoints ORDER BY checkpoint_id DESC"
 
 
 def decode_entry(ids: bytes, i: int) -> tuple[UUID, UUID, int]:
@@ -167,7 +168,7 @@ class Log:
         """
         before = after = None
         while True:
-            async with self.connection.transaction():
+            async with self.connection.transaction(isolation="read_committed"):  # reads after the lock see the last grower's
                 await self.connection.execute(LOCK_SQL, GROW_LOCK)
                 last = await self.connection.fetchrow(LAST_LEAF_SQL)
                 size, tx, position = (0, "0", 0) if last is None else (int(last["size"]), last["tx"], last["last_position"])
@@ -263,24 +264,39 @@ class Log:
         note: str | None = await self.connection.fetchval(LATEST_CHECKPOINT_SQL)
         return note
 
+    async def _latest_signed_by(self, verifier: Verifier) -> Checkpoint | None:
+        """The newest checkpoint whose signature and origin ``verifier`` accepts (others' are passed over)."""
+        async for row in self.connection.cursor(CHECKPOINTS_NEWEST_FIRST_SQL, prefetch=16):
+            try:
+                return read_checkpoint(row["note"], verifier)
+            except NoteError:
+                continue
+        return None
+
     async def sign(self, signer: Signer, at: datetime | None = None) -> tuple[Checkpoint, str]:
         """Grow the tree, then sign and keep a checkpoint of it.
 
-        The tree signed must extend the latest checkpoint: a consistency proof
-        from it, made from the tiles, is checked before anything is signed
-        (:class:`Inconsistent` otherwise).
+        The tree signed must extend the latest checkpoint, and the latest one
+        this key signed: a consistency proof from each, made from the tiles,
+        is checked before anything is signed (:class:`Inconsistent`
+        otherwise). Both run under the grow lock, read committed whatever
+        the server's default, so that no newer checkpoint can be missed.
         """
         await self.grow()
-        async with self.connection.transaction():
+        async with self.connection.transaction(isolation="read_committed"):
             await self.connection.execute(LOCK_SQL, GROW_LOCK)
             size = await self.size()
             root = await self.root(size)
             previous = await self.latest_checkpoint()
-            if previous is not None:
-                old = unsigned_checkpoint(previous)
+            olds = [] if previous is None else [("the latest checkpoint", unsigned_checkpoint(previous))]
+            own = await self._latest_signed_by(signer.verifier)
+            if own is not None:
+                # A row anyone with the table's INSERT right could have added is not all it is checked against.
+                olds.append((f"the latest checkpoint signed by {signer.name}", own))
+            for what, old in olds:
                 proof = await self.consistency(old.size, size) if old.size <= size else []
                 if not merkle.verify_consistency(old.size, size, old.root, root, proof):
-                    raise Inconsistent(f"the tree of {size} leaves does not extend the latest checkpoint ({old.size} leaves)")
+                    raise Inconsistent(f"the tree of {size} leaves does not extend {what} ({old.size} leaves)")
             checkpoint = Checkpoint.of(signer.name, size, root, at or datetime.now(timezone.utc))
             note = signer.sign(checkpoint.body())
             await self.connection.execute(ADD_CHECKPOINT_SQL, size, root, datetime.fromisoformat(checkpoint.time), note)

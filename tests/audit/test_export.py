@@ -86,6 +86,22 @@ def test_swapping_any_two_neighbouring_lines_names_one_of_them(exported: list[by
         assert not ok and named in (index + 1, index + 2), (index + 1, named)
 
 
+def test_crafted_lines_are_named_not_raised(exported: list[bytes]) -> None:
+    """Lines a parser or an encoder chokes on are reported on their line like any other bad line."""
+    nested = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+    assert check([*exported[:2], nested, *exported[3:]]) == (False, 3)
+    event = json.loads(exported[1])
+    event["kind"] = "\ud800"  # a lone surrogate: valid JSON, not encodable text
+    surrogate = (json.dumps(event) + "\n").encode()
+    assert b"\\ud800" in surrogate
+    report = verify_lines([exported[0], surrogate, *exported[2:]])
+    assert (report.ok, report.line) == (False, 2) and "Unicode" in (report.reason or ""), report
+    from graphledger.ledger.note import NoteError, unsigned_checkpoint
+
+    with pytest.raises(NoteError, match="not a decimal number"):  # a superscript two is a digit to str.isdigit
+        unsigned_checkpoint("origin\n\u00b2\n" + "A" * 43 + "=\n\n\u2014 k sig\n")
+
+
 def test_an_edited_trailer_or_a_cut_file_is_named(exported: list[bytes]) -> None:
     trailer = json.loads(exported[-1])
     trailer["events"] -= 1

@@ -13,6 +13,7 @@ import json
 import os
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -20,6 +21,7 @@ import asyncpg
 import pytest
 
 from graphledger.ledger import Ledger, RunRef, chain
+from graphledger.ledger.note import Checkpoint, Signer
 from tests.audit.test_cli import acli, one_error_line
 from tests.conftest import drop_database, fresh_database, with_database
 
@@ -203,6 +205,24 @@ async def test_bad_merkle_arguments_get_one_line(fresh: str, tmp_path: Path, arg
 
 
 
+async def test_a_checkpoint_whose_copies_cannot_be_written_is_refused_before_it_is_signed(fresh: str, tmp_path: Path) -> None:
+    private, _ = await keys(tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    for args, words in (
+        (["--checkpoint-dir", str(a_file / "copies")], "cannot use --checkpoint-dir"),
+        (["--out", str(tmp_path / "missing" / "checkpoint")], "cannot write --out"),
+        (["--out", str(tmp_path)], "cannot write --out"),
+    ):
+        refused = await acli("checkpoint", "--key", str(private), *args, dsn=fresh)
+        assert refused.returncode == 1 and words in one_error_line(refused), (args, refused)
+    conn = await asyncpg.connect(fresh)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM checkpoints") == 0  # nothing signed, so no copy missing
+    finally:
+        await conn.close()
+
+
 def resealed(record: dict[str, object]) -> bytes:
     from graphledger.ledger.export import sealed
 
@@ -321,3 +341,13 @@ def test_a_version_1_export_still_verifies(tmp_path: Path) -> None:
     lines = [resealed(header), *(json.dumps(e).encode() + b"\n" for e in events), resealed(trailer)]
     report = verify_lines(lines)
     assert report.ok and report.version == 1 and report.events == 2, report
+
+    # A real signed note (any server's GET /log/checkpoint) pasted into a version 1 header proves none of its events.
+    signer = Signer.generate("test.example/ledger")
+    note = signer.sign(Checkpoint.of("test.example/ledger", 1, bytes(32), datetime.now(timezone.utc)).body())
+    for version in (1, True):
+        forged = [resealed({**header, "version": version, "checkpoint": note}), *lines[1:]]
+        refused = verify_lines(forged, signer.verifier)
+        assert not refused.ok and refused.line == 1, refused
+        assert "carries no proofs" in (refused.reason or "") or "version" in (refused.reason or ""), refused
+    assert not verify_lines([resealed({**header, "version": True}), *lines[1:]]).ok  # a boolean is no version

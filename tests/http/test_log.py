@@ -37,6 +37,9 @@ async def test_checkpoint_and_tiles_let_a_monitor_rebuild_the_root(http: httpx.A
             return merkle.tile_hash(lambda level, i: tiles.get((level, i), b""), height, index)
 
     assert merkle.root(Served(), checkpoint.size) == checkpoint.root
-    for bad in ("/log/tile/0/1", "/log/tile/entries/000", "/log/tile/0/x999/999", "/log/tile/9/000"):
+    for bad in (
+        "/log/tile/0/1", "/log/tile/entries/000", "/log/tile/0/x999/999", "/log/tile/9/000",
+        "/log/tile/0/x999/x999/x999/x999/x999/x999/999",  # an index past any bigint
+    ):
         refused = await http.get(bad)
         assert refused.status_code == 404 and "detail" in refused.json()

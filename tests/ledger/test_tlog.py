@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import asyncpg
 import pytest
 
 from graphledger.ledger import Ledger, NewEvent, RunRef, merkle
-from graphledger.ledger.note import Signer, read_checkpoint
+from graphledger.ledger.note import Checkpoint, Signer, read_checkpoint
 from graphledger.ledger.tlog import Inconsistent
 from tests.ledger.helpers import new_run
 
@@ -80,7 +81,14 @@ async def test_checkpoints_are_signed_kept_and_append_only(ledger: Ledger, conn:
     await conn.execute("UPDATE merkle_tiles SET hashes = overlay(hashes placing '\\x00'::bytea from 1) WHERE level = 0 AND tile_index = 0")
     await append_some(ledger, 1, 1)
     async with ledger.session() as session:
-        with pytest.raises(Inconsistent):
+        with pytest.raises(Inconsistent, match="latest checkpoint"):
+            await session.log.sign(signer)
+    # Also when a newer row claims an empty tree (INSERT is all it takes): the key's own last checkpoint still counts.
+    forger = Signer.generate("test.example/log")
+    fake = forger.sign(Checkpoint.of("test.example/log", 0, merkle.EMPTY_ROOT, datetime.now(timezone.utc)).body())
+    await conn.execute("INSERT INTO checkpoints (tree_size, root_hash, signed_at, note) VALUES (0, $1, now(), $2)", merkle.EMPTY_ROOT, fake)
+    async with ledger.session() as session:
+        with pytest.raises(Inconsistent, match="signed by test.example/log"):
             await session.log.sign(signer)
 
 
@@ -119,3 +127,12 @@ async def test_each_event_is_found_at_its_leaf_whatever_the_growths_cut(ledger: 
     async with ledger.session() as session:
         assert await session.log.leaf(later.thread_id, later.run_id, 1) is None
         assert await session.log.uncovered([(later.thread_id, later.run_id)], size) == 1
+
+
+async def test_a_tile_index_past_any_bigint_is_a_bad_value_not_an_outage(ledger: Ledger) -> None:
+    """The driver refuses to encode it; that is the caller's value at fault (4xx), never a database away (503)."""
+    from graphledger.ledger.errors import InvalidPayload
+
+    with pytest.raises(InvalidPayload, match="cannot take"):
+        async with ledger.session() as session:
+            await session.log.tile(0, 10**21, merkle.TILE_WIDTH)
