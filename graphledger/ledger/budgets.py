@@ -31,7 +31,7 @@ from graphledger.ledger.read import Connection
 
 LIST_SQL = "SELECT name, definition::text AS definition, set_at, set_by FROM budgets ORDER BY name"
 ANY_SQL = "SELECT EXISTS (SELECT 1 FROM budgets) AS any"
-"""Whether any budget is defined (heads.ADMISSION_LOCKS_UNBUDGETED_SQL composes it)."""
+"""Whether any budget is defined (heads.ADMISSION_THREAD_UNBUDGETED_SQL composes it)."""
 UPSERT_SQL = """
 INSERT INTO budgets (name, definition, set_by) VALUES ($1, $2::jsonb, $3)
 ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, set_at = now(), set_by = excluded.set_by

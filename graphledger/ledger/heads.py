@@ -61,31 +61,23 @@ SELECT (SELECT status FROM runs WHERE thread_id = $1 AND run_id = $2) AS status,
     SELECT 1 FROM runs WHERE thread_id = $1 AND run_id <> $2 AND record_of IS NULL AND command IS DISTINCT FROM 'delete_thread'
 ) AS others
 """
-# An admission's locks in one round trip: the thread's row (threads.LOCK_SQL, its
-# visibility filter at $2 and $3), then its active runs, in that order (the
-# thread's row is read first, and the runs only when it was found).
-ADMISSION_LOCKS_SQL = f"""
-WITH thread AS MATERIALIZED ({THREAD_LOCK_SQL}),
-active AS MATERIALIZED ({LOCK_ACTIVE_SQL})
-SELECT t.deleted, a.run_ids, a.statuses FROM thread t
-CROSS JOIN LATERAL (  -- lateral on t: read (and locked) after the thread's row
-    SELECT array_agg(run_id ORDER BY run_id) AS run_ids, array_agg(status ORDER BY run_id) AS statuses FROM active WHERE t.deleted IS NOT NULL
-) a
-"""
-# The same locks, taken only when no budget is defined: an admission locks its
-# budgets' keys before its thread's row (see budgets.py), so with a budget
-# defined nothing is locked here and the admission goes the long way. The
-# subqueries on t are kept apart (OFFSET 0, an aggregate), so their conditions
-# on the row before are one-time filters: a CTE they gate is never read.
-ADMISSION_LOCKS_UNBUDGETED_SQL = f"""
+# An admission's locks: the thread's row (threads.LOCK_SQL, its visibility filter
+# at $2 and $3), then, in a statement of its own, its active runs (LOCK_ACTIVE_SQL).
+# Not one statement: under READ COMMITTED a statement reads with the snapshot it
+# started with, and one that waited for the thread's row behind another admission
+# would not see the run that admission inserted, so that reject, interrupt and
+# rollback would miss it. The second statement starts once the row is ours.
+#
+# With no budget defined, the thread's row is locked in the statement that asks
+# whether one is (an admission locks its budgets' keys before its thread's row,
+# see budgets.py, so with a budget defined nothing is locked and the admission
+# goes the long way). The subquery on b is kept apart (OFFSET 0), so its
+# condition is a one-time filter: the thread's CTE is never read then.
+ADMISSION_THREAD_UNBUDGETED_SQL = f"""
 WITH budgeted AS MATERIALIZED ({BUDGETS_ANY_SQL}),
-thread AS MATERIALIZED ({THREAD_LOCK_SQL}),
-active AS MATERIALIZED ({LOCK_ACTIVE_SQL})
-SELECT b.any AS budgeted, t.deleted, a.run_ids, a.statuses FROM budgeted b
+thread AS MATERIALIZED ({THREAD_LOCK_SQL})
+SELECT b.any AS budgeted, t.deleted FROM budgeted b
 LEFT JOIN LATERAL (SELECT deleted FROM thread WHERE NOT b.any OFFSET 0) t ON true
-LEFT JOIN LATERAL (
-    SELECT array_agg(run_id ORDER BY run_id) AS run_ids, array_agg(status ORDER BY run_id) AS statuses FROM active WHERE t.deleted IS NOT NULL
-) a ON true
 """
 ALL_SQL = "SELECT thread_id, run_id FROM runs ORDER BY queue_position"
 SELECT_BY_ID_SQL = "SELECT thread_id, run_id, status FROM runs WHERE run_id = $1"
@@ -349,20 +341,23 @@ class Heads:
     async def admission_locks(self, thread_id: UUID, visible: Visibility | None = None) -> tuple[bool, list[tuple[RunRef, str]]]:
         """Take the thread's admission lock, then lock its active runs: whether it was deleted, and those runs.
 
-        What ``threads.lock`` then ``active(lock=True)`` do, in one round trip;
-        raises :class:`ThreadNotFound` if the thread never existed or is not ``visible``.
+        Raises :class:`ThreadNotFound` if the thread never existed or is not ``visible``.
         """
-        row = await self._conn.fetchrow(ADMISSION_LOCKS_SQL, thread_id, *visibility_args(visible))
-        return _admission_locks(thread_id, row)
+        deleted = await self._conn.fetchval(THREAD_LOCK_SQL, thread_id, *visibility_args(visible))
+        if deleted is None:
+            raise ThreadNotFound(f"thread {thread_id} not found")
+        return deleted, await self.active(thread_id, lock=True)  # read after the lock: see ADMISSION_THREAD_UNBUDGETED_SQL
 
     async def admission_locks_unbudgeted(
         self, thread_id: UUID, visible: Visibility | None = None
     ) -> tuple[bool, list[tuple[RunRef, str]]] | None:
-        """:meth:`admission_locks` when no budget is defined, in the same round trip as that check; None (nothing locked) otherwise."""
-        row = await self._conn.fetchrow(ADMISSION_LOCKS_UNBUDGETED_SQL, thread_id, *visibility_args(visible))
+        """:meth:`admission_locks` when no budget is defined, the thread's row locked in that check; None (nothing locked) otherwise."""
+        row = await self._conn.fetchrow(ADMISSION_THREAD_UNBUDGETED_SQL, thread_id, *visibility_args(visible))
         if row is None or row["budgeted"]:  # (one row always)
             return None
-        return _admission_locks(thread_id, row if row["deleted"] is not None else None)
+        if row["deleted"] is None:
+            raise ThreadNotFound(f"thread {thread_id} not found")
+        return row["deleted"], await self.active(thread_id, lock=True)
 
     async def claimable(self, limit: int) -> list[RunRef]:
         """Up to ``limit`` runs a worker may start now, locked (see :data:`CLAIM_SQL`)."""
@@ -409,10 +404,3 @@ class Heads:
         else:
             rows = await self._conn.fetch(SELECT_CREATED_SQL, since, until)
         return [(RunRef(row["thread_id"], row["run_id"]), row["status"]) for row in rows]
-
-
-def _admission_locks(thread_id: UUID, row: asyncpg.Record | None) -> tuple[bool, list[tuple[RunRef, str]]]:
-    if row is None:
-        raise ThreadNotFound(f"thread {thread_id} not found")
-    active = [(RunRef(thread_id, run_id), status) for run_id, status in zip(row["run_ids"] or [], row["statuses"] or [], strict=True)]
-    return row["deleted"], active

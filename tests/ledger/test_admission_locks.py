@@ -59,3 +59,38 @@ async def test_with_a_budget_defined_nothing_is_locked(ledger: Ledger, conn: asy
             assert await tx.heads.admission_locks_unbudgeted(uuid4()) is None  # not even looked for
             raise _RolledBack
     assert await conn.fetchval("SELECT count(*) FROM budgets") == 0
+
+
+@pytest.mark.parametrize("method", ["admission_locks", "admission_locks_unbudgeted"])
+async def test_an_admission_that_waited_for_the_thread_sees_the_run_admitted_before_it(
+    ledger: Ledger, conn: asyncpg.Connection, method: str
+) -> None:
+    """The active runs are read after the thread's row is locked, so a run committed while this waited is among them."""
+    import asyncio
+
+    from graphledger.ledger import RunRef
+
+    first = await new_run(ledger)
+    await ledger.append(first, "run.succeeded", {})  # the thread is idle
+    second = RunRef(first.thread_id, uuid4())
+    waiting: asyncio.Task[tuple[bool, list[tuple[RunRef, str]]] | None]
+
+    async def locks() -> tuple[bool, list[tuple[RunRef, str]]] | None:
+        async with ledger.transaction() as tx:
+            found: tuple[bool, list[tuple[RunRef, str]]] | None = await getattr(tx.heads, method)(first.thread_id)
+            return found
+
+    async with ledger.transaction() as tx:  # an admission in flight on the thread
+        await tx.heads.admission_locks(first.thread_id)
+        await tx.create_run(second, {"input": "hi"})
+        waiting = asyncio.create_task(locks())
+        for _ in range(200):
+            if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'transactionid' AND datname = current_database()"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the second admission should be waiting for the thread's row")
+    found = await asyncio.wait_for(waiting, 10)
+    assert found is not None
+    deleted, active = found
+    assert not deleted and active == [(second, "pending")]

@@ -112,6 +112,17 @@ async def test_reject_refuses_a_run_while_the_thread_is_busy(ledger: Ledger, wor
     await join(ledger, ref)
 
 
+async def test_reject_admits_one_of_many_runs_sent_to_an_idle_thread_at_once(ledger: Ledger, graphs: GraphRegistry) -> None:
+    thread = await ledger.create_thread()
+    tries = await asyncio.gather(
+        *(admit(ledger, slow(multitask_strategy="reject"), thread_id=thread, graphs=graphs) for _ in range(8)), return_exceptions=True
+    )
+    admitted = [t for t in tries if not isinstance(t, BaseException)]
+    assert len(admitted) == 1 and all(isinstance(t, ThreadBusy) for t in tries if t not in admitted), tries
+    assert [r.run_id for r in await Projections(ledger).thread_runs(thread)] == [admitted[0].ref.run_id]
+    await cancel(ledger, admitted[0].ref)
+
+
 @pytest.mark.parametrize("strategy", ["interrupt", "rollback"])
 async def test_interrupt_and_rollback_cancel_the_active_run_then_start_the_new_one(
     ledger: Ledger, worker: Worker, graphs: GraphRegistry, run_to_end: Submit, strategy: str
