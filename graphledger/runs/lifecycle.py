@@ -528,6 +528,9 @@ async def _cancel_locked(
     if status == "pending":
         new.append(_event(RUN_INTERRUPTED, {"reason": "cancel", "action": action}))
         await tx.secrets.take(ref)
+        if action == "rollback" and await tx.last_of_kind(ref, RUN_STARTED) is not None:
+            # Pending again after a release: its earlier attempt's checkpoints are what a rollback removes.
+            await checkpoint.rollback(tx.connection, ref.thread_id, ref.run_id)
     return await tx.append(ref, new)
 
 
@@ -644,6 +647,13 @@ async def release(
     ``secrets`` (the request's secret config values) wait for the next
     claimer, as they did before the first claim. A run that was reaped, or
     ended by someone else meanwhile, is left as it is.
+
+    A cancel asked for since the run's last start, which its holder did not
+    get to (it came as the run was being given back), is carried out
+    instead: the run ends ``run.interrupted`` (its checkpoints deleted first
+    for ``rollback``), and that event is returned. Given back, the run's
+    next attempt would have read its events only from its own start on, and
+    run to its end despite the cancel.
     """
     try:
         await ledger.sync(ref)
@@ -655,10 +665,29 @@ async def release(
         # (FOR UPDATE SKIP LOCKED) never sees the run pending before that.
         if not await tx.heads.give_back(ref, owner):
             return None
-        if secrets:
-            await tx.secrets.put(ref, secrets)
-        (event,) = await tx.append(ref, [_event(RUN_RELEASED, {"worker": owner, "reason": reason, "attempt": attempt})])
+        asked = await _unanswered_cancel(tx, ref)
+        if asked is not None:
+            action = asked.value.get("action") if isinstance(asked.value, dict) else None
+            action = action if action in CANCEL_ACTIONS else "interrupt"
+            if action == "rollback":
+                await checkpoint.rollback(tx.connection, ref.thread_id, ref.run_id)
+            (event,) = await tx.append(ref, [_event(RUN_INTERRUPTED, {"reason": "cancel", "action": action})])
+        else:
+            if secrets:
+                await tx.secrets.put(ref, secrets)
+            (event,) = await tx.append(ref, [_event(RUN_RELEASED, {"worker": owner, "reason": reason, "attempt": attempt})])
+    if event.kind == RUN_INTERRUPTED:
+        await complete(ledger, ref)  # it ended here: a stateless run's thread may go, as after a cancel
     return event
+
+
+async def _unanswered_cancel(tx: Transaction, ref: RunRef) -> Event | None:
+    """The cancel request appended since the running run's last start (which its holder has not answered), if any."""
+    asked = await tx.last_of_kind(ref, RUN_CANCEL_REQUESTED)
+    if asked is None:
+        return None
+    started = await tx.last_of_kind(ref, RUN_STARTED)
+    return asked if started is None or asked.seq > started.seq else None
 
 
 async def renew(ledger: Ledger, owner: str, refs: Iterable[RunRef], *, lease_seconds: float) -> set[RunRef]:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from graphledger.ledger import Ledger
 from graphledger.ledger.errors import DatabaseUnavailable, LedgerError
-from graphledger.ledger.events import RUN_CANCEL_REQUESTED, RunRef
+from graphledger.ledger.events import RUN_CANCEL_REQUESTED, RUN_INTERRUPTED, RunRef
 from graphledger.ledger.statement import RUNS_CHANNEL
 from graphledger.ledger.tasks import cancel_and_wait
 from graphledger.runs import checkpoint, lifecycle
@@ -187,7 +187,7 @@ class Worker:
                     self.ledger, claimed.ref, self.owner, reason="shutdown", attempt=claimed.attempt, secrets=claimed.request.secrets
                 )
                 if given_back is not None:
-                    _log.info("run %s, claimed as the database went away, was given back unstarted", claimed.ref.run_id)
+                    _log.info("run %s, claimed as the database went away, was not executed here (%s)", claimed.ref.run_id, given_back.kind)
         except DatabaseUnavailable as exc:
             _log.warning("claims whose commit was lost (%d) could not be settled (%s): any that held are reaped after their lease", unsettled, exc)
 
@@ -347,6 +347,8 @@ class Worker:
             released = await self._until_reachable(f"releasing run {ref.run_id}", lambda: recording.release(self.owner, "shutdown", attempt))
             if released is None:
                 _log.info("run %s was not released: it had been reaped or ended meanwhile", ref.run_id)
+            elif released.kind == RUN_INTERRUPTED:
+                _log.info("run %s was cancelled as it was being released: it ended interrupted", ref.run_id)
         elif error is not None:
             if not isinstance(error, LedgerError):
                 _log.info("run %s failed: %s: %s", ref.run_id, type(error).__name__, error)

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import pytest
 
 from graphledger.ledger import Ledger, RunRef
 from graphledger.projections import Projections, rebuild
@@ -114,3 +115,44 @@ async def test_a_run_released_before_its_first_checkpoint_starts_over_with_its_i
     starts = [e.value["attempt"] for e in await ledger.read_run(ref) if e.kind == "run.started"]
     assert starts == [1, 2]
     assert "sk-secret" not in "".join(e.data for e in await ledger.read_run(ref))
+
+
+async def test_a_released_run_cancelled_with_rollback_loses_its_first_attempts_checkpoints(
+    ledger: Ledger, graphs: GraphRegistry, saver: Any
+) -> None:
+    first = new_worker(ledger, graphs, saver, "worker a")
+    await first.start()
+    ref = (await admit(ledger, ask("count these four words", config=SLOW, stream_mode=MODES), graphs=graphs)).ref
+    await after_the_tool(ledger, ref)
+    await first.stop(drain_seconds=0)
+    assert (await ledger.read_run(ref))[-1].kind == "run.released"
+    assert [t for t, _ in await thread_messages(saver, ref)] == ["human", "ai", "tool"]
+    cancelled = await lifecycle.cancel(ledger, ref, "rollback")
+    assert cancelled.status == "interrupted"
+    assert await saver.aget_tuple({"configurable": {"thread_id": str(ref.thread_id)}}) is None  # as before the run
+    assert (await ledger.read_run(ref))[-1].value == {"reason": "cancel", "action": "rollback"}
+
+
+@pytest.mark.parametrize("action", ["interrupt", "rollback"])
+async def test_a_cancel_that_came_as_its_run_was_given_back_ends_the_run(ledger: Ledger, graphs: GraphRegistry, action: str) -> None:
+    """Its holder stopped before it saw the cancel: given back, the next attempt would have run to its end."""
+    secret = {"configurable": {"openai_api_key": "sk-not-for-a-next-attempt"}}
+    ref = (await admit(ledger, ask(config=secret), graphs=graphs)).ref
+    (claimed,) = await lifecycle.claim(ledger, "stopping", limit=1, lease_seconds=LEASE)
+    assert claimed.ref == ref
+    assert (await lifecycle.cancel(ledger, ref, action)).status == "running"  # asked of its holder, who is stopping
+    ended = await lifecycle.release(ledger, ref, "stopping", reason="shutdown", attempt=1, secrets=claimed.request.secrets)
+    assert ended is not None and ended.kind == "run.interrupted" and ended.value == {"reason": "cancel", "action": action}
+    kinds = [e.kind for e in await ledger.read_run(ref)]
+    assert kinds == ["run.created", "run.started", "run.cancel_requested", "run.interrupted"]
+    async with raw(ledger) as conn:
+        row = await conn.fetchrow("SELECT status, lease_owner FROM runs WHERE run_id = $1", ref.run_id)
+        kept = await conn.fetchval("SELECT count(*) FROM run_secrets WHERE run_id = $1", ref.run_id)
+    assert (row["status"], row["lease_owner"], kept) == ("interrupted", None, 0)
+    assert await lifecycle.claim(ledger, "next", limit=10, lease_seconds=LEASE) == []
+    # a release with no cancel since the last start gives the run back as before
+    again = (await admit(ledger, ask(), graphs=graphs)).ref
+    assert [c.ref for c in await lifecycle.claim(ledger, "stopping", limit=1, lease_seconds=LEASE)] == [again]
+    back = await lifecycle.release(ledger, again, "stopping", reason="shutdown", attempt=1)
+    assert back is not None and back.kind == "run.released"
+    await lifecycle.cancel(ledger, again)
