@@ -125,6 +125,7 @@ async def admit(
     executor: str = EXECUTOR_SERVER,
     visible: Visibility | None = None,
     pricer: Pricer = pricing.DEFAULT,
+    start_as: tuple[str, float] | None = None,
 ) -> Admitted:
     """Admit a run on ``thread_id`` (a new thread when None) under the request's multitask strategy.
 
@@ -146,6 +147,11 @@ async def admit(
     refuses the run with :class:`OverBudget`. Nothing of the admission is
     written (no thread, no run); the refusal is recorded in a transaction of
     its own. ``pricer`` prices calls for cost budgets.
+
+    ``start_as`` (an owner and a lease, for a caller that executes the run
+    itself) starts the run in the admission's transaction: a run admitted
+    and not yet started would hold its thread up, with no lease for the
+    reaper to judge, if the caller died or lost the database in between.
     """
     if graphs is not None:
         graphs.check(request.graph)
@@ -153,10 +159,13 @@ async def admit(
     # bursts, and commits that notify are flushed one at a time.
     try:
         async with ledger.transaction(notify=False) as tx:
-            return await _admit_locked(
+            admitted = await _admit_locked(
                 tx, request, thread_id=thread_id, run_id=run_id, thread_metadata=thread_metadata, executor=executor, visible=visible,
                 pricer=pricer,
             )
+            if start_as is not None:
+                await start_admitted(tx, admitted.ref, start_as[0], lease_seconds=start_as[1])
+            return admitted
     except budget_use.Refused as refused:  # rolled back: nothing of the admission was written
         raise await _refuse(ledger, refused) from None
 
@@ -584,6 +593,11 @@ async def _next_attempt(tx: Transaction, ref: RunRef, last_kind: str | None) -> 
         return 1
     previous = started.value.get("attempt") if isinstance(started.value, dict) else None
     return (previous if isinstance(previous, int) else 1) + 1
+
+
+async def start_admitted(tx: Transaction, ref: RunRef, owner: str, *, lease_seconds: float) -> Event:
+    """Start a run ``owner`` executes itself in the transaction that admitted it (see :func:`admit`'s ``start_as``)."""
+    return await _start_locked(tx, ref, owner, lease_seconds, 1)
 
 
 async def _start_locked(tx: Transaction, ref: RunRef, owner: str, lease_seconds: float, attempt: int) -> Event:

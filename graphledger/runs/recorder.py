@@ -431,10 +431,10 @@ class Recorder:
         request = RunRequest.parse(body)
         thread_meta = {"thread_id": str(external)} if external is not None and str(external) != str(thread) else {}
         admitted = await lifecycle.admit(
-            self.ledger, request, thread_id=thread, run_id=run_id, thread_metadata=thread_meta, executor=EXECUTOR_CALLER
+            self.ledger, request, thread_id=thread, run_id=run_id, thread_metadata=thread_meta, executor=EXECUTOR_CALLER,
+            start_as=(self.owner, self.lease_seconds),
         )
         ref = admitted.ref
-        await lifecycle.start(self.ledger, ref, self.owner, lease_seconds=self.lease_seconds)
         recording = Recording(self.ledger, ref, request)
         if external is not None:
             recording.graph_thread_id = str(external)

@@ -340,8 +340,9 @@ class ThreadState:
                 other, status = active[0]
                 raise ThreadBusy(f"thread {thread_id} has an active run ({other.run_id}, {status}); its state cannot be updated now")
             await tx.create_run(ref, created)
-        owner = owner or f"update_state {os.uname().nodename}:{os.getpid()}"
-        await lifecycle.start(self.ledger, ref, owner, lease_seconds=UPDATE_LEASE_SECONDS)
+            # Started in the same transaction: a run left pending here would hold the thread up for good.
+            owner = owner or f"update_state {os.uname().nodename}:{os.getpid()}"
+            await lifecycle.start_admitted(tx, ref, owner, lease_seconds=UPDATE_LEASE_SECONDS)
         config = graph_config(thread_id, checkpoint)
         ids = {"run_id": str(ref.run_id), "thread_id": str(thread_id), "assistant_id": assistant}
         config["metadata"] = ids  # copied into the checkpoint's metadata, like a run's

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
+import asyncpg
 import httpx
 import pytest
 from langgraph_sdk.client import LangGraphClient
@@ -97,7 +99,7 @@ async def test_bad_inputs(sdk: LangGraphClient, http: httpx.AsyncClient) -> None
     assert (await http.post(f"/threads/{thread_id}/history", content=b"[1]")).status_code == 422
 
 
-async def test_update_state_is_recorded_as_a_run_of_the_thread(sdk: LangGraphClient, http: httpx.AsyncClient) -> None:
+async def test_update_state_is_recorded_as_a_run_of_the_thread(sdk: LangGraphClient, http: httpx.AsyncClient, conn: asyncpg.Connection) -> None:
     thread_id, _ = await _thread_with_run(sdk)
     before = await sdk.threads.get_state(thread_id)
     added = {"type": "human", "content": "and one more thing", "id": "added-1"}
@@ -116,6 +118,10 @@ async def test_update_state_is_recorded_as_a_run_of_the_thread(sdk: LangGraphCli
     events = (await http.get(f"/threads/{thread_id}/runs/{run['run_id']}/events")).json()["events"]
     assert [e["kind"] for e in events] == ["run.created", "run.started", "stream:updates", "stream:values", "run.succeeded"]
     assert events[0]["data"]["values"] == {"messages": [added]} and events[0]["data"]["executor"] == "caller"
+    transactions = await conn.fetchval(
+        "SELECT count(DISTINCT tx) FROM events WHERE run_id = $1 AND seq <= 2", UUID(run["run_id"])
+    )
+    assert transactions == 1  # created and started at once: never pending with no one to start it
     assert events[2]["data"] == {"tools": {"messages": [added]}}
     assert events[-1]["data"]["checkpoint"]["checkpoint_id"] == updated["checkpoint_id"]
     verified = (await http.get(f"/threads/{thread_id}/runs/{run['run_id']}/verify")).json()

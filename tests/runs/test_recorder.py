@@ -48,6 +48,7 @@ async def test_the_caller_gets_exactly_what_astream_yields(ledger: Ledger, strea
     ref = await latest_run(ledger, thread)
     events = await ledger.read_run(ref)
     assert [e.kind for e in events[:2]] == ["run.created", "run.started"] and events[-1].kind == "run.succeeded"
+    assert events[0].tx == events[1].tx  # admitted and started in one transaction
     assert sum(1 for e in events if e.kind == "llm.usage") == 2
     assert (await ledger.verify(ref)).ok
 
