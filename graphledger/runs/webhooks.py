@@ -161,12 +161,20 @@ async def take(ledger: Ledger, ref: RunRef, owner: str, *, lease_seconds: float,
     return Taken(ref, record_ref, url, attempt=seq, record_seq=seq)  # run.created is seq 1, attempt n is seq n + 1
 
 
-async def post(client: httpx.AsyncClient, url: str, body: bytes) -> Outcome:
-    """POST ``body`` (JSON) to ``url`` once."""
+async def post(client: httpx.AsyncClient, url: str, body: bytes, *, deadline: float | None = None) -> Outcome:
+    """POST ``body`` (JSON) to ``url`` once, the whole of it within ``deadline`` seconds if given.
+
+    The client's own timeout bounds each phase (connect, send, each read), not
+    their sum: a receiver that answers a byte at a time could hold the POST
+    past its delivery's lease, and another deliverer would send it again.
+    """
     sent_at = datetime.now(UTC)
     started = time.monotonic()
     try:
-        response = await client.post(url, content=body, headers={"Content-Type": "application/json"})
+        async with asyncio.timeout(deadline):
+            response = await client.post(url, content=body, headers={"Content-Type": "application/json"})
+    except TimeoutError:
+        return Outcome(None, f"TimeoutError: no whole answer within {deadline:g} s", sent_at, time.monotonic() - started)
     except httpx.HTTPError as exc:
         scrubber = url_secrets(url)
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -201,6 +209,7 @@ async def settle(ledger: Ledger, taken: Taken, outcome: Outcome, owner: str, set
         new.append(NewEvent.of(RUN_FAILED, {"error": {"type": "WebhookNotDelivered", "message": message}, "attempts": taken.attempt}))
     try:
         async with ledger.transaction() as tx:
+            await tx.heads.lock(taken.ref)  # the run's row first, as take locks it: never the other order
             record = await tx.heads.record(taken.ref, DELIVER_WEBHOOK)
             if record is None or record.ref != taken.record or record.lease_owner != owner:
                 return False
@@ -269,7 +278,7 @@ class Webhooks(Periodic):
 
     async def _attempt(self, client: httpx.AsyncClient, taken: Taken) -> bool:
         body = encode_json(await payload(self.ledger, taken.ref)).encode()
-        outcome = await post(client, taken.url, body)
+        outcome = await post(client, taken.url, body, deadline=self.settings.timeout_seconds)
         if not await settle(self.ledger, taken, outcome, self.owner, self.settings):
             return False
         if not outcome.delivered:

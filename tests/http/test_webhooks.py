@@ -152,3 +152,35 @@ async def test_a_server_with_webhook_hosts_refuses_other_hosts(dsn: str) -> None
             assert response.status_code == 422 and "not allowed" in response.json()["detail"]
 
 
+
+
+async def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_at_the_attempts_deadline() -> None:
+    """The client's timeout bounds each read; the deadline bounds the whole POST, so it never outlasts its lease."""
+    from graphledger.runs.webhooks import post
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        try:
+            for byte in answer:  # each byte well inside the client's read timeout
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            whole = await post(client, f"http://127.0.0.1:{port}/hook", b"{}", deadline=60)
+        assert whole.status_code == 200, whole  # the same receiver, with time for the whole answer
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            cut = await post(client, f"http://127.0.0.1:{port}/hook", b"{}", deadline=1.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert cut.status_code is None and cut.retryable and "TimeoutError" in (cut.error or ""), cut
