@@ -70,6 +70,12 @@ WHERE b.budget = $1 AND b.key = $2 AND b.ended_at IS NULL
   AND r.thread_id = b.thread_id AND r.run_id = b.run_id AND r.status NOT IN ('pending', 'running')
 """
 KEYS_SQL = "SELECT DISTINCT key FROM budget_runs WHERE budget = $1 ORDER BY key LIMIT $2"
+# Transactions of other sessions on this database that began before $1: an
+# admission among them may have read the budgets before a change committed.
+OPEN_BEFORE_SQL = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start < $1
+"""
 REFUSE_SQL = """
 INSERT INTO budget_refusals (ts, budget, key, identity, data) VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING position
 """
@@ -143,6 +149,16 @@ class Budgets:
         await self._conn.execute(CHANGE_SQL, name, "set", text, by)
         await self._conn.execute(UNCHARGE_SQL, name)
         await self._conn.execute(BACKFILL_SQL, name, since, list(path), match)
+
+    async def charge_missed(self, name: str, *, path: Sequence[str], match: str | None, since: datetime) -> int:
+        """Charge the runs a budget set charges that are not charged yet (see :meth:`put`); how many were added."""
+        done = await self._conn.execute(BACKFILL_SQL, name, since, list(path), match)
+        return int(done.split()[-1])
+
+    async def open_before(self, moment: datetime) -> int:
+        """How many transactions of other sessions began before ``moment`` and are still open."""
+        found: int = await self._conn.fetchval(OPEN_BEFORE_SQL, moment)
+        return found
 
     async def remove(self, name: str, *, by: str) -> bool:
         """Remove a budget and its charges (call inside a transaction); False when there is none of that name."""

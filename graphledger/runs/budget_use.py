@@ -6,7 +6,9 @@ exact under concurrent admissions in :mod:`graphledger.ledger.budgets`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -23,6 +25,7 @@ from graphledger.runs.errors import InvalidBudget
 from graphledger.runs.pricing import Pricer
 
 _log = logging.getLogger("graphledger.runs")
+IN_FLIGHT_SECONDS = 10.0  # how long setting a budget waits for the admissions in flight, to charge their runs
 
 
 def _cost(call: ChargedCall, pricer: Pricer) -> Decimal | None:
@@ -150,8 +153,15 @@ async def charge(tx: Transaction, ref: RunRef, under: Sequence[tuple[Budget, str
 # -- the command's side: set, remove, list with use, refusals ----------------------------------------
 
 
-async def put(ledger: Ledger, budgets: Sequence[Budget], *, by: str) -> None:
-    """Set ``budgets`` (new or changed) in one transaction, recording who did."""
+async def put(ledger: Ledger, budgets: Sequence[Budget], *, by: str, in_flight_seconds: float = IN_FLIGHT_SECONDS) -> None:
+    """Set ``budgets`` (new or changed) in one transaction, recording who did.
+
+    An admission in flight as the change commits may have read the budgets
+    before it (a new budget's keys had no charges to lock): its run commits
+    uncharged. Once the transactions open at the commit have ended (waiting
+    at most ``in_flight_seconds``), the runs the budgets charge are looked for
+    again and those missed are charged.
+    """
     now = datetime.now(timezone.utc)
     async with ledger.transaction() as tx:
         for budget in sorted(budgets, key=lambda b: b.name):
@@ -160,6 +170,19 @@ async def put(ledger: Ledger, budgets: Sequence[Budget], *, by: str) -> None:
             for key in await tx.budgets.keys(budget.name, limit=None):
                 await tx.budgets.lock(budget.name, key)
             await tx.budgets.put(budget.name, budget.json(), by=by, path=budget.path, match=budget.match, since=budget.start(now))
+        committing = await tx.connection.fetchval("SELECT clock_timestamp()")
+    deadline = time.monotonic() + in_flight_seconds
+    async with ledger.session() as session:
+        while await session.budgets.open_before(committing):
+            if time.monotonic() >= deadline:
+                _log.warning("transactions open before the budget change still run after %.0f s; runs they admit may be uncharged", in_flight_seconds)
+                break
+            await asyncio.sleep(0.05)
+    async with ledger.transaction() as tx:
+        for budget in sorted(budgets, key=lambda b: b.name):
+            missed = await tx.budgets.charge_missed(budget.name, path=budget.path, match=budget.match, since=budget.start(now))
+            if missed:
+                _log.info("budget %s: %d runs admitted as it was set are charged to it", budget.name, missed)
 
 
 async def defined(ledger: Ledger) -> list[Budget]:

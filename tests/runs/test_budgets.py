@@ -322,3 +322,32 @@ async def test_a_cost_budget_prices_with_a_price_file(ledger: Ledger, graphs: Gr
     with pytest.raises(OverBudget, match=r"1\.5 of 1\.2 cost_usd"):
         await admit(ledger, ask(metadata={"team": "house"}), graphs=graphs, pricer=pricer)
     await clean(ledger)
+
+
+async def test_a_run_admitted_as_its_budget_is_set_is_charged_to_it(ledger: Ledger, graphs: GraphRegistry) -> None:
+    """The admission read the budgets before the new one committed, and commits after it: the setting charges it once it has."""
+    await clean(ledger)
+    thread = await ledger.create_thread()
+    async with raw(ledger) as holder:
+        async with holder.transaction():  # holds the thread's row: the admission waits on it, having read no budget
+            await holder.execute("SELECT 1 FROM threads WHERE thread_id = $1 FOR UPDATE", thread)
+            admission = asyncio.create_task(admit(ledger, ask(metadata={"team": "search"}), thread_id=thread, graphs=graphs))
+            async with raw(ledger) as watch:
+                for _ in range(200):
+                    if await watch.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    ):
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError("the admission should be waiting for the thread's row")
+            setting = asyncio.create_task(budget_use.put(ledger, [budget("team")], by="test"))
+            await asyncio.sleep(0.3)
+            assert not setting.done()  # it waits for the admission in flight
+    ref = (await asyncio.wait_for(admission, 10)).ref
+    await asyncio.wait_for(setting, 10)
+    async with raw(ledger) as conn:
+        charged = await conn.fetch("SELECT key FROM budget_runs WHERE budget = 'team' AND run_id = $1", ref.run_id)
+    assert [row["key"] for row in charged] == ["search"]
+    await cancel(ledger, ref)
+    await clean(ledger)
