@@ -681,11 +681,7 @@ async def release(
             return None
         asked = await _unanswered_cancel(tx, ref)
         if asked is not None:
-            action = asked.value.get("action") if isinstance(asked.value, dict) else None
-            action = action if action in CANCEL_ACTIONS else "interrupt"
-            if action == "rollback":
-                await checkpoint.rollback(tx.connection, ref.thread_id, ref.run_id)
-            (event,) = await tx.append(ref, [_event(RUN_INTERRUPTED, {"reason": "cancel", "action": action})])
+            (event,) = await tx.append(ref, [await _carry_out(tx, ref, asked)])
         else:
             if secrets:
                 await tx.secrets.put(ref, secrets)
@@ -693,6 +689,15 @@ async def release(
     if event.kind == RUN_INTERRUPTED:
         await complete(ledger, ref)  # it ended here: a stateless run's thread may go, as after a cancel
     return event
+
+
+async def _carry_out(tx: Transaction, ref: RunRef, asked: Event) -> NewEvent:
+    """The end of a running run whose holder did not carry out cancel ``asked`` (checkpoints deleted here for rollback)."""
+    action = asked.value.get("action") if isinstance(asked.value, dict) else None
+    action = action if action in CANCEL_ACTIONS else "interrupt"
+    if action == "rollback":
+        await checkpoint.rollback(tx.connection, ref.thread_id, ref.run_id)
+    return _event(RUN_INTERRUPTED, {"reason": "cancel", "action": action})
 
 
 async def _unanswered_cancel(tx: Transaction, ref: RunRef) -> Event | None:
@@ -720,16 +725,24 @@ async def reap(ledger: Ledger, *, grace_seconds: float, idle_seconds: float, set
     nothing for ``idle_seconds`` plus the grace. Nothing is reaped until the
     database has been up for ``settle_seconds`` (a lease and its grace), so
     that a restart of the database expires no live holder's lease.
+
+    A run whose holder died after a cancel was asked of it, before carrying
+    it out, ends as that cancel would have ended it: ``run.interrupted``, its
+    checkpoints deleted first for ``rollback``.
     """
     failed: list[Event] = []
     async with ledger.transaction() as tx:
         for expired in await tx.heads.expired(grace_seconds, idle_seconds, limit, settle_seconds=settle_seconds):
+            asked = await _unanswered_cancel(tx, expired.ref)
+            if asked is not None:
+                failed += await tx.append(expired.ref, [await _carry_out(tx, expired.ref, asked)])
+                continue
             owner = expired.owner or "a writer without a lease"
             error = {"type": "LeaseExpired", "message": f"{owner} stopped renewing its lease on the run"}
             new = [_event(STREAM_ERROR, {"error": error["type"], "message": error["message"]}), _event(RUN_FAILED, {"error": error})]
             failed += await tx.append(expired.ref, new)
     for event in failed:
-        if event.kind == RUN_FAILED:
+        if event.is_terminal:
             await complete(ledger, RunRef(event.thread_id, event.run_id))
     return failed
 

@@ -161,6 +161,22 @@ async def test_the_reaper_ends_expired_and_silent_runs_but_not_live_ones(ledger:
     await drain(ledger)
 
 
+@pytest.mark.parametrize("action", ["interrupt", "rollback"])
+async def test_a_run_whose_holder_died_before_carrying_out_a_cancel_ends_as_the_cancel_asked(
+    ledger: Ledger, graphs: GraphRegistry, action: str
+) -> None:
+    ref = (await admit(ledger, ask(), graphs=graphs)).ref
+    assert [c.ref for c in await lifecycle.claim(ledger, "died", limit=1, lease_seconds=30)] == [ref]
+    assert (await lifecycle.cancel(ledger, ref, action)).status == "running"  # asked of a holder that is gone
+    async with raw(ledger) as conn:
+        await conn.execute("UPDATE runs SET lease_expires_at = now() - interval '1 hour' WHERE run_id = $1", ref.run_id)
+    assert await Reaper(ledger, grace_seconds=0, settle_seconds=0).reap_once() == 1
+    events = await ledger.read_run(ref)
+    assert [e.kind for e in events] == ["run.created", "run.started", "run.cancel_requested", "run.interrupted"]
+    assert events[-1].value == {"reason": "cancel", "action": action}
+    assert (await Projections(ledger).run_status(ref)).status == "interrupted"  # type: ignore[union-attr]
+
+
 async def test_the_run_queue_channel_hints_on_admission_and_on_ends_but_not_on_chunks(ledger: Ledger, graphs: GraphRegistry) -> None:
     from graphledger.ledger.statement import RUNS_CHANNEL
 
