@@ -70,12 +70,16 @@ WHERE b.budget = $1 AND b.key = $2 AND b.ended_at IS NULL
   AND r.thread_id = b.thread_id AND r.run_id = b.run_id AND r.status NOT IN ('pending', 'running')
 """
 KEYS_SQL = "SELECT DISTINCT key FROM budget_runs WHERE budget = $1 ORDER BY key LIMIT $2"
-# Transactions of other sessions on this database that began before $1: an
-# admission among them may have read the budgets before a change committed.
+# Transactions of graphledger's other sessions on this database ($2: their
+# application_name) open since before $1: an admission among them may have read
+# the budgets before a change committed. Other clients (autovacuum, a psql
+# session left in a transaction) admit nothing and are not waited for.
 OPEN_BEFORE_SQL = """
 SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start < $1
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+  AND application_name = $2 AND xact_start < $1
 """
+NOW_SQL = "SELECT clock_timestamp()"
 REFUSE_SQL = """
 INSERT INTO budget_refusals (ts, budget, key, identity, data) VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING position
 """
@@ -155,9 +159,14 @@ class Budgets:
         done = await self._conn.execute(BACKFILL_SQL, name, since, list(path), match)
         return int(done.split()[-1])
 
-    async def open_before(self, moment: datetime) -> int:
-        """How many transactions of other sessions began before ``moment`` and are still open."""
-        found: int = await self._conn.fetchval(OPEN_BEFORE_SQL, moment)
+    async def now(self) -> datetime:
+        """The database's clock now (not the transaction's start)."""
+        moment: datetime = await self._conn.fetchval(NOW_SQL)
+        return moment
+
+    async def open_before(self, moment: datetime, application_name: str) -> int:
+        """How many transactions of other sessions of ``application_name`` began before ``moment`` and are still open."""
+        found: int = await self._conn.fetchval(OPEN_BEFORE_SQL, moment, application_name)
         return found
 
     async def remove(self, name: str, *, by: str) -> bool:

@@ -18,6 +18,7 @@ from graphledger.ledger import Ledger
 from graphledger.ledger.budgets import Refusal
 from graphledger.ledger.events import RunRef
 from graphledger.ledger.session import Session, Transaction
+from graphledger.ledger.store import APPLICATION_NAME
 from graphledger.projections.read import BUDGET_METRICS, ChargedCall, budget_active_runs, budget_calls, budget_use
 from graphledger.runs import pricing
 from graphledger.runs.budgets import Budget, Number, Use, keys, number_json, retry_after
@@ -170,10 +171,10 @@ async def put(ledger: Ledger, budgets: Sequence[Budget], *, by: str, in_flight_s
             for key in await tx.budgets.keys(budget.name, limit=None):
                 await tx.budgets.lock(budget.name, key)
             await tx.budgets.put(budget.name, budget.json(), by=by, path=budget.path, match=budget.match, since=budget.start(now))
-        committing = await tx.connection.fetchval("SELECT clock_timestamp()")
     deadline = time.monotonic() + in_flight_seconds
     async with ledger.session() as session:
-        while await session.budgets.open_before(committing):
+        committed = await session.budgets.now()  # after the commit: a transaction begun since sees the change
+        while await session.budgets.open_before(committed, APPLICATION_NAME):
             if time.monotonic() >= deadline:
                 _log.warning("transactions open before the budget change still run after %.0f s; runs they admit may be uncharged", in_flight_seconds)
                 break

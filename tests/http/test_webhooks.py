@@ -152,8 +152,6 @@ async def test_a_server_with_webhook_hosts_refuses_other_hosts(dsn: str) -> None
             assert response.status_code == 422 and "not allowed" in response.json()["detail"]
 
 
-
-
 async def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_at_the_attempts_deadline() -> None:
     """The client's timeout bounds each read; the deadline bounds the whole POST, so it never outlasts its lease."""
     from graphledger.runs.webhooks import post

@@ -125,7 +125,7 @@ async def test_the_lease_keeper_reports_a_run_taken_from_it(ledger: Ledger, grap
 
 async def test_the_lease_keeper_renews_a_run_being_ended_and_lets_it_go_quietly_once_ended(ledger: Ledger, graphs: GraphRegistry) -> None:
     ref = (await admit(ledger, ask(), graphs=graphs)).ref
-    await lifecycle.claim(ledger, "keeper", limit=1, lease_seconds=0.3)
+    assert [c.ref for c in await lifecycle.claim(ledger, "keeper", limit=1, lease_seconds=0.3)] == [ref]
     lost: list[RunRef] = []
     keeper = LeaseKeeper(ledger, "keeper", 0.3, on_lost=lost.append)
     keeper.hold(ref)
