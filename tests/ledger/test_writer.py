@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -112,10 +113,14 @@ async def test_a_lost_reply_after_commit_is_not_written_twice(dsn: str) -> None:
         await led.close()
 
 
-async def lost_reply_ledger(dsn: str) -> tuple[Ledger, LostReplyWriter]:
+@contextlib.asynccontextmanager
+async def lost_reply_ledger(dsn: str) -> AsyncIterator[tuple[Ledger, LostReplyWriter]]:
     led = await Ledger.connect(dsn, tail=False, writer_class=LostReplyWriter)
-    assert isinstance(led.writer, LostReplyWriter)
-    return led, led.writer
+    try:
+        assert isinstance(led.writer, LostReplyWriter)
+        yield led, led.writer
+    finally:
+        await led.close()
 
 
 async def append_elsewhere(led: Ledger, ref: RunRef, kind: str, payload: dict[str, Any]) -> None:
@@ -125,8 +130,7 @@ async def append_elsewhere(led: Ledger, ref: RunRef, kind: str, payload: dict[st
 
 
 async def test_a_lost_reply_after_commit_is_not_written_twice_when_another_append_follows_it(dsn: str) -> None:
-    led, writer = await lost_reply_ledger(dsn)
-    try:
+    async with lost_reply_ledger(dsn) as (led, writer):
         ref = await new_run(led)
         writer.lose_next = 1
         writer.meanwhile = lambda: append_elsewhere(led, ref, "run.cancel_requested", {"action": "interrupt"})
@@ -138,13 +142,10 @@ async def test_a_lost_reply_after_commit_is_not_written_twice_when_another_appen
         assert [e.value.get("i") for e in events[1:6]] == list(range(5)) and events[-1].value == {"i": 5}
         assert [e.seq for e in ours] == [2, 3, 4, 5, 6] and later.seq == 8
         assert (await led.verify(ref)).ok
-    finally:
-        await led.close()
 
 
 async def test_a_lost_reply_after_commit_is_settled_when_another_append_ended_the_run_after_it(dsn: str) -> None:
-    led, writer = await lost_reply_ledger(dsn)
-    try:
+    async with lost_reply_ledger(dsn) as (led, writer):
         ref = await new_run(led)
         writer.lose_next = 1
         writer.meanwhile = lambda: append_elsewhere(led, ref, "run.failed", {"error": {"type": "LeaseExpired", "message": "reaped"}})
@@ -154,20 +155,15 @@ async def test_a_lost_reply_after_commit_is_settled_when_another_append_ended_th
             await led.append(ref, "stream:values", {"i": 3})
         events = await led.read_run(ref)
         assert [e.kind for e in events] == ["run.created", *["stream:values"] * 3, "run.failed"]
-    finally:
-        await led.close()
 
 
 async def test_a_lost_reply_after_the_terminal_event_committed_returns_the_event(dsn: str) -> None:
-    led, writer = await lost_reply_ledger(dsn)
-    try:
+    async with lost_reply_ledger(dsn) as (led, writer):
         ref = await new_run(led)
         writer.lose_next = 1
         end = await led.append(ref, "run.succeeded", {})
         assert end.seq == 2 and end.kind == "run.succeeded"
         assert [e.kind for e in await led.read_run(ref)] == ["run.created", "run.succeeded"]
-    finally:
-        await led.close()
 
 
 async def test_writer_survives_its_connection_being_killed(ledger: Ledger, conn: asyncpg.Connection) -> None:

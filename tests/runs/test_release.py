@@ -37,14 +37,20 @@ def new_worker(ledger: Ledger, graphs: GraphRegistry, saver: Any, owner: str) ->
     return Worker(ledger, graphs, checkpointer=saver, lease_seconds=LEASE, poll_interval=0.2, owner=owner)
 
 
-async def test_a_released_run_resumes_from_its_last_checkpoint_as_attempt_2(
-    ledger: Ledger, graphs: GraphRegistry, saver: Any, conn: asyncpg.Connection
-) -> None:
+async def released_after_the_tool(ledger: Ledger, graphs: GraphRegistry, saver: Any) -> RunRef:
+    """A run that "worker a" executed past its tool call and released as it stopped."""
     first = new_worker(ledger, graphs, saver, "worker a")
     await first.start()
     ref = (await admit(ledger, ask("count these four words", config=SLOW, stream_mode=MODES), graphs=graphs)).ref
     await after_the_tool(ledger, ref)
     await first.stop(drain_seconds=0)
+    return ref
+
+
+async def test_a_released_run_resumes_from_its_last_checkpoint_as_attempt_2(
+    ledger: Ledger, graphs: GraphRegistry, saver: Any, conn: asyncpg.Connection
+) -> None:
+    ref = await released_after_the_tool(ledger, graphs, saver)
     released = (await ledger.read_run(ref))[-1]
     assert released.kind == "run.released" and released.value == {"worker": "worker a", "reason": "shutdown", "attempt": 1}
     before = await thread_messages(saver, ref)
@@ -120,11 +126,7 @@ async def test_a_run_released_before_its_first_checkpoint_starts_over_with_its_i
 async def test_a_released_run_cancelled_with_rollback_loses_its_first_attempts_checkpoints(
     ledger: Ledger, graphs: GraphRegistry, saver: Any
 ) -> None:
-    first = new_worker(ledger, graphs, saver, "worker a")
-    await first.start()
-    ref = (await admit(ledger, ask("count these four words", config=SLOW, stream_mode=MODES), graphs=graphs)).ref
-    await after_the_tool(ledger, ref)
-    await first.stop(drain_seconds=0)
+    ref = await released_after_the_tool(ledger, graphs, saver)
     assert (await ledger.read_run(ref))[-1].kind == "run.released"
     assert [t for t, _ in await thread_messages(saver, ref)] == ["human", "ai", "tool"]
     cancelled = await lifecycle.cancel(ledger, ref, "rollback")

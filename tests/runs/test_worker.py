@@ -183,16 +183,22 @@ async def test_claims_wait_for_admissions_in_flight_but_never_longer_than_the_ho
         assert 0.15 < time.monotonic() - started < 1.0
 
 
-async def test_a_claim_whose_commit_was_lost_is_settled_by_its_claimer(ledger: Ledger, graphs: GraphRegistry, saver: Any) -> None:
-    """The database went away at a claim's commit: the claims that held are executed, the others left to anyone."""
-    worker = Worker(ledger, graphs, checkpointer=saver, concurrency=4, lease_seconds=LEASE, poll_interval=0.2)
-    held = (await admit(ledger, ask("one two"), graphs=graphs)).ref
+async def lost_claims(ledger: Ledger, graphs: GraphRegistry, worker: Worker, request: RunRequest) -> tuple[RunRef, RunRef]:
+    """Two claims whose commit's answer ``worker`` lost: one that held (of ``request``), one that never committed."""
+    held = (await admit(ledger, request, graphs=graphs)).ref
     (committed,) = await lifecycle.claim(ledger, worker.owner, limit=1, lease_seconds=LEASE)  # its answer "lost"
     assert committed.ref == held
     pending = (await admit(ledger, ask("three four five"), graphs=graphs)).ref
     created = (await ledger.read_run(pending, 0, 1))[0]
     never = lifecycle.Claimed(pending, RunRequest.recorded(created.value), committed.started)  # prepared, never committed
     worker._uncertain = [committed, never]
+    return held, pending
+
+
+async def test_a_claim_whose_commit_was_lost_is_settled_by_its_claimer(ledger: Ledger, graphs: GraphRegistry, saver: Any) -> None:
+    """The database went away at a claim's commit: the claims that held are executed, the others left to anyone."""
+    worker = Worker(ledger, graphs, checkpointer=saver, concurrency=4, lease_seconds=LEASE, poll_interval=0.2)
+    held, pending = await lost_claims(ledger, graphs, worker, ask("one two"))
     await worker.start()
     try:
         first, second = await join(ledger, held), await join(ledger, pending)
@@ -241,13 +247,7 @@ async def test_a_stop_gives_back_the_runs_of_a_claim_whose_commit_was_lost(ledge
     """Claims the worker could not settle before it stopped: those that held are released, secrets and all."""
     worker = Worker(ledger, graphs, checkpointer=saver, concurrency=4, lease_seconds=LEASE, poll_interval=0.2)
     secret = {"configurable": {"openai_api_key": "sk-lost-at-the-commit"}}
-    held = (await admit(ledger, ask("one two", config=secret), graphs=graphs)).ref
-    (committed,) = await lifecycle.claim(ledger, worker.owner, limit=1, lease_seconds=LEASE)  # its answer "lost"
-    assert committed.ref == held
-    pending = (await admit(ledger, ask("three four five"), graphs=graphs)).ref
-    created = (await ledger.read_run(pending, 0, 1))[0]
-    never = lifecycle.Claimed(pending, RunRequest.recorded(created.value), committed.started)  # prepared, never committed
-    worker._uncertain = [committed, never]
+    held, pending = await lost_claims(ledger, graphs, worker, ask("one two", config=secret))
     await worker.stop(drain_seconds=1)
     released = (await ledger.read_run(held))[-1]
     assert released.kind == "run.released" and released.value == {"worker": worker.owner, "reason": "shutdown", "attempt": 1}
