@@ -152,7 +152,7 @@ class Budgets:
         await self._conn.execute(UPSERT_SQL, name, text, by)
         await self._conn.execute(CHANGE_SQL, name, "set", text, by)
         await self._conn.execute(UNCHARGE_SQL, name)
-        await self._conn.execute(BACKFILL_SQL, name, since, list(path), match)
+        await self.charge_missed(name, path=path, match=match, since=since)
 
     async def charge_missed(self, name: str, *, path: Sequence[str], match: str | None, since: datetime) -> int:
         """Charge the runs a budget set charges that are not charged yet (see :meth:`put`); how many were added."""

@@ -343,10 +343,7 @@ class Heads:
 
         Raises :class:`ThreadNotFound` if the thread never existed or is not ``visible``.
         """
-        deleted = await self._conn.fetchval(THREAD_LOCK_SQL, thread_id, *visibility_args(visible))
-        if deleted is None:
-            raise ThreadNotFound(f"thread {thread_id} not found")
-        return deleted, await self.active(thread_id, lock=True)  # read after the lock: see ADMISSION_THREAD_UNBUDGETED_SQL
+        return await self._then_active(thread_id, await self._conn.fetchval(THREAD_LOCK_SQL, thread_id, *visibility_args(visible)))
 
     async def admission_locks_unbudgeted(
         self, thread_id: UUID, visible: Visibility | None = None
@@ -355,9 +352,13 @@ class Heads:
         row = await self._conn.fetchrow(ADMISSION_THREAD_UNBUDGETED_SQL, thread_id, *visibility_args(visible))
         if row is None or row["budgeted"]:  # (one row always)
             return None
-        if row["deleted"] is None:
+        return await self._then_active(thread_id, row["deleted"])
+
+    async def _then_active(self, thread_id: UUID, deleted: bool | None) -> tuple[bool, list[tuple[RunRef, str]]]:
+        """With the thread's row locked (``deleted``: None when not found), lock and read its active runs in a statement of their own."""
+        if deleted is None:
             raise ThreadNotFound(f"thread {thread_id} not found")
-        return row["deleted"], await self.active(thread_id, lock=True)
+        return deleted, await self.active(thread_id, lock=True)  # read after the lock: see ADMISSION_THREAD_UNBUDGETED_SQL
 
     async def claimable(self, limit: int) -> list[RunRef]:
         """Up to ``limit`` runs a worker may start now, locked (see :data:`CLAIM_SQL`)."""

@@ -164,7 +164,7 @@ async def admit(
                 pricer=pricer,
             )
             if start_as is not None:
-                await start_admitted(tx, admitted.ref, start_as[0], lease_seconds=start_as[1])
+                await start(tx, admitted.ref, start_as[0], lease_seconds=start_as[1])
             return admitted
     except budget_use.Refused as refused:  # rolled back: nothing of the admission was written
         raise await _refuse(ledger, refused) from None
@@ -595,11 +595,6 @@ async def _next_attempt(tx: Transaction, ref: RunRef, last_kind: str | None) -> 
     return (previous if isinstance(previous, int) else 1) + 1
 
 
-async def start_admitted(tx: Transaction, ref: RunRef, owner: str, *, lease_seconds: float) -> Event:
-    """Start a run ``owner`` executes itself in the transaction that admitted it (see :func:`admit`'s ``start_as``)."""
-    return await _start_locked(tx, ref, owner, lease_seconds, 1)
-
-
 async def _start_locked(tx: Transaction, ref: RunRef, owner: str, lease_seconds: float, attempt: int) -> Event:
     await tx.heads.set_lease(ref, owner, lease_seconds)
     payload = {"worker": owner, "lease_seconds": lease_seconds, "attempt": attempt}
@@ -640,14 +635,18 @@ async def held_by(ledger: Ledger, owner: str, refs: Iterable[RunRef]) -> set[Run
         return await session.heads.held_by(owner, refs)
 
 
-async def start(ledger: Ledger, ref: RunRef, owner: str, *, lease_seconds: float) -> Event:
-    """Start a pending run that ``owner`` executes itself (the recorder): lease set and ``run.started`` appended."""
-    async with ledger.transaction() as tx:
-        status = await tx.heads.lock(ref)
-        if status != "pending":
-            raise NotPending(f"run {ref.run_id} is {status}, not pending: it cannot be started")
-        head = await tx.heads.require(ref)
-        return await _start_locked(tx, ref, owner, lease_seconds, await _next_attempt(tx, ref, head.kind))
+async def start(tx: Transaction, ref: RunRef, owner: str, *, lease_seconds: float) -> Event:
+    """Start a pending run that ``owner`` executes itself (the recorder, a state update): lease set and ``run.started`` appended.
+
+    In the caller's transaction, the one that admitted the run (see
+    :func:`admit`'s ``start_as``): a run admitted and started apart would be
+    left pending, holding its thread up, by a caller that died in between.
+    """
+    status = await tx.heads.lock(ref)
+    if status != "pending":
+        raise NotPending(f"run {ref.run_id} is {status}, not pending: it cannot be started")
+    head = await tx.heads.require(ref)
+    return await _start_locked(tx, ref, owner, lease_seconds, await _next_attempt(tx, ref, head.kind))
 
 
 async def release(

@@ -342,7 +342,7 @@ class ThreadState:
             await tx.create_run(ref, created)
             # Started in the same transaction: a run left pending here would hold the thread up for good.
             owner = owner or f"update_state {os.uname().nodename}:{os.getpid()}"
-            await lifecycle.start_admitted(tx, ref, owner, lease_seconds=UPDATE_LEASE_SECONDS)
+            await lifecycle.start(tx, ref, owner, lease_seconds=UPDATE_LEASE_SECONDS)
         config = graph_config(thread_id, checkpoint)
         ids = {"run_id": str(ref.run_id), "thread_id": str(thread_id), "assistant_id": assistant}
         config["metadata"] = ids  # copied into the checkpoint's metadata, like a run's

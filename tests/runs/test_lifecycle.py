@@ -228,10 +228,12 @@ async def test_a_periodic_task_outlives_a_failing_tick() -> None:
 
 async def test_a_run_is_started_once(ledger: Ledger, graphs: GraphRegistry) -> None:
     ref = (await admit(ledger, ask("start me"), graphs=graphs)).ref
-    started = await lifecycle.start(ledger, ref, "recorder-a", lease_seconds=30)
+    async with ledger.transaction() as tx:
+        started = await lifecycle.start(tx, ref, "recorder-a", lease_seconds=30)
     assert started.kind == "run.started" and started.value["worker"] == "recorder-a"
     with pytest.raises(NotPending, match="is running, not pending"):
-        await lifecycle.start(ledger, ref, "recorder-b", lease_seconds=30)
+        async with ledger.transaction() as tx:
+            await lifecycle.start(tx, ref, "recorder-b", lease_seconds=30)
     assert [e.kind for e in await ledger.read_run(ref)] == ["run.created", "run.started"]  # nothing written by the refusal
     await drain(ledger)
 
