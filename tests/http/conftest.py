@@ -25,21 +25,28 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """``app`` served by uvicorn on a free port of 127.0.0.1 in this event loop; yields its base URL."""
+async def served(app: Any, *, drain_seconds: float = 1.0, grace_seconds: float = 5.0) -> AsyncIterator[tuple[str, Server]]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1 in this event loop; yields its base URL and the server."""
     port = free_port()
     # The server `graphledger serve` runs: its shutdown is bounded (drain, then a grace), open streams or not.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = Server(config, app, drain_seconds=1.0, grace_seconds=5.0)
+    server = Server(config, app, drain_seconds=drain_seconds, grace_seconds=grace_seconds)
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
         assert not task.done(), task.exception() if task.done() else None
         await asyncio.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """``app`` served as :func:`served` serves it; yields its base URL."""
+    async with served(app) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@ from uuid import UUID
 
 import asyncpg
 import httpx
-import uvicorn
 
 from graphledger.http.app import create_app
-from graphledger.http.server import Server
 from graphledger.ledger import RunRef
 from graphledger.runs import GraphRegistry, RunSettings, demo
-from tests.http.conftest import free_port
+from tests.http.conftest import served
 
 DRAIN, GRACE = 0.5, 0.5
 SLOW = {"configurable": {"tokens": 300, "token_delay": 0.02}}
@@ -29,20 +27,13 @@ async def test_a_stream_its_stopping_server_cuts_with_on_disconnect_cancel_cance
     """
     settings = RunSettings(workers=2, lease_seconds=2.0, lease_grace_seconds=1.0, poll_interval=0.2, drain_seconds=DRAIN)
     app = create_app(dsn, graphs=GraphRegistry({"demo": demo.graph}), settings=settings, heartbeat_seconds=0.2)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = Server(config, app, drain_seconds=DRAIN, grace_seconds=GRACE)
-    serving = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started:
-        assert not serving.done()
-        await asyncio.sleep(0.05)
     body = {
         "assistant_id": "demo", "input": {"messages": [{"role": "user", "content": "a long answer please"}]},
         "config": SLOW, "stream_mode": "messages-tuple", "on_disconnect": "cancel",
     }
     run_id: str | None = None
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    async with served(app, drain_seconds=DRAIN, grace_seconds=GRACE) as (url, server):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             thread = (await client.post("/threads", json={})).json()["thread_id"]
             async with client.stream("POST", f"/threads/{thread}/runs/stream", json=body) as response:
                 assert response.status_code == 200
@@ -61,9 +52,6 @@ async def test_a_stream_its_stopping_server_cuts_with_on_disconnect_cancel_cance
                             async for _ in lines:
                                 pass
                     await asyncio.sleep(0.3)  # a cancel the cut asked for would be waiting on the row now
-    finally:
-        server.should_exit = True
-        await serving
     assert run_id is not None
     ref = RunRef(UUID(thread), UUID(run_id))
     kinds = [row["kind"] for row in await conn.fetch(
